@@ -1,0 +1,57 @@
+# Two commands matter: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test lint typecheck unit system-deps deps clean protocol-schema
+
+# Debian packages the real parts need; each is installed only when missing.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.stamp: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+node_modules/.stamp: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+deps: system-deps $(VENV)/.stamp node_modules/.stamp
+
+demo: deps
+	$(PY) -m devstack.demo
+
+lint: $(VENV)/.stamp
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.stamp
+	$(VENV)/bin/mypy
+
+test: deps lint typecheck
+	$(VENV)/bin/pytest
+
+unit: $(VENV)/.stamp
+	$(VENV)/bin/pytest -m 'not slow'
+
+clean:
+	rm -rf $(VENV) node_modules artifacts .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate the protocol's JSON Schema from the pydantic models (a test checks it).
+protocol-schema: $(VENV)/.stamp
+	$(PY) -c 'import json; from gateway.protocol import schema; print(json.dumps(schema(), indent=2, sort_keys=True))' > docs/protocol.schema.json

@@ -1,0 +1,52 @@
+"""One aioboto3 session per process and the clients made from it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aioboto3
+from botocore.config import Config
+
+from dynamo.settings import DynamoSettings
+
+# botocore's "standard" retry mode: capped exponential backoff with full jitter for
+# throttling (ProvisionedThroughputExceeded, ThrottlingException), 5xx and connection
+# errors; anything else surfaces at once.
+_CONFIG = Config(
+    retries={"max_attempts": 8, "mode": "standard"},
+    connect_timeout=5,
+    read_timeout=20,
+    max_pool_connections=64,
+)
+
+_session: aioboto3.Session | None = None
+
+
+def session() -> aioboto3.Session:
+    global _session
+    if _session is None:
+        _session = aioboto3.Session()
+    return _session
+
+
+def _client_kwargs(settings: DynamoSettings) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"region_name": settings.region, "config": _CONFIG}
+    if settings.is_local:
+        kwargs["endpoint_url"] = settings.endpoint_url
+        kwargs["aws_access_key_id"] = settings.access_key_id or "local"
+        kwargs["aws_secret_access_key"] = settings.secret_access_key or "local"
+    return kwargs
+
+
+@asynccontextmanager
+async def dynamodb_client(settings: DynamoSettings) -> AsyncIterator[Any]:
+    async with session().client("dynamodb", **_client_kwargs(settings)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def streams_client(settings: DynamoSettings) -> AsyncIterator[Any]:
+    async with session().client("dynamodbstreams", **_client_kwargs(settings)) as client:
+        yield client

@@ -1,0 +1,60 @@
+"""Key builders of the single table (the seed's design), in one place.
+
+    item             PK                   SK
+    patient profile  PATIENT#{patientId}  PATIENT#PROFILE
+    order            PATIENT#{patientId}  ORDER#{orderId}
+    study (exam)     PATIENT#{patientId}  STUDY#{accession}
+    accession index  ACCESSION#{tenant}#{accession}  ACCESSION   (-> patient_id)
+
+GSI1 (status board), exams only:
+    GSI1PK = TENANT#{tenant}#STATUS#{status}
+    GSI1SK = {priorityRank}#{tatDueMs:013d}#{accession}    (most urgent first)
+GSI2 (modality + scheduled time), exams only:
+    GSI2PK = TENANT#{tenant}#MODALITY#{modality}
+    GSI2SK = {scheduledMs:013d}#{accession}
+"""
+
+from __future__ import annotations
+
+GSI1 = "GSI1-StatusBoard"
+GSI2 = "GSI2-ModalitySchedule"
+
+PROFILE_SK = "PATIENT#PROFILE"
+STUDY_PREFIX = "STUDY#"
+ORDER_PREFIX = "ORDER#"
+
+
+def patient_pk(patient_id: str) -> str:
+    return f"PATIENT#{patient_id}"
+
+
+def study_sk(accession: str) -> str:
+    return f"{STUDY_PREFIX}{accession}"
+
+
+def order_sk(order_id: str) -> str:
+    return f"{ORDER_PREFIX}{order_id}"
+
+
+ACCESSION_SK = "ACCESSION"
+
+
+def accession_pk(tenant: str, accession: str) -> str:
+    """Points an accession (what clients name) at its patient partition."""
+    return f"ACCESSION#{tenant}#{accession}"
+
+
+def gsi1_pk(tenant: str, status: str) -> str:
+    return f"TENANT#{tenant}#STATUS#{status}"
+
+
+def gsi1_sk(priority_rank: int, tat_due_ms: int, accession: str) -> str:
+    return f"{priority_rank}#{tat_due_ms:013d}#{accession}"
+
+
+def gsi2_pk(tenant: str, modality: str) -> str:
+    return f"TENANT#{tenant}#MODALITY#{modality}"
+
+
+def gsi2_sk(scheduled_ms: int, accession: str) -> str:
+    return f"{scheduled_ms:013d}#{accession}"

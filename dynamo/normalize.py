@@ -1,0 +1,39 @@
+"""DynamoDB Streams records -> typed deltas. One code path for the worker and Lambda."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynamo import keys
+from dynamo.deltas import ExamDelta
+from dynamo.models import exam_from_item
+from dynamo.serde import from_attrs
+
+
+def record_to_delta(record: dict[str, Any]) -> ExamDelta | None:
+    """Normalize one stream record; None for items that are not exams (profile, order).
+
+    INSERT and MODIFY carry the new image; REMOVE carries the old one, with its
+    version bumped so the removal outranks every state it follows.
+    """
+    event = record.get("eventName")
+    data = record.get("dynamodb", {})
+    image = data.get("OldImage") if event == "REMOVE" else data.get("NewImage")
+    if not image:
+        return None
+    sk = image.get("SK", {}).get("S", "")
+    if not sk.startswith(keys.STUDY_PREFIX):
+        return None
+    exam = exam_from_item(from_attrs(image))
+    if event == "REMOVE":
+        return ExamDelta.from_exam(exam.model_copy(update={"version": exam.version + 1}), "remove")
+    return ExamDelta.from_exam(exam)
+
+
+def records_to_deltas(records: list[dict[str, Any]]) -> list[ExamDelta]:
+    out = []
+    for record in records:
+        delta = record_to_delta(record)
+        if delta is not None:
+            out.append(delta)
+    return out

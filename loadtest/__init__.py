@@ -1,0 +1,1 @@
+"""Load: the radiology-day simulator (and later locust scenarios and the benchmark)."""

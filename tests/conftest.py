@@ -1,0 +1,146 @@
+"""Real parts for the tests: a redis-server and DynamoDB Local on free loopback ports
+(or REDIS_URL / DYNAMO_ENDPOINT_URL when given), and the relay and gateway in-process.
+
+REDIS_URL, when given, must name a database the tests may flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis as sync_redis
+import uvicorn
+from redis.asyncio import Redis
+
+from devstack import free_port, start_dynamodb_local, start_redis
+from dynamo.client import dynamodb_client, streams_client
+from dynamo.relay import StreamRelay
+from dynamo.settings import DynamoSettings
+from dynamo.store import ExamStore
+from dynamo.table import ensure_table
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from worklist_cache import CacheSettings, RedisCheckpoints, WorklistFeed
+
+# One unit of patience; a slow machine can stretch every timeout at once.
+UNIT = float(os.environ.get("TEST_TIME_UNIT", "1.0"))
+
+
+def _reachable(url: str) -> bool:
+    try:
+        sync_redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    given = os.environ.get("REDIS_URL")
+    if given and _reachable(given):
+        yield given
+        return
+    proc, url = start_redis()
+    try:
+        yield url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def dynamo_endpoint() -> Iterator[str]:
+    given = os.environ.get("DYNAMO_ENDPOINT_URL")
+    if given:
+        yield given
+        return
+    proc, url = start_dynamodb_local()
+    try:
+        yield url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def dynamo_settings(dynamo_endpoint: str) -> DynamoSettings:
+    """A fresh, created table per test (so a fresh stream too)."""
+    settings = DynamoSettings(endpoint_url=dynamo_endpoint, table=f"t-{uuid.uuid4().hex[:12]}")
+    async with dynamodb_client(settings) as client:
+        await ensure_table(client, settings.table)
+    return settings
+
+
+@pytest.fixture
+async def ddb(dynamo_settings: DynamoSettings) -> AsyncIterator[Any]:
+    async with dynamodb_client(dynamo_settings) as client:
+        yield client
+
+
+@pytest.fixture
+def store(ddb: Any, dynamo_settings: DynamoSettings) -> ExamStore:
+    return ExamStore(ddb, dynamo_settings.table)
+
+
+@dataclass
+class Stack:
+    """A running relay and gateway over the test's table and Redis."""
+
+    http_url: str
+    ws_url: str
+    relay: StreamRelay
+
+
+async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        ws="websockets-sansio",
+        log_config=None,
+        lifespan="on",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(int(200 * UNIT)):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    return server, task
+
+
+@pytest.fixture
+async def stack(
+    dynamo_settings: DynamoSettings, redis: Redis, redis_url: str
+) -> AsyncIterator[Stack]:
+    async with streams_client(dynamo_settings) as streams, dynamodb_client(dynamo_settings) as c:
+        arn = (await c.describe_table(TableName=dynamo_settings.table))["Table"]["LatestStreamArn"]
+        relay = StreamRelay(streams, arn, WorklistFeed(redis), RedisCheckpoints(redis, arn))
+        relay_task = asyncio.create_task(relay.run())
+        port = free_port()
+        app = create_app(GatewaySettings(port=port), CacheSettings(redis_url=redis_url))
+        server, server_task = await _serve(app, port)
+        try:
+            yield Stack(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", relay)
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(server_task, 10 * UNIT)
+            relay_task.cancel()
+            await asyncio.gather(relay_task, return_exceptions=True)

@@ -1,0 +1,115 @@
+"""Apply deltas to the materialized worklists, append them to the tenant's history and
+publish them, in one atomic step per delta; read consistent snapshots back.
+
+Idempotent by version: a delta whose version is not newer than the cached one changes
+nothing and is neither recorded nor published, so replays and duplicate relays are
+harmless and an exam never moves backwards.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from dynamo.deltas import ExamDelta
+from worklist_cache import keys
+
+# KEYS: versions, exams, feed, epoch   ARGV: exam_id, version, op, delta_json, maxlen,
+# candidate_epoch, channel.  Returns the feed offset, or false when the delta is stale.
+_APPLY = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and tonumber(cur) >= tonumber(ARGV[2]) then return false end
+local epoch = redis.call('GET', KEYS[4])
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('SET', KEYS[4], epoch)
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] == 'remove' then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+else
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+end
+local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'd', ARGV[4])
+redis.call('PUBLISH', ARGV[7],
+  '{"epoch":"' .. epoch .. '","offset":"' .. id .. '","delta":' .. ARGV[4] .. '}')
+return id
+"""
+
+# KEYS: exams, epoch, feed   ARGV: candidate_epoch.  Returns {epoch, offset, rows}.
+_SNAPSHOT = """
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch)
+end
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+local offset = '0-0'
+if last[1] then offset = last[1][1] end
+return {epoch, offset, redis.call('HVALS', KEYS[1])}
+"""
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(6)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    epoch: str
+    offset: str
+    rows: list[dict[str, Any]]
+
+
+class WorklistFeed:
+    """The write side (used by the relay) and snapshot side (used by the gateway)."""
+
+    def __init__(self, redis: Redis, *, maxlen: int = 100_000) -> None:
+        self._redis = redis
+        self._maxlen = maxlen
+        self._apply = redis.register_script(_APPLY)
+        self._snapshot = redis.register_script(_SNAPSHOT)
+
+    async def publish(self, deltas: Sequence[ExamDelta]) -> list[str | None]:
+        """Apply and publish deltas in order; returns each one's offset (None if stale)."""
+        if not deltas:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for d in deltas:
+                await self._apply(
+                    keys=[
+                        keys.versions(d.tenant),
+                        keys.exams(d.tenant),
+                        keys.feed(d.tenant),
+                        keys.epoch(d.tenant),
+                    ],
+                    args=[
+                        d.exam_id,
+                        d.version,
+                        d.op,
+                        orjson.dumps(d.model_dump(mode="json")),
+                        self._maxlen,
+                        new_epoch(),
+                        keys.channel(d.tenant),
+                    ],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return [r.decode() if isinstance(r, bytes) else r for r in results]
+
+    async def snapshot(self, tenant: str) -> Snapshot:
+        """Every cached exam of a tenant, with the feed position it is consistent with."""
+        epoch, offset, rows = await self._snapshot(
+            keys=[keys.exams(tenant), keys.epoch(tenant), keys.feed(tenant)],
+            args=[new_epoch()],
+        )
+        return Snapshot(
+            epoch=epoch.decode() if isinstance(epoch, bytes) else epoch,
+            offset=offset.decode() if isinstance(offset, bytes) else offset,
+            rows=[orjson.loads(r) for r in rows],
+        )
