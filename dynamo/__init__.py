@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dynamo.claims import Claim, Claims
 from dynamo.deltas import ExamDelta
 from dynamo.exceptions import (
+    AlreadyClaimed,
     ExamAlreadyExists,
     ExamNotFound,
     InvalidTransition,
+    NotClaimable,
+    StaleToken,
     StoreError,
+    StoreUnavailable,
     VersionConflict,
 )
 from dynamo.models import Exam, Order, PatientProfile
@@ -16,6 +21,9 @@ from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import ExamStore
 
 __all__ = [
+    "AlreadyClaimed",
+    "Claim",
+    "Claims",
     "DynamoSettings",
     "Exam",
     "ExamAlreadyExists",
@@ -25,9 +33,12 @@ __all__ = [
     "ExamStore",
     "InvalidTransition",
     "Modality",
+    "NotClaimable",
     "Order",
     "PatientProfile",
     "Priority",
+    "StaleToken",
     "StoreError",
+    "StoreUnavailable",
     "VersionConflict",
 ]

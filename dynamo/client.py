@@ -11,14 +11,20 @@ from botocore.config import Config
 
 from dynamo.settings import DynamoSettings
 
-# botocore's "standard" retry mode: capped exponential backoff with full jitter for
-# throttling (ProvisionedThroughputExceeded, ThrottlingException), 5xx and connection
-# errors; anything else surfaces at once.
-_CONFIG = Config(
-    retries={"max_attempts": 8, "mode": "standard"},
+# The exam store retries on its own (dynamo/retry.py: from 25 ms, with jitter), so its
+# client makes one attempt per call. The streams client keeps botocore's "standard"
+# mode: capped exponential backoff with full jitter for throttling, 5xx and resets.
+_STORE_CONFIG = Config(
+    retries={"total_max_attempts": 1, "mode": "standard"},
     connect_timeout=5,
     read_timeout=20,
     max_pool_connections=64,
+)
+_STREAMS_CONFIG = Config(
+    retries={"max_attempts": 8, "mode": "standard"},
+    connect_timeout=5,
+    read_timeout=20,
+    max_pool_connections=16,
 )
 
 _session: aioboto3.Session | None = None
@@ -31,8 +37,8 @@ def session() -> aioboto3.Session:
     return _session
 
 
-def _client_kwargs(settings: DynamoSettings) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"region_name": settings.region, "config": _CONFIG}
+def _client_kwargs(settings: DynamoSettings, config: Config) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"region_name": settings.region, "config": config}
     if settings.is_local:
         kwargs["endpoint_url"] = settings.endpoint_url
         kwargs["aws_access_key_id"] = settings.access_key_id or "local"
@@ -42,11 +48,13 @@ def _client_kwargs(settings: DynamoSettings) -> dict[str, Any]:
 
 @asynccontextmanager
 async def dynamodb_client(settings: DynamoSettings) -> AsyncIterator[Any]:
-    async with session().client("dynamodb", **_client_kwargs(settings)) as client:
+    async with session().client("dynamodb", **_client_kwargs(settings, _STORE_CONFIG)) as client:
         yield client
 
 
 @asynccontextmanager
 async def streams_client(settings: DynamoSettings) -> AsyncIterator[Any]:
-    async with session().client("dynamodbstreams", **_client_kwargs(settings)) as client:
+    async with session().client(
+        "dynamodbstreams", **_client_kwargs(settings, _STREAMS_CONFIG)
+    ) as client:
         yield client

@@ -36,6 +36,7 @@ class ExamDelta(BaseModel):
     updated_at: int
     claimed_by: str | None = None
     claimed_by_name: str | None = None
+    claimed_at: int | None = None
     lease_expires_at: int | None = None
 
     @classmethod
@@ -60,5 +61,6 @@ class ExamDelta(BaseModel):
             updated_at=exam.updated_at,
             claimed_by=exam.claimed_by,
             claimed_by_name=exam.claimed_by_name,
+            claimed_at=exam.claimed_at,
             lease_expires_at=exam.lease_expires_at,
         )

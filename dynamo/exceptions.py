@@ -5,6 +5,11 @@
     ├── ExamAlreadyExists         create of an accession that is already stored
     ├── InvalidTransition         the state machine forbids the move (names the current state)
     ├── VersionConflict           another writer changed the exam since it was read
+    ├── ClaimError                root of the claim (lock) errors
+    │   ├── AlreadyClaimed        someone else holds a live claim (names the holder; UPS C302)
+    │   ├── NotClaimable          the exam is not in a state that can be read
+    │   └── StaleToken            the token is not the current claim's (UPS C301)
+    ├── StoreUnavailable          DynamoDB kept throttling or failing after every retry
     └── PermanentStoreError       DynamoDB refused for a reason retrying will not fix
 
 Every error carries a stable `code` (the wire error code the gateway sends) and never
@@ -58,5 +63,60 @@ class VersionConflict(StoreError):
         self.current = current
 
 
+class ClaimError(StoreError):
+    code = "conflict"
+
+
+class AlreadyClaimed(ClaimError):
+    """Another reader holds the exam. Carries who, so a client can say "X got it first"."""
+
+    code = "conflict"
+
+    def __init__(
+        self, accession: str, holder: str, holder_name: str | None, lease_expires_at: int | None
+    ) -> None:
+        super().__init__(f"exam {accession} is being read by {holder_name or holder}")
+        self.accession = accession
+        self.holder = holder
+        self.holder_name = holder_name
+        self.lease_expires_at = lease_expires_at
+
+
+class NotClaimable(ClaimError):
+    code = "invalid_transition"
+
+    def __init__(self, accession: str, current: str) -> None:
+        super().__init__(
+            f"exam {accession} is {current}; only an exam ready to read can be claimed"
+        )
+        self.accession = accession
+        self.current = current
+
+
+class StaleToken(ClaimError):
+    """The claim token is wrong, or belongs to a claim that was released, expired and
+    re-claimed, or broken by an admin."""
+
+    code = "stale_token"
+
+    def __init__(self, accession: str) -> None:
+        super().__init__(f"the claim token for exam {accession} is not the current one")
+        self.accession = accession
+
+
+class StoreUnavailable(StoreError):
+    code = "unavailable"
+
+    def __init__(self, operation: str, error_code: str) -> None:
+        super().__init__(f"DynamoDB {operation} still failing after retries ({error_code})")
+        self.operation = operation
+        self.error_code = error_code
+
+
 class PermanentStoreError(StoreError):
     code = "store_error"
+
+    def __init__(self, operation: str, error_code: str) -> None:
+        super().__init__(f"DynamoDB refused {operation} ({error_code})")
+        self.operation = operation
+        self.error_code = error_code

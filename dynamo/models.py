@@ -69,11 +69,23 @@ class Exam(BaseModel):
     version: int = 1
     claimed_by: str | None = None
     claimed_by_name: str | None = None
+    claimed_at: int | None = None
     lease_expires_at: int | None = None
 
 
 # Attributes that are keys or bookkeeping, not fields of the model.
-_KEY_ATTRS = ("PK", "SK", "GSI1PK", "GSI1SK", "GSI2PK", "GSI2SK", "entity", "lock_version")
+# The claim's fencing token (lock_version, lock_token) never leaves the store.
+_KEY_ATTRS = (
+    "PK",
+    "SK",
+    "GSI1PK",
+    "GSI1SK",
+    "GSI2PK",
+    "GSI2SK",
+    "entity",
+    "lock_version",
+    "lock_token",
+)
 
 
 def exam_keys(exam: Exam) -> dict[str, str]:

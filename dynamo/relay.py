@@ -12,6 +12,7 @@ those records again on restart, with the same versions, which consumers drop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -29,8 +30,22 @@ class DeltaSink(Protocol):
 
 
 class CheckpointStore(Protocol):
+    """Durable per-shard checkpoints, and the leases that make one relay a shard's reader."""
+
     async def get(self, shard_id: str) -> str | None: ...
-    async def set(self, shard_id: str, sequence_number: str) -> None: ...
+    async def set(self, shard_id: str, sequence_number: str) -> bool:
+        """False when the write was fenced off (our lease on the shard is gone)."""
+        ...
+
+    async def acquire(self, shard_id: str) -> bool:
+        """Take or renew this relay's lease on the shard."""
+        ...
+
+    async def release(self, shard_id: str) -> None: ...
+
+
+class LeaseLost(Exception):
+    """Another relay owns the shard now; this one stops reading it."""
 
 
 class StreamRelay:
@@ -43,6 +58,7 @@ class StreamRelay:
         *,
         poll_interval: float = 0.05,
         discover_interval: float = 5.0,
+        lease_interval: float = 5.0,
     ) -> None:
         self._streams = streams
         self.stream_arn = stream_arn
@@ -50,26 +66,59 @@ class StreamRelay:
         self._checkpoints = checkpoints
         self._poll = poll_interval
         self._discover_every = discover_interval
+        self._lease_every = lease_interval
+        self.reader_failures = 0
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._done: set[str] = set()
         self.records_seen = 0
         self.deltas_published = 0
 
     async def run(self) -> None:
-        """Read every shard until cancelled. A reader that dies takes the relay with it."""
+        """Read every shard this relay can lease until cancelled.
+
+        Every `lease_interval` the leases of running readers are renewed (a reader whose
+        lease was lost is stopped); every `discover_interval` the shard list is re-read.
+        A reader that fails is logged and restarted from its checkpoint.
+        """
+        loop = asyncio.get_running_loop()
+        next_discovery = 0.0
         try:
             while True:
-                await self._discover()
-                failed = [t for t in self._readers.values() if t.done() and not t.cancelled()]
-                for task in failed:
-                    exc = task.exception()
-                    if exc is not None:
-                        raise exc
-                await asyncio.sleep(self._discover_every)
+                self._reap_readers()
+                if loop.time() >= next_discovery:
+                    await self._discover()
+                    next_discovery = loop.time() + self._discover_every
+                await self._renew_leases()
+                await asyncio.sleep(min(self._discover_every, self._lease_every))
         finally:
-            for task in self._readers.values():
+            readers = list(self._readers.items())
+            for _, task in readers:
                 task.cancel()
-            await asyncio.gather(*self._readers.values(), return_exceptions=True)
+            await asyncio.gather(*(t for _, t in readers), return_exceptions=True)
+            # Hand the shards over at once rather than when the leases expire.
+            for sid, _ in readers:
+                with contextlib.suppress(Exception):
+                    await self._checkpoints.release(sid)
+
+    def _reap_readers(self) -> None:
+        for sid, task in list(self._readers.items()):
+            if not task.done():
+                continue
+            del self._readers[sid]
+            if task.cancelled():
+                continue
+            exc = task.exception()
+            if isinstance(exc, LeaseLost):
+                log.warning("lease on shard %s lost; another relay reads it now", sid)
+            elif exc is not None:
+                self.reader_failures += 1
+                log.error("reader of shard %s failed; restarting it", sid, exc_info=exc)
+
+    async def _renew_leases(self) -> None:
+        for sid, task in list(self._readers.items()):
+            if not task.done() and not await self._checkpoints.acquire(sid):
+                task.cancel()
+                log.warning("lease on shard %s lost; stopping its reader", sid)
 
     async def _discover(self) -> None:
         shards = await self._list_shards()
@@ -85,6 +134,8 @@ class StreamRelay:
             # A parent that aged out of the stream (not listed) counts as drained.
             if parent and parent in known and parent not in self._done:
                 continue
+            if not await self._checkpoints.acquire(sid):
+                continue  # another relay reads it
             self._readers[sid] = asyncio.create_task(self._read_shard(sid), name=f"shard:{sid}")
 
     async def _list_shards(self) -> list[dict[str, Any]]:
@@ -144,12 +195,15 @@ class StreamRelay:
                 if deltas:
                     await self._sink.publish(deltas)
                     self.deltas_published += len(deltas)
-                await self._checkpoints.set(shard_id, records[-1]["dynamodb"]["SequenceNumber"])
+                last = records[-1]["dynamodb"]["SequenceNumber"]
+                if await self._checkpoints.set(shard_id, last) is False:
+                    raise LeaseLost(shard_id)
             iterator = resp.get("NextShardIterator")
             if not records and iterator is not None:
                 await asyncio.sleep(self._poll)
         # No next iterator: the shard is closed and drained; its children may start.
-        await self._checkpoints.set(shard_id, SHARD_END)
+        if await self._checkpoints.set(shard_id, SHARD_END) is False:
+            raise LeaseLost(shard_id)
         self._done.add(shard_id)
         log.info("shard %s drained", shard_id)
         await self._discover()

@@ -16,6 +16,9 @@ class DynamoSettings(BaseSettings):
     # default chain (role, environment) supply them.
     access_key_id: str = "local"
     secret_access_key: str = "local"
+    # A claim's lease, and how often a live session renews it.
+    claim_lease_seconds: float = 90.0
+    claim_renew_seconds: float = 30.0
 
     @property
     def is_local(self) -> bool:

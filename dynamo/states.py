@@ -57,3 +57,11 @@ OPEN_STATES: frozenset[ExamStatus] = frozenset(
 
 def can_transition(current: ExamStatus, target: ExamStatus) -> bool:
     return target in TRANSITIONS[current]
+
+
+# An exam can be claimed (for reading) in these states.
+CLAIMABLE_STATES: frozenset[ExamStatus] = frozenset({_S.COMPLETED, _S.PRELIMINARY})
+# Reports: only the claim holder moves an exam into these while a claim is live.
+READING_STATES: frozenset[ExamStatus] = frozenset({_S.PRELIMINARY, _S.FINAL, _S.AMENDED})
+# Moving into these ends any claim.
+CLAIM_ENDING_STATES: frozenset[ExamStatus] = frozenset({_S.FINAL, _S.AMENDED, _S.CANCELLED})

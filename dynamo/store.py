@@ -1,14 +1,20 @@
 """The exam store: every write conditional, every exam write bumps `version`.
 
-One `ExamStore` wraps one aioboto3 DynamoDB client (one per process).
+One `ExamStore` wraps one aioboto3 DynamoDB client (one per process). Workflow moves
+(`transition`) are conditioned on the version and state that were read, so concurrent
+writers cannot lose each other's updates. Claims (the lock that prevents two people
+reading one exam) live in `dynamo.claims`, on the same items.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Any
 
 from dynamo import keys
 from dynamo.exceptions import (
+    AlreadyClaimed,
     ExamAlreadyExists,
     ExamNotFound,
     InvalidTransition,
@@ -24,19 +30,52 @@ from dynamo.models import (
     order_to_item,
     profile_to_item,
 )
+from dynamo.retry import Retry
 from dynamo.serde import from_attrs, to_attr, to_attrs
-from dynamo.states import PRIORITY_RANK, ExamStatus, can_transition
+from dynamo.states import (
+    CLAIM_ENDING_STATES,
+    OPEN_STATES,
+    PRIORITY_RANK,
+    READING_STATES,
+    ExamStatus,
+    Modality,
+    can_transition,
+)
 
-__all__ = ["ExamStore"]
+__all__ = ["CLAIM_FIELDS", "ExamStore"]
 
 # How often a transition without an expected version re-reads after losing a race.
 _RACE_RETRIES = 5
+# Attributes of a live claim (lock_version stays: the fencing token only grows).
+CLAIM_FIELDS = ("claimed_by", "claimed_by_name", "claimed_at", "lease_expires_at", "lock_token")
+_LOCATIONS = 50_000  # accession -> patient_id pointers cached per process
 
 
 class ExamStore:
-    def __init__(self, client: Any, table: str) -> None:
+    def __init__(self, client: Any, table: str, *, retry: Retry | None = None) -> None:
         self._client = client
         self.table = table
+        self.retry = retry or Retry()
+        self._where: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    # ---- low level -------------------------------------------------------------------
+
+    async def call(self, operation: str, **kwargs: Any) -> Any:
+        """One DynamoDB call (`operation` in snake_case), with retries."""
+        fn = getattr(self._client, operation)
+        return await self.retry(operation, fn, **kwargs)
+
+    @property
+    def condition_failed(self) -> type[Exception]:
+        return self._client.exceptions.ConditionalCheckFailedException  # type: ignore[no-any-return]
+
+    def key(self, patient_id: str, accession: str) -> dict[str, Any]:
+        return {
+            "PK": to_attr(keys.patient_pk(patient_id)),
+            "SK": to_attr(keys.study_sk(accession)),
+        }
+
+    # ---- create and read -------------------------------------------------------------
 
     async def create_exam(
         self, exam: Exam, order: Order, profile: PatientProfile | None = None
@@ -46,58 +85,52 @@ class ExamStore:
         The study must not exist yet; its version starts at 1.
         """
         exam = exam.model_copy(update={"version": 1, "updated_at": now_ms()})
+        absent = "attribute_not_exists(PK)"
         items: list[dict[str, Any]] = []
         if profile is not None:
             # The profile is upserted: one patient has many orders.
             items.append(
                 {"Put": {"TableName": self.table, "Item": to_attrs(profile_to_item(profile))}}
             )
-        items.append(
-            {
-                "Put": {
-                    "TableName": self.table,
-                    "Item": to_attrs(order_to_item(order)),
-                    "ConditionExpression": "attribute_not_exists(PK)",
+        pointer = {
+            "PK": keys.accession_pk(exam.tenant, exam.accession),
+            "SK": keys.ACCESSION_SK,
+            "entity": "ACCESSION",
+            "patient_id": exam.patient_id,
+        }
+        for item in (order_to_item(order), exam_to_item(exam), pointer):
+            items.append(
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": to_attrs(item),
+                        "ConditionExpression": absent,
+                    }
                 }
-            }
-        )
-        items.append(
-            {
-                "Put": {
-                    "TableName": self.table,
-                    "Item": to_attrs(exam_to_item(exam)),
-                    "ConditionExpression": "attribute_not_exists(PK)",
-                }
-            }
-        )
-        items.append(
-            {
-                "Put": {
-                    "TableName": self.table,
-                    "Item": to_attrs(
-                        {
-                            "PK": keys.accession_pk(exam.tenant, exam.accession),
-                            "SK": keys.ACCESSION_SK,
-                            "entity": "ACCESSION",
-                            "patient_id": exam.patient_id,
-                        }
-                    ),
-                    "ConditionExpression": "attribute_not_exists(PK)",
-                }
-            }
-        )
+            )
         try:
-            await self._client.transact_write_items(TransactItems=items)
+            await self.call("transact_write_items", TransactItems=items)
         except self._client.exceptions.TransactionCanceledException as exc:
             reasons = exc.response.get("CancellationReasons", [])
             if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
                 raise ExamAlreadyExists(exam.accession) from None
             raise
+        self._remember(exam.tenant, exam.accession, exam.patient_id)
         return exam
 
-    async def locate(self, tenant: str, accession: str) -> str:
-        """The patient_id whose partition holds a tenant's accession."""
-        resp = await self._client.get_item(
+    def _remember(self, tenant: str, accession: str, patient_id: str) -> None:
+        self._where[(tenant, accession)] = patient_id
+        self._where.move_to_end((tenant, accession))
+        while len(self._where) > _LOCATIONS:
+            self._where.popitem(last=False)
+
+    async def locate(self, tenant: str, accession: str, *, fresh: bool = False) -> str:
+        """The patient_id whose partition holds a tenant's accession (cached)."""
+        cached = None if fresh else self._where.get((tenant, accession))
+        if cached is not None:
+            return cached
+        resp = await self.call(
+            "get_item",
             TableName=self.table,
             Key={
                 "PK": to_attr(keys.accession_pk(tenant, accession)),
@@ -107,17 +140,84 @@ class ExamStore:
         )
         if "Item" not in resp:
             raise ExamNotFound(accession)
-        return str(resp["Item"]["patient_id"]["S"])
+        patient_id = str(resp["Item"]["patient_id"]["S"])
+        self._remember(tenant, accession, patient_id)
+        return patient_id
 
     async def get_exam(self, patient_id: str, accession: str) -> Exam:
-        resp = await self._client.get_item(
+        resp = await self.call(
+            "get_item",
             TableName=self.table,
-            Key=self._key(patient_id, accession),
+            Key=self.key(patient_id, accession),
             ConsistentRead=True,
         )
         if "Item" not in resp:
             raise ExamNotFound(accession)
         return exam_from_item(from_attrs(resp["Item"]))
+
+    async def find_exam(self, tenant: str, accession: str) -> Exam:
+        return await self.get_exam(await self.locate(tenant, accession), accession)
+
+    async def _query(self, **kwargs: Any) -> AsyncIterator[Exam]:
+        start: dict[str, Any] | None = None
+        while True:
+            page = dict(kwargs, ExclusiveStartKey=start) if start else kwargs
+            resp = await self.call("query", TableName=self.table, **page)
+            for item in resp.get("Items", []):
+                yield exam_from_item(from_attrs(item))
+            start = resp.get("LastEvaluatedKey")
+            if not start:
+                return
+
+    def exams_in_status(
+        self,
+        tenant: str,
+        status: ExamStatus,
+        *,
+        filter_expression: str | None = None,
+        **values: Any,
+    ) -> AsyncIterator[Exam]:
+        """A tenant's exams in one state, most urgent first (GSI1, paginated)."""
+        attrs = {":pk": to_attr(keys.gsi1_pk(tenant, status))}
+        attrs.update({k: to_attr(v) for k, v in values.items()})
+        kwargs: dict[str, Any] = {
+            "IndexName": keys.GSI1,
+            "KeyConditionExpression": "GSI1PK = :pk",
+            "ExpressionAttributeValues": attrs,
+        }
+        if filter_expression:
+            kwargs["FilterExpression"] = filter_expression
+        return self._query(**kwargs)
+
+    async def open_exams(self, tenant: str) -> list[Exam]:
+        """Every exam of a tenant still in an open state: what a worklist is built from.
+
+        One GSI1 query per open state, never a Scan.
+        """
+        out: list[Exam] = []
+        for status in ExamStatus:
+            if status in OPEN_STATES:
+                out.extend([e async for e in self.exams_in_status(tenant, status)])
+        return out
+
+    async def exams_by_modality(
+        self, tenant: str, modality: Modality, start_ms: int, end_ms: int
+    ) -> list[Exam]:
+        """A tenant's exams of one modality scheduled in [start_ms, end_ms) (GSI2)."""
+        return [
+            e
+            async for e in self._query(
+                IndexName=keys.GSI2,
+                KeyConditionExpression="GSI2PK = :pk AND GSI2SK BETWEEN :lo AND :hi",
+                ExpressionAttributeValues={
+                    ":pk": to_attr(keys.gsi2_pk(tenant, modality)),
+                    ":lo": to_attr(keys.gsi2_sk(start_ms, "")),
+                    ":hi": to_attr(keys.gsi2_sk(end_ms - 1, "~")),
+                },
+            )
+        ]
+
+    # ---- workflow ----------------------------------------------------------------------
 
     async def transition(
         self,
@@ -127,11 +227,14 @@ class ExamStore:
         *,
         expected_version: int | None = None,
     ) -> Exam:
-        """Move an exam to `target` if the state machine allows it.
+        """Move an exam to `target` if the state machine allows it (a system's move:
+        an HL7 feed, the scanner, the simulator).
 
         With `expected_version`, the write happens only if the exam is still at that
         version (else `VersionConflict`). Without it, the exam is read and the write is
         conditioned on what was read; a lost race re-reads a bounded number of times.
+        A report state cannot be entered this way while a reader holds a live claim
+        (`AlreadyClaimed`); a final report or a cancellation ends any claim.
         """
         for _ in range(_RACE_RETRIES):
             current = await self.get_exam(patient_id, accession)
@@ -139,17 +242,38 @@ class ExamStore:
                 raise VersionConflict(accession, expected_version, current.version)
             if not can_transition(current.status, target):
                 raise InvalidTransition(accession, current.status, target)
+            now = now_ms()
+            live = current.claimed_by is not None and (current.lease_expires_at or 0) >= now
+            if target in READING_STATES and live:
+                raise AlreadyClaimed(
+                    accession,
+                    current.claimed_by or "",
+                    current.claimed_by_name,
+                    current.lease_expires_at,
+                )
             try:
-                return await self._write_transition(current, target)
+                return await self.write_transition(current, target, now=now)
             except VersionConflict:
                 if expected_version is not None:
                     raise
         raise VersionConflict(accession, -1, None)
 
-    async def _write_transition(self, current: Exam, target: ExamStatus) -> Exam:
-        now = now_ms()
+    async def write_transition(
+        self,
+        current: Exam,
+        target: ExamStatus,
+        *,
+        now: int,
+        condition: str = "",
+        values: dict[str, Any] | None = None,
+    ) -> Exam:
+        """The conditional write of one move from the state `current` was read in.
+
+        `condition` and `values` add to the version-and-state condition (claims use
+        them to require the claim's token).
+        """
         names = {"#s": "status", "#v": "version"}
-        values: dict[str, Any] = {
+        attrs: dict[str, Any] = {
             ":from": to_attr(current.status.value),
             ":to": to_attr(target.value),
             ":v": to_attr(current.version),
@@ -160,28 +284,28 @@ class ExamStore:
                 keys.gsi1_sk(PRIORITY_RANK[current.priority], current.tat_due_at, current.accession)
             ),
         }
+        attrs.update({k: to_attr(v) for k, v in (values or {}).items()})
         sets = ["#s = :to", "#v = :next", "updated_at = :now", "GSI1PK = :g1pk", "GSI1SK = :g1sk"]
         if target is ExamStatus.COMPLETED:
             sets.append("completed_at = :now")
+        expression = "SET " + ", ".join(sets)
+        if target in CLAIM_ENDING_STATES:
+            expression += " REMOVE " + ", ".join(CLAIM_FIELDS)
+        cond = "#v = :v AND #s = :from" + (f" AND ({condition})" if condition else "")
         try:
-            resp = await self._client.update_item(
+            resp = await self.call(
+                "update_item",
                 TableName=self.table,
-                Key=self._key(current.patient_id, current.accession),
-                UpdateExpression="SET " + ", ".join(sets),
-                ConditionExpression="#v = :v AND #s = :from",
+                Key=self.key(current.patient_id, current.accession),
+                UpdateExpression=expression,
+                ConditionExpression=cond,
                 ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
+                ExpressionAttributeValues=attrs,
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except self._client.exceptions.ConditionalCheckFailedException as exc:
-            old = exc.response.get("Item")
+        except self.condition_failed as exc:
+            old = exc.response.get("Item")  # type: ignore[attr-defined]
             seen = from_attrs(old)["version"] if old else None
             raise VersionConflict(current.accession, current.version, seen) from None
         return exam_from_item(from_attrs(resp["Attributes"]))
-
-    def _key(self, patient_id: str, accession: str) -> dict[str, Any]:
-        return {
-            "PK": to_attr(keys.patient_pk(patient_id)),
-            "SK": to_attr(keys.study_sk(accession)),
-        }

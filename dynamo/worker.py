@@ -1,18 +1,27 @@
 """The relay as a long-lived worker process: `python -m dynamo.worker`.
 
-Reads the table's stream and hands each batch of deltas to the worklist cache.
+Reads the table's stream and hands each batch of deltas to the worklist cache, and
+reaps expired claims. Several workers may run at once: shard leases make one of them
+the reader of each shard, and the reaper's writes are safe to race.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import socket
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
 
+from dynamo.claims import Claims
 from dynamo.client import dynamodb_client, streams_client
+from dynamo.exceptions import StoreError
 from dynamo.relay import StreamRelay
 from dynamo.settings import DynamoSettings
+from dynamo.sites import DEMO_TENANTS
+from dynamo.store import ExamStore
 from dynamo.table import wait_for_table
 from service.logs import configure_logging
 from service.runner import run_until_signalled
@@ -28,26 +37,55 @@ class RelaySettings(BaseSettings):
     poll_interval: float = 0.05
     # How often the shard list is re-read to find new (child) shards.
     discover_interval: float = 5.0
+    # A shard lease's life; the holder renews it every third of that.
+    lease_seconds: float = 15.0
+    # How often expired claims are released (0 turns the reaper off).
+    reap_interval: float = 5.0
+    # This worker's name in shard leases; host:pid when empty.
+    node_name: str = ""
     log_level: str = "INFO"
+
+
+async def reap_forever(claims: Claims, tenants: list[str], interval: float) -> None:
+    while True:
+        for tenant in tenants:
+            try:
+                released = await claims.reap(tenant)
+            except StoreError as exc:
+                log.warning("reaper: %s (%s)", exc.code, type(exc).__name__)
+                continue
+            if released:
+                log.info("reaper released %d expired claims of %s", len(released), tenant)
+        await asyncio.sleep(interval)
 
 
 async def run_relay(
     relay_settings: RelaySettings, dynamo: DynamoSettings, cache: CacheSettings
 ) -> None:
     redis = Redis.from_url(cache.redis_url)
+    owner = relay_settings.node_name or f"{socket.gethostname()}:{os.getpid()}"
     try:
         async with dynamodb_client(dynamo) as ddb, streams_client(dynamo) as streams:
             arn = await wait_for_table(ddb, dynamo.table)
+            lease_ms = int(relay_settings.lease_seconds * 1000)
             relay = StreamRelay(
                 streams,
                 arn,
                 WorklistFeed(redis, maxlen=cache.feed_maxlen),
-                RedisCheckpoints(redis, arn),
+                RedisCheckpoints(redis, arn, owner=owner, lease_ms=lease_ms),
                 poll_interval=relay_settings.poll_interval,
                 discover_interval=relay_settings.discover_interval,
+                lease_interval=relay_settings.lease_seconds / 3,
             )
-            log.info("relaying stream of table %s", dynamo.table)
-            await relay.run()
+            log.info("relaying stream of table %s as %s", dynamo.table, owner)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(relay.run(), name="relay")
+                if relay_settings.reap_interval > 0:
+                    claims = Claims(ExamStore(ddb, dynamo.table))
+                    tenants = [t.code for t in DEMO_TENANTS]
+                    group.create_task(
+                        reap_forever(claims, tenants, relay_settings.reap_interval), name="reaper"
+                    )
     finally:
         await redis.aclose()
 

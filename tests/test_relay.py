@@ -116,6 +116,9 @@ async def test_relay_process_killed_resumes_without_loss(
         "DYNAMO_ENDPOINT_URL": dynamo_settings.endpoint_url,
         "DYNAMO_TABLE": dynamo_settings.table,
         "RELAY_POLL_INTERVAL": "0.02",
+        # The killed relay's lease must run out before its successor reads the shard.
+        "RELAY_LEASE_SECONDS": "2",
+        "RELAY_DISCOVER_INTERVAL": "0.5",
     }
 
     def spawn() -> ManagedProcess:
@@ -133,6 +136,85 @@ async def test_relay_process_killed_resumes_without_loss(
     finally:
         relay.stop()
     _assert_exactly_once_in_order(entries, written)
+
+
+def _worker_env(dynamo_settings: DynamoSettings, redis_url: str, name: str) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis_url,
+        "DYNAMO_ENDPOINT_URL": dynamo_settings.endpoint_url,
+        "DYNAMO_TABLE": dynamo_settings.table,
+        "RELAY_POLL_INTERVAL": "0.02",
+        "RELAY_LEASE_SECONDS": "1.5",
+        "RELAY_DISCOVER_INTERVAL": "0.3",
+        "RELAY_REAP_INTERVAL": "0.3",
+        "RELAY_NODE_NAME": name,
+    }
+
+
+async def _lease_holder(redis: Redis, arn: str) -> str | None:
+    checkpoints = RedisCheckpoints(redis, arn)
+    lease_keys = await redis.keys(keys.relay_lease(arn, "*"))
+    assert len(lease_keys) <= 1
+    if not lease_keys:
+        return None
+    shard = lease_keys[0].decode().rpartition(":lease:")[2]
+    return await checkpoints.holder(shard)
+
+
+async def test_two_relays_share_by_lease_and_the_survivor_takes_over(
+    store: ExamStore, dynamo_settings: DynamoSettings, redis: Redis, redis_url: str, ddb: Any
+) -> None:
+    arn = await stream_arn(ddb, dynamo_settings.table)
+    relays = {
+        name: ManagedProcess(
+            name,
+            [sys.executable, "-m", "dynamo.worker"],
+            env=_worker_env(dynamo_settings, redis_url, name),
+            cwd=ROOT,
+        )
+        for name in ("relay-a", "relay-b")
+    }
+    try:
+        before = await _write_day(store, exams=10, seed=3)
+        await _wait_for_feed(redis, len(before))
+        holder = await _lease_holder(redis, arn)
+        assert holder in relays, "one relay leases the shard"
+        relays[holder].kill()  # the reader dies without a goodbye
+        survivor = next(n for n in relays if n != holder)
+        after = await _write_day(store, exams=10, seed=4)
+        written = before | after
+        entries = await _wait_for_feed(redis, len(written), timeout=30)
+        assert await _lease_holder(redis, arn) == survivor
+    finally:
+        for proc in relays.values():
+            proc.stop()
+    _assert_exactly_once_in_order(entries, written)
+
+
+async def test_the_worker_reaps_expired_claims_and_the_feed_shows_it(
+    store: ExamStore, dynamo_settings: DynamoSettings, redis: Redis, redis_url: str
+) -> None:
+    from dynamo.claims import Claims
+
+    exam, order, profile = exam_bundle("northwind")
+    await store.create_exam(exam, order, profile)
+    for status in PATH[:3]:
+        await store.transition(exam.patient_id, exam.accession, status)
+    claim = await Claims(store).claim(exam.patient_id, exam.accession, "u-ana", "Ana", lease_ms=300)
+    worker = ManagedProcess(
+        "relay",
+        [sys.executable, "-m", "dynamo.worker"],
+        env=_worker_env(dynamo_settings, redis_url, "relay-r"),
+        cwd=ROOT,
+    )
+    try:
+        entries = await _wait_for_feed(redis, 6, timeout=20)
+    finally:
+        worker.stop()
+    assert entries[-1] == (exam.accession, claim.exam.version + 1)
+    snap = await WorklistFeed(redis).snapshot("northwind")
+    (row,) = snap.rows
+    assert row["claimed_by"] is None and row["status"] == "COMPLETED"
 
 
 # ---- AWS semantics DynamoDB Local does not show: a fake at the boto client boundary ----
@@ -216,8 +298,15 @@ class DictCheckpoints:
     async def get(self, shard_id: str) -> str | None:
         return self.values.get(shard_id)
 
-    async def set(self, shard_id: str, sequence_number: str) -> None:
+    async def set(self, shard_id: str, sequence_number: str) -> bool:
         self.values[shard_id] = sequence_number
+        return True
+
+    async def acquire(self, shard_id: str) -> bool:
+        return True
+
+    async def release(self, shard_id: str) -> None:
+        pass
 
 
 async def test_child_shard_is_read_only_after_its_parent_is_drained() -> None:
@@ -288,3 +377,18 @@ async def test_lambda_and_worker_normalize_real_records_alike(
     assert records_to_deltas(lambda_records) == worker
     if os.environ.get("CI_SIGNAL_TEST"):  # keeps `signal` in use for a future drain test
         signal.getsignal(signal.SIGTERM)
+
+
+async def test_a_lease_fences_the_checkpoint_of_a_relay_that_lost_it(redis: Redis) -> None:
+    a = RedisCheckpoints(redis, "arn:x", owner="a", lease_ms=200)
+    b = RedisCheckpoints(redis, "arn:x", owner="b", lease_ms=200)
+    assert await a.acquire("s1") and not await b.acquire("s1")
+    assert await a.set("s1", "100")
+    await asyncio.sleep(0.35 * UNIT)  # a stalls past its lease
+    assert await b.acquire("s1")
+    assert await b.set("s1", "200")
+    assert not await a.set("s1", "150"), "the ex-owner cannot move the checkpoint"
+    assert not await a.acquire("s1")
+    assert await a.get("s1") == "200"
+    await b.release("s1")
+    assert await a.acquire("s1")

@@ -41,3 +41,8 @@ def channel(tenant: str) -> str:
 def relay_checkpoint(stream_arn: str) -> str:
     """Hash: shard_id -> last sequence number published (or SHARD_END)."""
     return f"{PREFIX}:relay:{stream_arn}:checkpoints"
+
+
+def relay_lease(stream_arn: str, shard_id: str) -> str:
+    """String: the relay that reads this shard now (with a TTL the owner renews)."""
+    return f"{PREFIX}:relay:{stream_arn}:lease:{shard_id}"
