@@ -72,6 +72,8 @@ class Demo:
             "DYNAMO_TABLE": dynamo.table,
             "GATEWAY_PORT": str(port),
             "GATEWAY_HOST": "127.0.0.1",
+            # The demo's users log in from the page; tokens die with this run.
+            "GATEWAY_DEMO": os.environ.get("GATEWAY_DEMO", "true"),
         }
         self._spawn("relay", [sys.executable, "-m", "dynamo.worker"])
         gateway = self._spawn("gateway", [sys.executable, "-m", "gateway"])

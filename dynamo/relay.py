@@ -89,6 +89,9 @@ class StreamRelay:
                     await self._discover()
                     next_discovery = loop.time() + self._discover_every
                 await self._renew_leases()
+                beat = getattr(self._sink, "heartbeat", None)
+                if beat is not None:
+                    await beat()
                 await asyncio.sleep(min(self._discover_every, self._lease_every))
         finally:
             readers = list(self._readers.items())

@@ -14,9 +14,11 @@ import socket
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from dynamo.claims import Claims
 from dynamo.client import dynamodb_client, streams_client
+from dynamo.deltas import ExamDelta
 from dynamo.exceptions import StoreError
 from dynamo.relay import StreamRelay
 from dynamo.settings import DynamoSettings
@@ -39,20 +41,43 @@ class RelaySettings(BaseSettings):
     discover_interval: float = 5.0
     # A shard lease's life; the holder renews it every third of that.
     lease_seconds: float = 15.0
-    # How often expired claims are released (0 turns the reaper off).
+    # How often expired claims are released and a lost cache is rebuilt (0: never).
     reap_interval: float = 5.0
     # This worker's name in shard leases; host:pid when empty.
     node_name: str = ""
     log_level: str = "INFO"
 
 
-async def reap_forever(claims: Claims, tenants: list[str], interval: float) -> None:
+async def rebuild(store: ExamStore, feed: WorklistFeed, tenant: str) -> int:
+    """Refill a tenant's worklists from DynamoDB (GSI queries, never a Scan).
+
+    Runs beside the live relay: both go through the feed's idempotent apply, so a
+    change that races the rebuild lands by version whichever comes first, and no change
+    can fall between the two.
+    """
+    exams = await store.open_exams(tenant)
+    for start in range(0, len(exams), 200):
+        await feed.publish([ExamDelta.from_exam(e) for e in exams[start : start + 200]])
+    await feed.mark_built(tenant)
+    return len(exams)
+
+
+async def maintain_forever(
+    claims: Claims, feed: WorklistFeed, tenants: list[str], interval: float
+) -> None:
+    """Rebuild the cache of a tenant whenever Redis lost it; release expired claims."""
     while True:
         for tenant in tenants:
             try:
+                if not await feed.is_built(tenant):
+                    count = await rebuild(claims.store, feed, tenant)
+                    log.info("rebuilt the worklists of %s from DynamoDB: %d exams", tenant, count)
                 released = await claims.reap(tenant)
             except StoreError as exc:
-                log.warning("reaper: %s (%s)", exc.code, type(exc).__name__)
+                log.warning("maintenance of %s: %s", tenant, exc.code)
+                continue
+            except (RedisError, OSError) as exc:
+                log.warning("maintenance of %s: redis %s", tenant, type(exc).__name__)
                 continue
             if released:
                 log.info("reaper released %d expired claims of %s", len(released), tenant)
@@ -68,10 +93,11 @@ async def run_relay(
         async with dynamodb_client(dynamo) as ddb, streams_client(dynamo) as streams:
             arn = await wait_for_table(ddb, dynamo.table)
             lease_ms = int(relay_settings.lease_seconds * 1000)
+            feed = WorklistFeed(redis, maxlen=cache.feed_maxlen)
             relay = StreamRelay(
                 streams,
                 arn,
-                WorklistFeed(redis, maxlen=cache.feed_maxlen),
+                feed,
                 RedisCheckpoints(redis, arn, owner=owner, lease_ms=lease_ms),
                 poll_interval=relay_settings.poll_interval,
                 discover_interval=relay_settings.discover_interval,
@@ -84,7 +110,8 @@ async def run_relay(
                     claims = Claims(ExamStore(ddb, dynamo.table))
                     tenants = [t.code for t in DEMO_TENANTS]
                     group.create_task(
-                        reap_forever(claims, tenants, relay_settings.reap_interval), name="reaper"
+                        maintain_forever(claims, feed, tenants, relay_settings.reap_interval),
+                        name="maintenance",
                     )
     finally:
         await redis.aclose()

@@ -1,19 +1,60 @@
-"""`python -m gateway`: serve the app with uvicorn (uvloop when available)."""
+"""`python -m gateway`: serve the app with uvicorn (uvloop when available).
+
+SIGTERM drains instead of cutting: readiness goes false at once (the load balancer
+stops sending new connections), open connections are served for `drain_seconds`, then
+closed with 1012 so clients reconnect to another node, and the process exits 0. A
+second SIGTERM or SIGINT exits at once.
+"""
 
 from __future__ import annotations
 
-import uvicorn
+import asyncio
+import logging
+import sys
+from types import FrameType
 
-from gateway.app import create_app
+import uvicorn
+from starlette.applications import Starlette
+
+from gateway.app import ConfigurationError, create_app
 from gateway.settings import GatewaySettings
 from service.logs import configure_logging
 
+log = logging.getLogger("gateway")
 
-def main() -> None:
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self._app = app
+        self._drain: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        gw = getattr(self._app.state, "gw", None)
+        if self._drain is not None or gw is None or not self.started:
+            super().handle_exit(sig, frame)
+            return
+        loop = asyncio.get_event_loop()
+        self._drain = loop.create_task(self._drain_then_exit(gw))
+
+    async def _drain_then_exit(self, gw: object) -> None:
+        try:
+            await gw.drain()  # type: ignore[attr-defined]
+        finally:
+            self.should_exit = True
+
+
+def main() -> int:
     settings = GatewaySettings()
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
+    try:
+        app = create_app(settings)
+    except ConfigurationError as exc:
+        log.error("gateway not started: %s", exc)
+        print(f"gateway not started: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         ws=settings.ws_impl,
@@ -23,9 +64,11 @@ def main() -> None:
         ws_max_size=settings.max_frame_bytes,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
-        timeout_graceful_shutdown=max(1, round(settings.drain_seconds)),
+        timeout_graceful_shutdown=5,
     )
+    DrainingServer(config, app).run()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,14 +1,18 @@
-"""The gateway's Starlette app: one lifespan wires Redis, the feed and the fan-out hub."""
+"""The gateway's Starlette app: one lifespan wires Redis, DynamoDB, the feed, presence
+and the fan-out hub; the routes are the WebSocket, login, health, metrics and the page."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from starlette.applications import Starlette
@@ -18,10 +22,17 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
+from dynamo.claims import Claims
+from dynamo.client import dynamodb_client
+from dynamo.settings import DynamoSettings
 from dynamo.sites import DEMO_TENANTS
+from dynamo.store import ExamStore
 from frontend_stub import INDEX_HTML, STATIC_DIR
+from gateway.auth import JwksVerifier, SecretVerifier, Verifier, mint_token
+from gateway.demo_users import BY_SUB, DEMO_USERS
 from gateway.hub import Hub
-from gateway.protocol import schema
+from gateway.presence import Presence
+from gateway.protocol import CloseCode, schema
 from gateway.session import Session
 from gateway.settings import GatewaySettings
 from worklist_cache import CacheSettings, FeedSubscriber, WorklistFeed
@@ -29,19 +40,61 @@ from worklist_cache import CacheSettings, FeedSubscriber, WorklistFeed
 log = logging.getLogger("gateway")
 
 
+class ConfigurationError(RuntimeError):
+    """The gateway cannot start as configured (the message says what to set)."""
+
+
+def build_verifier(settings: GatewaySettings) -> tuple[Verifier, str]:
+    """The token verifier, and the secret the demo login signs with ("" when none)."""
+    if settings.jwks_url:
+        verifier = JwksVerifier(
+            settings.jwks_url,
+            audience=settings.jwt_audience or None,
+            issuer=settings.jwt_issuer or None,
+        )
+        return verifier, ""
+    secret = settings.jwt_secret
+    if not secret:
+        if not settings.demo:
+            raise ConfigurationError(
+                "no way to verify tokens: set GATEWAY_JWT_SECRET (32+ characters) or "
+                "GATEWAY_JWKS_URL, or GATEWAY_DEMO=true for a local demo"
+            )
+        secret = secrets.token_urlsafe(32)  # a demo's tokens die with the process
+    if len(secret) < 32:
+        raise ConfigurationError("GATEWAY_JWT_SECRET must be at least 32 characters")
+    return SecretVerifier(secret, audience=settings.jwt_audience or None), secret
+
+
 class Gateway:
     """Everything the routes share; built by the lifespan, closed by it."""
 
-    def __init__(self, settings: GatewaySettings, cache: CacheSettings) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        cache: CacheSettings,
+        dynamo: DynamoSettings,
+        ddb: Any,
+    ) -> None:
         self.settings = settings
-        self.cache_settings = cache
+        self.log = log
         self.node = settings.node_name or f"{socket.gethostname()}:{os.getpid()}"
+        self.verifier, self.signing_secret = build_verifier(settings)
         self.hub = Hub()
         self.sessions: set[Session] = set()
         self.metrics: Counter[str] = Counter()
         self.redis: Redis = Redis.from_url(cache.redis_url)
         self.feed = WorklistFeed(self.redis, maxlen=cache.feed_maxlen)
-        self.subscriber = FeedSubscriber(self.redis, self.hub.on_message, self._on_gap)
+        self.subscriber = FeedSubscriber(self.redis, self._on_gap)
+        self.presence = Presence(self.redis, self.subscriber, self.node)
+        self.ddb = ddb
+        self.table = dynamo.table
+        self.store = ExamStore(ddb, dynamo.table)
+        self.claims = Claims(self.store, lease_seconds=dynamo.claim_lease_seconds)
+        self.claim_renew_seconds = dynamo.claim_renew_seconds
+        self.draining = False
+        own = {f"http://{settings.host}:{settings.port}", f"http://localhost:{settings.port}"}
+        self.origins = own | {o.strip() for o in settings.origins.split(",") if o.strip()}
 
     async def _on_gap(self) -> None:
         self.metrics["feed_gaps"] += 1
@@ -49,53 +102,133 @@ class Gateway:
         for session in list(self.sessions):
             session.resync()
 
+    def origin_allowed(self, websocket: WebSocket) -> bool:
+        origin = websocket.headers.get("origin")
+        if origin is None:
+            return True  # not a browser: browsers always send Origin on a WebSocket
+        host = websocket.headers.get("host", "")
+        return origin in self.origins or urlsplit(origin).netloc == host
+
+    async def drain(self) -> None:
+        """Readiness goes false at once; after the drain period every open connection
+        is told to reconnect elsewhere (1012)."""
+        self.draining = True
+        log.info("draining %d sessions for %.1fs", len(self.sessions), self.settings.drain_seconds)
+        await asyncio.sleep(self.settings.drain_seconds)
+        for session in list(self.sessions):
+            session.request_close(CloseCode.RESTARTING, "server restarting: reconnect")
+        deadline = asyncio.get_running_loop().time() + 5
+        while self.sessions and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
     async def aclose(self) -> None:
+        await self.presence.aclose()
         await self.subscriber.aclose()
         await self.redis.aclose()
 
 
 def create_app(
-    settings: GatewaySettings | None = None, cache: CacheSettings | None = None
+    settings: GatewaySettings | None = None,
+    cache: CacheSettings | None = None,
+    dynamo: DynamoSettings | None = None,
 ) -> Starlette:
     settings = settings or GatewaySettings()
     cache = cache or CacheSettings()
+    dynamo = dynamo or DynamoSettings()
+    build_verifier(settings)  # refuse to start before serving anything
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            gw = Gateway(settings, cache)
+            ddb = await stack.enter_async_context(dynamodb_client(dynamo))
+            gw = Gateway(settings, cache, dynamo, ddb)
             stack.push_async_callback(gw.aclose)
             await stack.enter_async_context(gw.subscriber)
+            await stack.enter_async_context(gw.presence)
             app.state.gw = gw
-            log.info("gateway %s ready", gw.node)
+            log.info("gateway %s ready (demo=%s)", gw.node, settings.demo)
             yield
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
-        await Session(websocket.app.state.gw, websocket).run()
+        gw: Gateway = websocket.app.state.gw
+        if gw.draining:
+            await websocket.close(CloseCode.TRY_AGAIN)
+            return
+        if not gw.origin_allowed(websocket):
+            gw.metrics["origin_refused"] += 1
+            await websocket.close(CloseCode.POLICY)
+            return
+        await Session(gw, websocket).run()
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
 
     async def readyz(request: Request) -> Response:
         gw: Gateway = request.app.state.gw
+        checks: dict[str, bool] = {"draining": gw.draining}
         try:
-            await gw.redis.ping()
+            await asyncio.wait_for(gw.redis.ping(), 1.0)
+            checks["redis"] = True
         except Exception:
-            return JSONResponse({"ready": False, "redis": False}, status_code=503)
-        return JSONResponse({"ready": True, "redis": True})
+            checks["redis"] = False
+        try:
+            await asyncio.wait_for(gw.ddb.describe_table(TableName=gw.table), 1.0)
+            checks["dynamodb"] = True
+        except Exception:
+            checks["dynamodb"] = False
+        checks["relay"] = await gw.feed.relay_alive()
+        ready = checks["redis"] and checks["dynamodb"] and checks["relay"] and not gw.draining
+        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
         gw: Gateway = request.app.state.gw
+        depth = sum(s.client.queue.qsize() for s in gw.sessions)
         lines = [
+            "# TYPE gateway_connections gauge",
             f"gateway_connections {len(gw.sessions)}",
+            f"gateway_queued_frames {depth}",
             f"gateway_deltas_in_total {gw.hub.deltas_in}",
             f"gateway_frames_out_total {gw.hub.frames_out}",
+            f"gateway_draining {int(gw.draining)}",
             *(f"gateway_{name}_total {value}" for name, value in sorted(gw.metrics.items())),
         ]
         return PlainTextResponse("\n".join(lines) + "\n")
 
     async def tenants(request: Request) -> Response:
         return JSONResponse([t.model_dump(mode="json") for t in DEMO_TENANTS])
+
+    async def demo_users(request: Request) -> Response:
+        if not settings.demo:
+            return JSONResponse([], status_code=200)
+        return JSONResponse([u.model_dump(mode="json") for u in DEMO_USERS])
+
+    async def login(request: Request) -> Response:
+        """Demo mode only: a token for one of the demo users."""
+        gw: Gateway = request.app.state.gw
+        if not settings.demo or not gw.signing_secret:
+            return JSONResponse(
+                {"code": "forbidden", "message": "log in through your identity provider"},
+                status_code=403,
+            )
+        try:
+            body = await request.json()
+            user = BY_SUB[str(body["user"])]
+        except Exception:
+            return JSONResponse(
+                {"code": "bad_request", "message": 'send {"user": <a demo user\'s sub>}'},
+                status_code=400,
+            )
+        token = mint_token(
+            gw.signing_secret,
+            sub=user.sub,
+            name=user.name,
+            tenant=user.tenant,
+            roles=[r.value for r in user.roles],
+            sites=list(user.sites),
+            subspecialties=list(user.subspecialties),
+            ttl_s=settings.token_ttl,
+        )
+        return JSONResponse({"token": token, "user": user.model_dump(mode="json")})
 
     async def protocol_schema(request: Request) -> Response:
         return JSONResponse(schema())
@@ -110,6 +243,8 @@ def create_app(
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/api/tenants", tenants),
+        Route("/api/demo-users", demo_users),
+        Route("/api/login", login, methods=["POST"]),
         Route("/protocol/schema.json", protocol_schema),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         Route("/{path:path}", index),

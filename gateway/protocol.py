@@ -14,32 +14,46 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from dynamo.deltas import ExamDelta
+from dynamo.states import ExamStatus
 from worklist_cache.views import View
 
 PROTOCOL = "ris.v1"
 
 RequestId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 Tenant = Annotated[str, Field(pattern=r"^[a-z0-9-]{1,40}$")]
+ExamId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+ClaimToken = Annotated[str, Field(max_length=128)]
 
 
 class ErrorCode(StrEnum):
     """Stable error codes; a client acts on these, never on the message text."""
 
-    BAD_REQUEST = "bad_request"  # the frame is not valid JSON or not a known message
-    NOT_FOUND = "not_found"  # no such subscription / exam
+    BAD_REQUEST = "bad_request"  # not JSON, unknown `type`, or a field out of range
+    UNAUTHORIZED = "unauthorized"  # no valid token: the connection closes (4003)
+    TOKEN_EXPIRED = "token_expired"  # refresh in-band with a new `auth`, or be closed (4004)
+    FORBIDDEN = "forbidden"  # authenticated, but this tenant/site/action is not yours
+    NOT_FOUND = "not_found"  # no such subscription / exam (or not one you may see)
+    CONFLICT = "conflict"  # someone else holds the claim; `detail.holder` says who
+    STALE_TOKEN = "stale_token"  # your claim token is not the current one (expired, broken)
+    INVALID_TRANSITION = "invalid_transition"  # the exam's state forbids it; `detail.current`
+    RATE_LIMITED = "rate_limited"  # too many requests; `detail.retry_after_ms`
+    TOO_LARGE = "too_large"  # frame above the size limit (the connection closes, 1009)
     TOO_MANY = "too_many_subscriptions"
+    UNAVAILABLE = "unavailable"  # the store is throttled or down: retry with backoff
     INTERNAL = "internal"  # the server failed; retrying may help
 
 
 class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
-    POLICY = 1008  # origin not allowed
+    POLICY = 1008  # origin not allowed, or abuse
     TOO_LARGE = 1009  # frame above the size limit
     INTERNAL = 1011
     RESTARTING = 1012  # the node is draining: reconnect (to another node) and resume
-    TRY_AGAIN = 1013
+    TRY_AGAIN = 1013  # the node is not ready: reconnect with backoff
     TOO_SLOW = 4001  # the client fell too far behind; reconnect and resume
+    UNAUTHORIZED = 4003  # no valid `auth` in time, or a bad token: log in again
+    TOKEN_EXPIRED = 4004  # the token expired and was not refreshed in-band
 
 
 class _Frame(BaseModel):
@@ -49,15 +63,30 @@ class _Frame(BaseModel):
 # ---- client -> server -------------------------------------------------------------
 
 
+class Auth(_Frame):
+    """The first frame: nothing else is processed before it. Sent again later with a
+    fresh token, it extends the session (same user only)."""
+
+    type: Literal["auth"]
+    id: RequestId
+    token: str = Field(min_length=1, max_length=8192)
+
+
+class Position(_Frame):
+    epoch: str = Field(max_length=64)
+    offset: str = Field(pattern=r"^\d{1,20}-\d{1,20}$")
+
+
 class Subscribe(_Frame):
-    """Start a live view. The reply is a `snapshot` with the same `id`, then `delta`s
-    carrying `sub` = that id."""
+    """Start a live view. The reply is a `snapshot` (or, with `since`, a `resumed`)
+    with the same `id`, then `delta`s carrying `sub` = that id."""
 
     type: Literal["subscribe"]
     id: RequestId
-    tenant: Tenant
+    tenant: Tenant | None = None  # defaults to the token's tenant; another one is forbidden
     view: View = Field(default_factory=View)
     limit: int = Field(default=500, ge=1, le=5000)
+    since: Position | None = None  # resume after this feed position
 
 
 class Unsubscribe(_Frame):
@@ -71,8 +100,60 @@ class Ping(_Frame):
     id: RequestId
 
 
-ClientFrame = Annotated[Subscribe | Unsubscribe | Ping, Field(discriminator="type")]
-client_frame: TypeAdapter[Subscribe | Unsubscribe | Ping] = TypeAdapter(ClientFrame)
+class ClaimRequest(_Frame):
+    """Claim an exam to read it. The reply `claimed` carries the claim's secret token."""
+
+    type: Literal["claim"]
+    id: RequestId
+    exam_id: ExamId
+
+
+class Release(_Frame):
+    """Give a claimed exam back. `token` defaults to the one this connection holds."""
+
+    type: Literal["release"]
+    id: RequestId
+    exam_id: ExamId
+    token: ClaimToken | None = None
+
+
+class Sign(_Frame):
+    """The claim holder files a report: PRELIMINARY keeps the claim, FINAL ends it."""
+
+    type: Literal["sign"]
+    id: RequestId
+    exam_id: ExamId
+    status: Literal[ExamStatus.PRELIMINARY, ExamStatus.FINAL, ExamStatus.AMENDED]
+    token: ClaimToken | None = None
+
+
+class BreakLock(_Frame):
+    """Admin only: release whoever holds the exam; they are told why."""
+
+    type: Literal["break_lock"]
+    id: RequestId
+    exam_id: ExamId
+    reason: str = Field(min_length=1, max_length=200)
+
+
+class PresenceRequest(_Frame):
+    type: Literal["presence"]
+    id: RequestId
+
+
+ClientFrameType = (
+    Auth
+    | Subscribe
+    | Unsubscribe
+    | Ping
+    | ClaimRequest
+    | Release
+    | Sign
+    | BreakLock
+    | PresenceRequest
+)
+ClientFrame = Annotated[ClientFrameType, Field(discriminator="type")]
+client_frame: TypeAdapter[ClientFrameType] = TypeAdapter(ClientFrame)
 
 
 # ---- server -> client -------------------------------------------------------------
@@ -82,11 +163,30 @@ class Welcome(_Frame):
     type: Literal["welcome"] = "welcome"
     protocol: Literal["ris.v1"] = "ris.v1"
     node: str
+    auth_timeout_ms: int
+
+
+class UserInfo(_Frame):
+    sub: str
+    name: str
+    roles: list[str]
+    tenant: str
+    sites: list[str]  # empty: every site of the tenant
+    subspecialties: list[str]  # empty: every subspecialty
+
+
+class Authenticated(_Frame):
+    type: Literal["authenticated"] = "authenticated"
+    id: RequestId
+    user: UserInfo
+    expires_at: int  # epoch ms: send a fresh `auth` before then
 
 
 class SnapshotFrame(_Frame):
     """The view's rows (most urgent first), consistent with feed position
-    (`epoch`, `offset`): every later change arrives as a `delta`."""
+    (`epoch`, `offset`): every later change arrives as a `delta`. `reset` is true when
+    the client asked to resume and could not be (history gone or another epoch):
+    replace every row."""
 
     type: Literal["snapshot"] = "snapshot"
     id: RequestId
@@ -94,7 +194,18 @@ class SnapshotFrame(_Frame):
     epoch: str
     offset: str
     total: int
+    reset: bool = False
     rows: list[ExamDelta]
+
+
+class Resumed(_Frame):
+    """The resume worked: the `missed` deltas after the client's position follow."""
+
+    type: Literal["resumed"] = "resumed"
+    id: RequestId
+    sub: RequestId
+    epoch: str
+    missed: int
 
 
 class DeltaFrame(_Frame):
@@ -109,6 +220,13 @@ class DeltaFrame(_Frame):
     delta: ExamDelta
 
 
+class Batch(_Frame):
+    """Several `delta` frames at once (sent when a client's queue backs up)."""
+
+    type: Literal["batch"] = "batch"
+    frames: list[DeltaFrame]
+
+
 class Unsubscribed(_Frame):
     type: Literal["unsubscribed"] = "unsubscribed"
     id: RequestId
@@ -119,6 +237,76 @@ class Pong(_Frame):
     type: Literal["pong"] = "pong"
     id: RequestId
     ts: int
+
+
+class Claimed(_Frame):
+    """The claim is yours. Keep `token` secret: nobody else ever sees it. The lease is
+    renewed by the server while this connection lives."""
+
+    type: Literal["claimed"] = "claimed"
+    id: RequestId
+    exam_id: str
+    token: str
+    version: int
+    lease_expires_at: int
+
+
+class Released(_Frame):
+    type: Literal["released"] = "released"
+    id: RequestId
+    exam_id: str
+    version: int
+
+
+class Signed(_Frame):
+    type: Literal["signed"] = "signed"
+    id: RequestId
+    exam_id: str
+    status: ExamStatus
+    version: int
+
+
+class LockBroken(_Frame):
+    type: Literal["lock_broken"] = "lock_broken"
+    id: RequestId
+    exam_id: str
+    previous_holder: str | None  # the holder's display name
+    version: int
+
+
+class ClaimLost(_Frame):
+    """Pushed to a holder whose claim ended without their asking."""
+
+    type: Literal["claim_lost"] = "claim_lost"
+    exam_id: str
+    reason: Literal["broken", "expired"]
+    by: str | None = None  # who broke it (display name)
+    message: str = ""
+
+
+class PresenceUser(_Frame):
+    sub: str
+    name: str
+    roles: list[str]
+    reading: list[str]  # exam ids this user holds claims on
+    connections: int
+
+
+class PresenceState(_Frame):
+    """Everyone online in your tenant. Sent after `authenticated` and on request."""
+
+    type: Literal["presence_state"] = "presence_state"
+    id: RequestId | None = None
+    users: list[PresenceUser]
+
+
+class PresenceDiff(_Frame):
+    """Changes since the last presence frame: `joins` are new or changed users,
+    `leaves` the subs of users who went offline."""
+
+    type: Literal["presence_diff"] = "presence_diff"
+    joins: list[PresenceUser]
+    leaves: list[str]
 
 
 class Resync(_Frame):
@@ -134,12 +322,29 @@ class ErrorFrame(_Frame):
     id: RequestId | None = None
     code: ErrorCode
     message: str
+    detail: dict[str, Any] | None = None
 
 
-ServerFrame = Annotated[
-    Welcome | SnapshotFrame | DeltaFrame | Unsubscribed | Pong | Resync | ErrorFrame,
-    Field(discriminator="type"),
-]
+ServerFrameType = (
+    Welcome
+    | Authenticated
+    | SnapshotFrame
+    | Resumed
+    | DeltaFrame
+    | Batch
+    | Unsubscribed
+    | Pong
+    | Claimed
+    | Released
+    | Signed
+    | LockBroken
+    | ClaimLost
+    | PresenceState
+    | PresenceDiff
+    | Resync
+    | ErrorFrame
+)
+ServerFrame = Annotated[ServerFrameType, Field(discriminator="type")]
 server_frame: TypeAdapter[Any] = TypeAdapter(ServerFrame)
 
 

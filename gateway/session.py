@@ -1,10 +1,21 @@
-"""One WebSocket connection: a reader and a writer task; when one ends, both end."""
+"""One WebSocket connection: authenticate, then a reader and a writer task; when one
+ends, both end.
+
+Lifecycle: `welcome` -> the client's `auth` (within `auth_timeout`, nothing else is
+processed before it) -> requests. The writer drains the client's bounded queue,
+batching what backed up (`hub.coalesce`). Closing goes through `request_close`, which
+either lets queued frames out first (an error that explains the close) or cuts in at
+once (a client too slow to take anything more).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import re
+import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -12,75 +23,182 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from dynamo.models import now_ms
-from gateway.hub import Client, Subscription, offset_key
+from gateway import claiming, worklists
+from gateway.auth import AuthError, Principal
+from gateway.hub import Client, Queued, Subscription, coalesce
 from gateway.protocol import (
+    Auth,
+    BreakLock,
+    ClaimRequest,
     CloseCode,
     ErrorCode,
     Ping,
+    PresenceRequest,
+    Release,
+    Sign,
     Subscribe,
     Unsubscribe,
     client_frame,
 )
-from worklist_cache.views import select_rows
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
 log = logging.getLogger("gateway.session")
 
+_CLOSE: Queued = ("\x01close", "")
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_MAX_BATCH = 256
 
-def _dumps(frame: dict[str, Any]) -> str:
+
+def dumps(frame: dict[str, Any]) -> str:
     return orjson.dumps(frame).decode()
+
+
+class TokenBucket:
+    """Requests per second with a burst; `take` says how long to wait when empty."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> float:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
 
 
 class Session:
     def __init__(self, gw: Gateway, websocket: WebSocket) -> None:
         self.gw = gw
         self.ws = websocket
-        self.client = Client(gw.settings.client_queue, self._overflowed)
-        self._evicted = asyncio.Event()
+        self.conn_id = uuid.uuid4().hex
+        self.client = Client(gw.settings.client_queue, self._overflowed, self._epoch_changed)
+        self.principal: Principal | None = None
+        self.claims: dict[str, str] = {}  # exam_id -> claim token (this connection's)
+        self._closing: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._close_after_flush: tuple[int, str] = (CloseCode.NORMAL, "")
+        self._bucket = TokenBucket(gw.settings.rate_limit, gw.settings.rate_burst)
+        self._strikes = 0
+
+    # ---- lifecycle -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self.ws.accept()
+        subprotocols = self.ws.scope.get("subprotocols") or []
+        await self.ws.accept(subprotocol="ris.v1" if "ris.v1" in subprotocols else None)
         self.gw.sessions.add(self)
-        self.client.send(_dumps({"type": "welcome", "protocol": "ris.v1", "node": self.gw.node}))
+        self.send(
+            {
+                "type": "welcome",
+                "protocol": "ris.v1",
+                "node": self.gw.node,
+                "auth_timeout_ms": int(self.gw.settings.auth_timeout * 1000),
+            }
+        )
         reader = asyncio.create_task(self._reader(), name="ws-reader")
         writer = asyncio.create_task(self._writer(), name="ws-writer")
-        evicted = asyncio.create_task(self._evicted.wait(), name="ws-evict")
+        self.spawn(self._auth_deadline(), "ws-auth-deadline")
         try:
-            done, _ = await asyncio.wait(
-                {reader, writer, evicted}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if evicted in done:
-                self.gw.metrics["evictions"] += 1
-                await self.close(CloseCode.TOO_SLOW, "too slow: reconnect and resume")
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
+            waiters: set[asyncio.Future[Any]] = {reader, writer, self._closing}
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in (reader, writer):
+                if task in done and not task.cancelled() and task.exception() is not None:
                     log.error("session task failed", exc_info=task.exception())
-                    await self.close(CloseCode.INTERNAL, "internal error")
+                    self.request_close(CloseCode.INTERNAL, "internal error", flush=False)
+            if self._closing.done():
+                code, reason = self._closing.result()
+                await self._close(code, reason)
         finally:
-            for task in (reader, writer, evicted, *self._tasks):
+            for task in (reader, writer, *self._tasks):
                 task.cancel()
-            await asyncio.gather(reader, writer, evicted, *self._tasks, return_exceptions=True)
+            await asyncio.gather(reader, writer, *self._tasks, return_exceptions=True)
             self.gw.hub.detach(self.client)
             self.gw.sessions.discard(self)
+            if self.principal is not None:
+                with contextlib.suppress(Exception):
+                    await self.gw.presence.leave(self)
 
-    async def close(self, code: int, reason: str = "") -> None:
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session task %s failed", task.get_name(), exc_info=task.exception())
+
+    def request_close(self, code: int, reason: str, *, flush: bool = True) -> None:
+        """Close the connection; with `flush`, after the frames already queued."""
+        if self._closing.done():
+            return
+        if flush:
+            try:
+                self.client.queue.put_nowait(_CLOSE)
+                self._close_after_flush = (code, reason)
+                return
+            except asyncio.QueueFull:
+                pass
+        self._closing.set_result((code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
         # A client that stopped reading may never take the close frame: bound the wait.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ws.close(code, reason), 2.0)
 
     def _overflowed(self, _client: Client) -> None:
-        self._evicted.set()
+        self.gw.metrics["evictions"] += 1
+        self.request_close(CloseCode.TOO_SLOW, "too slow: reconnect and resume", flush=False)
+
+    def _epoch_changed(self, sub: Subscription) -> None:
+        self.resync_one(sub)
+
+    # ---- output --------------------------------------------------------------------------
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.client.send(dumps(frame))
+
+    def error(
+        self,
+        request_id: str | None,
+        code: ErrorCode,
+        message: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        frame: dict[str, Any] = {"type": "error", "id": request_id, "code": code.value}
+        frame["message"] = message
+        if detail is not None:
+            frame["detail"] = detail
+        self.gw.metrics[f"errors_{code.value}"] += 1
+        self.send(frame)
 
     async def _writer(self) -> None:
         queue = self.client.queue
         send = self.ws.send_text
         while True:
-            frame = await queue.get()
-            await send(frame)
-            self.gw.hub.frames_out += 1
+            items = [await queue.get()]
+            while len(items) < _MAX_BATCH and not queue.empty():
+                items.append(queue.get_nowait())
+            closing = _CLOSE in items
+            if closing:
+                items = items[: items.index(_CLOSE)]
+            for frame in coalesce(items) if len(items) > 1 else [f for _, f in items]:
+                await send(frame)
+                self.gw.hub.frames_out += 1
+            if closing:
+                if not self._closing.done():
+                    self._closing.set_result(self._close_after_flush)
+                return
+
+    # ---- input ---------------------------------------------------------------------------
 
     async def _reader(self) -> None:
         limit = self.gw.settings.max_frame_bytes
@@ -95,7 +213,8 @@ class Session:
             if data is None:
                 data = message.get("bytes") or b""
             if len(data) > limit:
-                await self.close(CloseCode.TOO_LARGE, f"frame above {limit} bytes")
+                self.error(None, ErrorCode.TOO_LARGE, f"frame above {limit} bytes")
+                self.request_close(CloseCode.TOO_LARGE, "frame too large")
                 return
             await self._handle(data)
 
@@ -104,94 +223,118 @@ class Session:
             frame = client_frame.validate_json(data)
         except ValidationError as exc:
             request_id = _request_id(data)
+            if self.principal is None:
+                self.error(request_id, ErrorCode.UNAUTHORIZED, "authenticate first")
+                self.request_close(CloseCode.UNAUTHORIZED, "authenticate first")
+                return
             detail = exc.errors(include_url=False, include_input=False)[:3]
-            self._error(request_id, ErrorCode.BAD_REQUEST, _describe(detail))
+            self.error(request_id, ErrorCode.BAD_REQUEST, _describe(detail))
             return
-        if isinstance(frame, Subscribe):
-            await self._subscribe(frame)
-        elif isinstance(frame, Unsubscribe):
-            self._unsubscribe(frame)
-        elif isinstance(frame, Ping):
-            self.client.send(_dumps({"type": "pong", "id": frame.id, "ts": now_ms()}))
-
-    def _error(self, request_id: str | None, code: ErrorCode, message: str) -> None:
-        self.client.send(
-            _dumps({"type": "error", "id": request_id, "code": code.value, "message": message})
-        )
-
-    async def _subscribe(self, frame: Subscribe) -> None:
-        subs = self.client.subs
-        if frame.id not in subs and len(subs) >= self.gw.settings.max_subscriptions:
-            self._error(
+        if isinstance(frame, Auth):
+            await self._auth(frame)
+            return
+        if self.principal is None:
+            self.error(frame.id, ErrorCode.UNAUTHORIZED, "authenticate first")
+            self.request_close(CloseCode.UNAUTHORIZED, "authenticate first")
+            return
+        wait = self._bucket.take()
+        if wait > 0:
+            self._strikes += 1
+            self.error(
                 frame.id,
-                ErrorCode.TOO_MANY,
-                f"at most {self.gw.settings.max_subscriptions} subscriptions",
+                ErrorCode.RATE_LIMITED,
+                "too many requests",
+                {"retry_after_ms": int(wait * 1000) + 1},
             )
+            if self._strikes > self.gw.settings.rate_burst * 4:
+                self.request_close(CloseCode.POLICY, "request flood")
             return
-        sub = Subscription(frame.id, frame.tenant, frame.view, frame.view.matcher())
-        replaced = subs.get(frame.id)
-        subs[frame.id] = sub
-        if replaced is not None and replaced.tenant != frame.tenant:
-            self.gw.hub.refresh(self.client, replaced.tenant)
-        self.gw.hub.attach(self.client, frame.tenant)
+        self._strikes = 0
+        self.gw.metrics[f"requests_{frame.type}"] += 1
+        if isinstance(frame, Subscribe):
+            await worklists.subscribe(self, frame)
+        elif isinstance(frame, Unsubscribe):
+            worklists.unsubscribe(self, frame)
+        elif isinstance(frame, Ping):
+            self.send({"type": "pong", "id": frame.id, "ts": now_ms()})
+        elif isinstance(frame, ClaimRequest):
+            await claiming.claim(self, frame)
+        elif isinstance(frame, Release):
+            await claiming.release(self, frame)
+        elif isinstance(frame, Sign):
+            await claiming.sign(self, frame)
+        elif isinstance(frame, BreakLock):
+            await claiming.break_lock(self, frame)
+        elif isinstance(frame, PresenceRequest):
+            await self.gw.presence.send_state(self, frame.id)
+
+    # ---- authentication ------------------------------------------------------------------
+
+    async def _auth_deadline(self) -> None:
+        await asyncio.sleep(self.gw.settings.auth_timeout)
+        if self.principal is None:
+            self.error(None, ErrorCode.UNAUTHORIZED, "no auth frame in time")
+            self.request_close(CloseCode.UNAUTHORIZED, "authenticate first")
+
+    async def _auth(self, frame: Auth) -> None:
         try:
-            await self.send_snapshot(
-                sub, frame.id, min(frame.limit, self.gw.settings.snapshot_limit)
-            )
-        except Exception:
-            log.exception("snapshot failed")
-            subs.pop(frame.id, None)
-            self.gw.hub.refresh(self.client, frame.tenant)
-            self._error(frame.id, ErrorCode.INTERNAL, "could not read the worklist; retry")
-
-    async def send_snapshot(self, sub: Subscription, request_id: str, limit: int) -> None:
-        """Queue a snapshot, then the deltas that arrived while it was read.
-
-        The subscription collects feed messages (`pending`) from before the snapshot is
-        read until it is queued; those at or before the snapshot's offset are already in
-        it, the rest are replayed after it: nothing falls between the two.
-        """
-        sub.pending = []
-        await self.gw.subscriber.subscribe(sub.tenant)
-        snap = await self.gw.feed.snapshot(sub.tenant)
-        rows, total = select_rows(snap.rows, sub.view, limit)
-        sub.in_view = {r["exam_id"] for r in rows}
-        self.client.send(
-            _dumps(
-                {
-                    "type": "snapshot",
-                    "id": request_id,
-                    "sub": sub.sub_id,
-                    "epoch": snap.epoch,
-                    "offset": snap.offset,
-                    "total": total,
-                    "rows": rows,
-                }
-            )
-        )
-        pending, sub.pending = sub.pending, None
-        after = offset_key(snap.offset)
-        for offset, row, raw in pending:
-            if offset_key(offset) > after:
-                self.client.offer(sub, offset, row, raw)
-
-    def _unsubscribe(self, frame: Unsubscribe) -> None:
-        sub = self.client.subs.pop(frame.sub, None)
-        if sub is None:
-            self._error(frame.id, ErrorCode.NOT_FOUND, f"no subscription {frame.sub}")
+            principal = await self.gw.verifier.verify(frame.token)
+        except AuthError as exc:
+            self.gw.metrics["auth_failures"] += 1
+            code = ErrorCode(exc.code)
+            self.error(frame.id, code, exc.reason)
+            if self.principal is None:
+                self.request_close(CloseCode.UNAUTHORIZED, exc.reason)
             return
-        self.gw.hub.refresh(self.client, sub.tenant)
-        self.client.send(_dumps({"type": "unsubscribed", "id": frame.id, "sub": frame.sub}))
+        if self.principal is not None and principal.sub != self.principal.sub:
+            self.error(frame.id, ErrorCode.FORBIDDEN, "a session cannot change its user")
+            return
+        first = self.principal is None
+        self.principal = principal
+        self.client.user = principal.sub
+        self.send(
+            {
+                "type": "authenticated",
+                "id": frame.id,
+                "user": {
+                    **principal.public(),
+                    "tenant": principal.tenant,
+                    "sites": list(principal.sites),
+                    "subspecialties": list(principal.subspecialties),
+                },
+                "expires_at": principal.expires_at_ms,
+            }
+        )
+        if first:
+            self.spawn(self._expiry_watch(), "ws-expiry")
+            self.spawn(claiming.renew_forever(self), "ws-renew")
+            await self.gw.presence.join(self)
+
+    async def _expiry_watch(self) -> None:
+        while self.principal is not None:
+            left = self.principal.expires_at_ms - now_ms()
+            if left <= 0:
+                self.error(None, ErrorCode.TOKEN_EXPIRED, "the token expired; log in again")
+                self.request_close(CloseCode.TOKEN_EXPIRED, "token expired")
+                return
+            await asyncio.sleep(min(left / 1000 + 0.05, 60))
+
+    # ---- feed problems -------------------------------------------------------------------
 
     def resync(self) -> None:
         """After a feed gap: tell the client, then send each subscription afresh."""
         for sub in list(self.client.subs.values()):
-            self.client.send(_dumps({"type": "resync", "sub": sub.sub_id}))
-            task = asyncio.create_task(
-                self.send_snapshot(sub, sub.sub_id, self.gw.settings.snapshot_limit)
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.resync_one(sub)
+
+    def resync_one(self, sub: Subscription) -> None:
+        if sub.pending is not None:
+            return  # a snapshot is already on its way
+        sub.pending = []
+        self.send({"type": "resync", "sub": sub.sub_id})
+        self.spawn(
+            worklists.send_snapshot(self, sub, sub.sub_id, self.gw.settings.snapshot_limit, True),
+            "ws-resync",
+        )
 
 
 def _request_id(data: str | bytes) -> str | None:
@@ -201,7 +344,7 @@ def _request_id(data: str | bytes) -> str | None:
     except orjson.JSONDecodeError:
         return None
     rid = value.get("id") if isinstance(value, dict) else None
-    if isinstance(rid, str) and 0 < len(rid) <= 64:
+    if isinstance(rid, str) and _ID.fullmatch(rid):
         return rid
     return None
 

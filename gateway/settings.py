@@ -10,6 +10,25 @@ class GatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # Demo mode: the login endpoint issues tokens for the demo users, signed with a
+    # random per-run secret unless `jwt_secret` is given. Never on in production.
+    demo: bool = False
+    # HS256 signing secret (at least 32 characters) ...
+    jwt_secret: str = ""
+    # ... or an OIDC provider's JWKS URL (RS256/ES256), with optional audience and issuer.
+    jwks_url: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    # Lifetime of the tokens the demo login issues (seconds).
+    token_ttl: int = 3600
+    # Browser origins allowed to open a WebSocket, comma-separated. The gateway's own
+    # origin is always allowed; clients that send no Origin (not browsers) are too.
+    origins: str = ""
+    # Seconds a new connection has to send its `auth` frame.
+    auth_timeout: float = 5.0
+    # Requests per second per connection, and the burst allowed above that.
+    rate_limit: float = 20.0
+    rate_burst: int = 40
     # Frames waiting for one client; a client that lets more pile up is closed (4001).
     client_queue: int = 2000
     max_subscriptions: int = 8
@@ -17,7 +36,8 @@ class GatewaySettings(BaseSettings):
     snapshot_limit: int = 500
     # uvicorn's WebSocket implementation: "websockets-sansio", "websockets" or "wsproto".
     ws_impl: str = "websockets-sansio"
-    # Seconds open connections get to finish after SIGTERM before they are closed (1012).
-    drain_seconds: int = 2
+    # After SIGTERM: seconds of draining (readiness false, open connections still
+    # served) before every connection is closed with 1012 and the process exits.
+    drain_seconds: float = 2.0
     log_level: str = "INFO"
     node_name: str = ""

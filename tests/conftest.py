@@ -25,11 +25,36 @@ from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
 from dynamo.table import ensure_table
 from gateway.app import create_app
+from gateway.auth import mint_token
 from gateway.settings import GatewaySettings
 from worklist_cache import CacheSettings, RedisCheckpoints, WorklistFeed
 
 # One unit of patience; a slow machine can stretch every timeout at once.
 UNIT = float(os.environ.get("TEST_TIME_UNIT", "1.0"))
+# The signing secret of the gateways the tests start.
+SECRET = "test-secret-" + "x" * 32
+
+
+def token(
+    sub: str = "t-ana",
+    *,
+    name: str = "Dr. Test Ana",
+    tenant: str = "northwind",
+    roles: tuple[str, ...] = ("radiologist",),
+    sites: tuple[str, ...] = (),
+    subspecialties: tuple[str, ...] = (),
+    ttl_s: int = 600,
+) -> str:
+    return mint_token(
+        SECRET,
+        sub=sub,
+        name=name,
+        tenant=tenant,
+        roles=roles,
+        sites=sites,
+        subspecialties=subspecialties,
+        ttl_s=ttl_s,
+    )
 
 
 def _reachable(url: str) -> bool:
@@ -103,6 +128,7 @@ class Stack:
     http_url: str
     ws_url: str
     relay: StreamRelay
+    app: Any = None
 
 
 async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
@@ -135,10 +161,14 @@ async def stack(
         relay = StreamRelay(streams, arn, WorklistFeed(redis), RedisCheckpoints(redis, arn))
         relay_task = asyncio.create_task(relay.run())
         port = free_port()
-        app = create_app(GatewaySettings(port=port), CacheSettings(redis_url=redis_url))
+        app = create_app(
+            GatewaySettings(port=port, jwt_secret=SECRET, demo=True, drain_seconds=0.2),
+            CacheSettings(redis_url=redis_url),
+            dynamo_settings,
+        )
         server, server_task = await _serve(app, port)
         try:
-            yield Stack(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", relay)
+            yield Stack(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", relay, app)
         finally:
             server.should_exit = True
             await asyncio.wait_for(server_task, 10 * UNIT)

@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 
+import httpx
 import psutil
 import pytest
 
@@ -55,8 +56,11 @@ async def test_demo_serves_a_live_worklist_and_stops_cleanly() -> None:
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 5, children  # redis, dynamodb, relay, gateway, simulator
 
-        client = await WsClient.open(url.replace("http", "ws") + "ws")
-        await client.subscribe("s1", "northwind", statuses=[])
+        async with httpx.AsyncClient() as http:
+            login = await http.post(url + "api/login", json={"user": "nw-okafor"})
+        assert login.status_code == 200, login.text
+        client = await WsClient.open(url.replace("http", "ws") + "ws", login.json()["token"])
+        await client.subscribe("s1", statuses=[])
         deltas = []
         while len(deltas) < 5:
             frame = await client.until(lambda f: f["type"] == "delta", timeout=30)

@@ -55,11 +55,18 @@ def row(page: Page, accession: str) -> Any:
     return page.locator(f'tr[data-exam-id="{accession}"]')
 
 
+async def log_in(page: Page, base: str, user: str = "nw-okafor", path: str = "/") -> None:
+    """Open `path`, pick a demo user on the login screen, land back on `path`."""
+    await page.goto(base + path)
+    await page.locator(f'#users button[data-user="{user}"]').click()
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+
+
 async def test_rows_appear_and_change_status_without_a_reload(
     stack: Stack, store: ExamStore, page: Page
 ) -> None:
-    await page.goto(stack.http_url + "/?tenant=northwind")
-    await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+    await log_in(page, stack.http_url)
+    await expect(page.locator("#who")).to_have_text("Dr. Ben Okafor")
 
     exam, order, profile = exam_bundle("northwind", priority=Priority.STAT)
     await store.create_exam(exam, order, profile)
@@ -78,7 +85,7 @@ async def test_rows_appear_and_change_status_without_a_reload(
 async def test_stat_exams_sort_above_routine(stack: Stack, store: ExamStore, page: Page) -> None:
     routine, order, profile = exam_bundle("northwind", priority=Priority.ROUTINE)
     await store.create_exam(routine, order, profile)
-    await page.goto(stack.http_url + "/?tenant=northwind")
+    await log_in(page, stack.http_url)
     await expect(row(page, routine.accession)).to_have_count(1, timeout=WAIT_MS)
     stat, order, profile = exam_bundle("northwind", priority=Priority.STAT)
     await store.create_exam(stat, order, profile)
@@ -95,8 +102,9 @@ async def test_a_deep_link_lands_on_its_filtered_view(
     mr, order, profile = exam_bundle("northwind", modality=Modality.MR)
     await store.create_exam(mr, order, profile)
 
-    response = await page.goto(stack.http_url + "/worklist?tenant=northwind&modality=CT")
+    response = await page.goto(stack.http_url + "/worklist?modality=CT")
     assert response is not None and response.status == 200
+    await log_in(page, stack.http_url, path="/worklist?modality=CT")
     await expect(page.locator('#f-modality input[value="CT"]')).to_be_checked()
     await expect(row(page, ct.accession)).to_have_count(1, timeout=WAIT_MS)
     await expect(row(page, mr.accession)).to_have_count(0)

@@ -41,7 +41,7 @@ def test_spliced_delta_frames_are_valid_protocol_frames() -> None:
     row = json.loads(raw)["delta"]
     sent: list[str] = []
     client = Client(10, lambda c: None)
-    client.send = sent.append  # type: ignore[method-assign]
+    client.send = lambda frame, key=None: sent.append(frame)  # type: ignore[method-assign]
     sub = Subscription("s-1", "northwind", View(), View().matcher(), pending=None)
     client.offer(sub, "5-0", row, raw)
     client.offer(sub, "6-0", {**row, "status": "FINAL", "version": 4}, raw)  # leaves the view

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
-from tests.conftest import Stack
+from tests.conftest import Stack, token
 from tests.factories import exam_bundle
 from tests.wsclient import WsClient
 
@@ -50,9 +50,13 @@ async def test_other_tenants_writes_never_reach_the_client(stack: Stack, store: 
     seen = {f["delta"]["tenant"] for f in client.frames if f["type"] == "delta"}
     assert seen == {"northwind"}
 
-    # The other tenant's exam did reach the cache: its own subscriber sees it.
-    lake = await WsClient.open(stack.ws_url)
-    snap = await lake.subscribe("s1", "lakeside")
+    # Asking for the other tenant's worklist is refused outright.
+    refused = await client.subscribe("s2", "lakeside")
+    assert refused["type"] == "error" and refused["code"] == "forbidden"
+
+    # The other tenant's exam did reach the cache: its own users see it.
+    lake = await WsClient.open(stack.ws_url, token("t-lk", tenant="lakeside"))
+    snap = await lake.subscribe("s1")
     assert [r["exam_id"] for r in snap["rows"]] == [other.accession]
     assert snap["rows"][0]["version"] == 2
     await client.close()

@@ -60,6 +60,20 @@ def new_epoch() -> str:
 
 
 @dataclass(frozen=True)
+class Missed:
+    """The deltas after a position, or `reset` when history cannot say."""
+
+    reset: bool
+    epoch: str
+    entries: list[tuple[str, bytes]]  # (offset, delta JSON), in feed order
+
+
+def _offset_key(offset: str) -> tuple[int, int]:
+    ms, _, seq = offset.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     epoch: str
     offset: str
@@ -113,3 +127,52 @@ class WorklistFeed:
             offset=offset.decode() if isinstance(offset, bytes) else offset,
             rows=[orjson.loads(r) for r in rows],
         )
+
+    async def since(self, tenant: str, epoch: str, offset: str, limit: int = 10_000) -> Missed:
+        """Exactly the deltas after (`epoch`, `offset`), or a reset.
+
+        A reset when the epoch changed (Redis restarted, cache rebuilt), when history was
+        trimmed past the offset (Redis records the highest trimmed ID), or when more than
+        `limit` deltas were missed (a snapshot is cheaper then).
+        """
+        feed = keys.feed(tenant)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(keys.epoch(tenant))
+            pipe.exists(feed)
+            pipe.xrange(feed, min=f"({offset}", max="+", count=limit + 1)
+            current, exists, entries = await pipe.execute()
+        current = current.decode() if isinstance(current, bytes) else current
+        if current is None or current != epoch:
+            return Missed(True, current or "", [])
+        if exists:
+            info = await self._redis.xinfo_stream(feed)
+            trimmed = info.get("max-deleted-entry-id") or b"0-0"
+            trimmed = trimmed.decode() if isinstance(trimmed, bytes) else str(trimmed)
+            if _offset_key(trimmed) > _offset_key(offset):
+                return Missed(True, current, [])
+        if len(entries) > limit:
+            return Missed(True, current, [])
+        out = []
+        for entry_id, fields in entries:
+            eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            out.append((eid, fields[b"d"]))
+        return Missed(False, current, out)
+
+    async def is_built(self, tenant: str) -> bool:
+        """Whether this Redis holds a tenant's worklists rebuilt since it last started."""
+        return bool(await self._redis.exists(keys.built(tenant)))
+
+    async def mark_built(self, tenant: str) -> None:
+        await self._redis.set(keys.built(tenant), "1")
+
+    async def row(self, tenant: str, exam_id: str) -> dict[str, Any] | None:
+        """One exam's cached worklist row, if the cache holds it."""
+        raw = await self._redis.hget(keys.exams(tenant), exam_id)
+        return None if raw is None else dict(orjson.loads(raw))
+
+    async def heartbeat(self, ttl_ms: int = 15_000) -> None:
+        """The relay is alive and reading (for the gateway's readiness)."""
+        await self._redis.set(keys.relay_alive(), "1", px=ttl_ms)
+
+    async def relay_alive(self) -> bool:
+        return bool(await self._redis.exists(keys.relay_alive()))

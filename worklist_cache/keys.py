@@ -33,6 +33,21 @@ def epoch(tenant: str) -> str:
     return f"{_t(tenant)}:epoch"
 
 
+def built(tenant: str) -> str:
+    """String: set once the tenant's worklists were rebuilt from DynamoDB in this Redis."""
+    return f"{_t(tenant)}:built"
+
+
+def presence(tenant: str) -> str:
+    """Hash: connection id -> who is connected and what they hold (JSON, with a heartbeat)."""
+    return f"{_t(tenant)}:presence"
+
+
+def presence_channel(tenant: str) -> str:
+    """Pub/sub channel: "presence of this tenant changed"."""
+    return f"{_t(tenant)}:presence:live"
+
+
 def channel(tenant: str) -> str:
     """Pub/sub channel: applied deltas, live."""
     return f"{_t(tenant)}:live"
@@ -46,3 +61,8 @@ def relay_checkpoint(stream_arn: str) -> str:
 def relay_lease(stream_arn: str, shard_id: str) -> str:
     """String: the relay that reads this shard now (with a TTL the owner renews)."""
     return f"{PREFIX}:relay:{stream_arn}:lease:{shard_id}"
+
+
+def relay_alive() -> str:
+    """String with a TTL: some relay read its stream recently."""
+    return f"{PREFIX}:relay:alive"

@@ -1,6 +1,6 @@
-"""The gateway's one pub/sub connection: tenants are subscribed on demand, every
-message is handed to one callback, and a lost connection is retried with backoff and
-reported as a gap (the caller resyncs its clients, since messages may have been lost).
+"""The gateway's one pub/sub connection: channels are subscribed on demand, each with
+its own callback, and a lost connection is retried with backoff and reported as a gap
+(the caller resyncs its clients, since messages may have been lost).
 """
 
 from __future__ import annotations
@@ -13,21 +13,18 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worklist_cache import keys
-
 log = logging.getLogger("worklist_cache.subscriber")
 
-MessageHandler = Callable[[str, bytes], None]
+MessageHandler = Callable[[bytes], None]
 GapHandler = Callable[[], Awaitable[None]]
 
 
 class FeedSubscriber:
-    def __init__(self, redis: Redis, on_message: MessageHandler, on_gap: GapHandler) -> None:
+    def __init__(self, redis: Redis, on_gap: GapHandler) -> None:
         self._redis = redis
-        self._on_message = on_message
         self._on_gap = on_gap
         self._pubsub = redis.pubsub()
-        self._channels: dict[str, str] = {}  # channel -> tenant
+        self._channels: dict[str, MessageHandler] = {}
         # Set when Redis confirms a SUBSCRIBE: only then is no message missed.
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
@@ -47,22 +44,25 @@ class FeedSubscriber:
             self._task = None
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    async def subscribe(self, tenant: str, timeout: float = 5.0) -> None:
-        """Subscribe to a tenant's deltas; returns once Redis has confirmed it."""
-        channel = keys.channel(tenant)
+    async def subscribe(self, channel: str, handler: MessageHandler, timeout: float = 5.0) -> None:
+        """Deliver a channel's messages to `handler`; returns once Redis has confirmed the
+        subscription (from then on no message is missed). Subscribing again is cheap."""
         confirmed = self._confirmed.get(channel)
         if confirmed is None:
             confirmed = self._confirmed[channel] = asyncio.Event()
-            self._channels[channel] = tenant
+            self._channels[channel] = handler
             await self._pubsub.subscribe(channel)
             self._ready.set()
         await asyncio.wait_for(confirmed.wait(), timeout)
 
-    async def unsubscribe(self, tenant: str) -> None:
-        channel = keys.channel(tenant)
+    async def unsubscribe(self, channel: str) -> None:
         if self._channels.pop(channel, None) is not None:
             self._confirmed.pop(channel, None)
             await self._pubsub.unsubscribe(channel)
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self._channels)
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -82,9 +82,12 @@ class FeedSubscriber:
                         continue
                     if message["type"] != "message":
                         continue
-                    tenant = self._channels.get(channel)
-                    if tenant is not None:
-                        self._on_message(tenant, message["data"])
+                    handler = self._channels.get(channel)
+                    if handler is not None:
+                        try:
+                            handler(message["data"])
+                        except Exception:
+                            log.exception("handler of a pub/sub message failed")
             except asyncio.CancelledError:
                 raise
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:

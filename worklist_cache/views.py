@@ -21,17 +21,20 @@ class View(BaseModel):
     statuses: list[ExamStatus] = Field(default_factory=lambda: list(DEFAULT_STATUSES))
     priorities: list[Priority] = Field(default_factory=list)
     subspecialties: list[str] = Field(default_factory=list, max_length=50)
+    # Only the exams the subscriber holds claims on ("my reads").
+    claimed_by_me: bool = False
 
-    def matcher(self) -> RowMatcher:
-        return RowMatcher(self)
+    def matcher(self, me: str | None = None) -> RowMatcher:
+        return RowMatcher(self, me)
 
 
 class RowMatcher:
     """A view compiled to frozensets, for the per-delta hot path."""
 
-    __slots__ = ("modalities", "priorities", "sites", "statuses", "subspecialties")
+    __slots__ = ("me", "modalities", "priorities", "sites", "statuses", "subspecialties")
 
-    def __init__(self, view: View) -> None:
+    def __init__(self, view: View, me: str | None = None) -> None:
+        self.me = me if view.claimed_by_me else None
         self.sites = frozenset(view.sites)
         self.modalities = frozenset(m.value for m in view.modalities)
         self.statuses = frozenset(s.value for s in view.statuses)
@@ -45,6 +48,7 @@ class RowMatcher:
             and (not self.modalities or row["modality"] in self.modalities)
             and (not self.priorities or row["priority"] in self.priorities)
             and (not self.subspecialties or row["subspecialty"] in self.subspecialties)
+            and (self.me is None or row.get("claimed_by") == self.me)
         )
 
 
@@ -57,10 +61,33 @@ def urgency_key(row: dict[str, Any]) -> tuple[int, int, str]:
 
 
 def select_rows(
-    rows: list[dict[str, Any]], view: View, limit: int
+    rows: list[dict[str, Any]], match: RowMatcher, limit: int
 ) -> tuple[list[dict[str, Any]], int]:
     """The view's rows, most urgent first, at most `limit`; and how many matched in all."""
-    match = view.matcher()
     chosen = [r for r in rows if match(r)]
     chosen.sort(key=urgency_key)
     return chosen[:limit], len(chosen)
+
+
+class OutOfScope(Exception):
+    """A view asks for sites or subspecialties its user may not read."""
+
+
+def scope_view(
+    view: View, sites: tuple[str, ...] | list[str], subspecialties: tuple[str, ...] | list[str]
+) -> View:
+    """The view narrowed to what a user may see (empty scope lists mean "any").
+
+    A view that names something outside the scope is refused rather than silently
+    narrowed, so a client never mistakes a forbidden filter for an empty worklist.
+    """
+    update: dict[str, Any] = {}
+    for field_name, allowed in (("sites", sites), ("subspecialties", subspecialties)):
+        if not allowed:
+            continue
+        asked = getattr(view, field_name)
+        outside = sorted(set(asked) - set(allowed))
+        if outside:
+            raise OutOfScope(f"{field_name} not yours: {', '.join(outside)}")
+        update[field_name] = list(asked) if asked else list(allowed)
+    return view.model_copy(update=update) if update else view

@@ -24,12 +24,11 @@ const state = {
 function readUrl() {
   const q = new URLSearchParams(location.search);
   const list = (k) => (q.get(k) || "").split(",").filter(Boolean);
-  return { tenant: q.get("tenant"), site: list("site"), modality: list("modality"), priority: list("priority") };
+  return { site: list("site"), modality: list("modality"), priority: list("priority") };
 }
 
 function writeUrl() {
   const q = new URLSearchParams();
-  q.set("tenant", state.tenant);
   for (const key of ["site", "modality", "priority"]) {
     const v = checked(key);
     if (v.length) q.set(key, v.join(","));
@@ -72,9 +71,18 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${scheme}://${location.host}/ws`);
   state.ws = ws;
-  ws.onmessage = (ev) => onFrame(JSON.parse(ev.data));
+  ws.onmessage = (ev) => {
+    const f = JSON.parse(ev.data);
+    if (f.type === "batch") f.frames.forEach(onFrame);
+    else onFrame(f);
+  };
   ws.onclose = (ev) => {
     if (state.ws !== ws) return;
+    if (ev.code === 4003 || ev.code === 4004) {
+      sessionStorage.removeItem("session");
+      location.reload();
+      return;
+    }
     setConn("reconnecting", `reconnecting (${ev.code})`);
     const delay = state.backoff * (0.75 + Math.random() * 0.5);
     state.backoff = Math.min(state.backoff * 2, 5000);
@@ -87,12 +95,15 @@ function send(frame) {
 }
 
 function subscribe() {
-  send({ type: "subscribe", id: SUB, tenant: state.tenant, view: view() });
+  send({ type: "subscribe", id: SUB, view: view() });
 }
 
 function onFrame(f) {
   switch (f.type) {
     case "welcome":
+      send({ type: "auth", id: "auth", token: state.session.token });
+      break;
+    case "authenticated":
       subscribe();
       break;
     case "snapshot":
@@ -262,12 +273,34 @@ setInterval(() => {
 
 // ---- start -----------------------------------------------------------------------
 
-function onTenantChange() {
-  state.tenant = $("#tenant").value;
-  const t = state.tenants.find((x) => x.code === state.tenant);
-  fillChecks("site", t.sites.map((s) => s.code), []);
-  writeUrl();
-  subscribe();
+async function login() {
+  const users = await (await fetch("/api/demo-users")).json();
+  const list = $("#users");
+  for (const u of users) {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.dataset.user = u.sub;
+    b.append(u.name);
+    const t = document.createElement("span");
+    t.className = "title";
+    t.textContent = u.title;
+    b.append(t);
+    b.onclick = async () => {
+      const resp = await fetch("/api/login", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ user: u.sub }),
+      });
+      if (!resp.ok) return;
+      sessionStorage.setItem("session", JSON.stringify(await resp.json()));
+      location.reload();
+    };
+    li.append(b);
+    list.append(li);
+  }
+  $("#login").hidden = false;
+  $("main").hidden = true;
+  $("#filters").hidden = true;
 }
 
 async function start() {
@@ -278,15 +311,19 @@ async function start() {
     document.documentElement.dataset.theme = next;
     localStorage.setItem("theme", next);
   };
+  const saved = sessionStorage.getItem("session");
+  if (!saved) return login();
+  state.session = JSON.parse(saved);
+  const user = state.session.user;
+  state.tenant = user.tenant;
+  $("#who").textContent = user.name;
   state.tenants = await (await fetch("/api/tenants")).json();
   const url = readUrl();
-  const tenant = state.tenants.find((t) => t.code === url.tenant) || state.tenants[0];
-  state.tenant = tenant.code;
-  for (const t of state.tenants) $("#tenant").append(new Option(t.name, t.code, false, t === tenant));
-  fillChecks("site", tenant.sites.map((s) => s.code), url.site);
+  const tenant = state.tenants.find((t) => t.code === user.tenant);
+  const sites = tenant.sites.map((s) => s.code).filter((c) => !user.sites.length || user.sites.includes(c));
+  fillChecks("site", sites, url.site);
   fillChecks("modality", MODALITIES, url.modality);
   fillChecks("priority", PRIORITIES, url.priority);
-  $("#tenant").onchange = onTenantChange;
   $("#filters").onchange = () => {
     writeUrl();
     subscribe();

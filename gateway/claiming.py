@@ -1,0 +1,245 @@
+"""Claim, release, sign and break-lock over the WebSocket, on `dynamo.claims`.
+
+The claimant alone receives the claim's token; the session keeps it too and renews the
+lease while the connection lives. A dropped connection does not release anything: the
+lease runs out unless the same user comes back and claims again (which hands them a
+new token). Every successful change is published to the feed at once, ahead of the
+stream relay; the relay's copy carries the same version and is dropped as a repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from dynamo.deltas import ExamDelta
+from dynamo.exceptions import (
+    AlreadyClaimed,
+    ExamNotFound,
+    InvalidTransition,
+    StaleToken,
+    StoreError,
+    StoreUnavailable,
+)
+from dynamo.models import Exam
+from gateway.auth import Role
+from gateway.protocol import BreakLock, ClaimRequest, ErrorCode, Release, Sign
+
+if TYPE_CHECKING:
+    from gateway.session import Session
+
+log = logging.getLogger("gateway.claims")
+
+
+def _may_read(session: Session, row: dict[str, Any]) -> bool:
+    p = session.principal
+    assert p is not None
+    return (
+        row.get("tenant") == p.tenant
+        and (not p.sites or row.get("site") in p.sites)
+        and (not p.subspecialties or row.get("subspecialty") in p.subspecialties)
+    )
+
+
+async def _locate(session: Session, request_id: str, exam_id: str) -> str | None:
+    """The exam's patient partition, if the user may see the exam at all.
+
+    Eligibility is read from the cache (a worklist row); an exam the cache does not hold
+    yet is read from DynamoDB. An exam the user may not see is `not_found`, so its
+    existence does not leak.
+    """
+    gw = session.gw
+    tenant = session.principal.tenant if session.principal else ""
+    row = await gw.feed.row(tenant, exam_id)
+    try:
+        if row is None:
+            exam = await gw.store.find_exam(tenant, exam_id)
+            row = {"tenant": exam.tenant, "site": exam.site, "subspecialty": exam.subspecialty}
+            patient_id = exam.patient_id
+        else:
+            patient_id = await gw.store.locate(tenant, exam_id)
+    except ExamNotFound:
+        patient_id = None
+    if patient_id is None or row is None or not _may_read(session, row):
+        session.error(request_id, ErrorCode.NOT_FOUND, f"no exam {exam_id} on your worklist")
+        return None
+    return patient_id
+
+
+def _store_error(session: Session, request_id: str, exc: StoreError) -> None:
+    detail: dict[str, Any] | None = None
+    if isinstance(exc, AlreadyClaimed):
+        detail = {
+            "holder": {"sub": exc.holder, "name": exc.holder_name},
+            "lease_expires_at": exc.lease_expires_at,
+        }
+        session.gw.metrics["claims_conflict"] += 1
+    elif isinstance(exc, InvalidTransition):
+        detail = {"current": str(exc.current)}
+    try:
+        code = ErrorCode(exc.code)
+    except ValueError:
+        code = ErrorCode.UNAVAILABLE if isinstance(exc, StoreUnavailable) else ErrorCode.INTERNAL
+    session.error(request_id, code, exc.reason, detail)
+
+
+async def _publish(session: Session, exam: Exam) -> None:
+    try:
+        await session.gw.feed.publish([ExamDelta.from_exam(exam)])
+    except Exception:  # the relay will bring the same change anyway
+        log.warning("early publish of a claim change failed; the relay will carry it")
+
+
+async def claim(session: Session, frame: ClaimRequest) -> None:
+    principal = session.principal
+    assert principal is not None
+    gw = session.gw
+    patient_id = await _locate(session, frame.id, frame.exam_id)
+    if patient_id is None:
+        return
+    try:
+        result = await gw.claims.claim(patient_id, frame.exam_id, principal.sub, principal.name)
+    except StoreError as exc:
+        _store_error(session, frame.id, exc)
+        return
+    gw.metrics["claims_won"] += 1
+    session.claims[frame.exam_id] = result.token
+    session.send(
+        {
+            "type": "claimed",
+            "id": frame.id,
+            "exam_id": frame.exam_id,
+            "token": result.token,
+            "version": result.exam.version,
+            "lease_expires_at": result.exam.lease_expires_at,
+        }
+    )
+    await _publish(session, result.exam)
+    await gw.presence.update(session)
+
+
+def _token(session: Session, frame: Release | Sign) -> str | None:
+    token = frame.token or session.claims.get(frame.exam_id)
+    if token is None:
+        session.error(frame.id, ErrorCode.STALE_TOKEN, "this connection holds no claim on it")
+    return token
+
+
+async def release(session: Session, frame: Release) -> None:
+    principal = session.principal
+    assert principal is not None
+    token = _token(session, frame)
+    patient_id = token and await _locate(session, frame.id, frame.exam_id)
+    if not token or not patient_id:
+        return
+    try:
+        exam = await session.gw.claims.release(patient_id, frame.exam_id, principal.sub, token)
+    except StoreError as exc:
+        if isinstance(exc, StaleToken):
+            session.claims.pop(frame.exam_id, None)
+        _store_error(session, frame.id, exc)
+        return
+    session.claims.pop(frame.exam_id, None)
+    session.send(
+        {"type": "released", "id": frame.id, "exam_id": frame.exam_id, "version": exam.version}
+    )
+    await _publish(session, exam)
+    await session.gw.presence.update(session)
+
+
+async def sign(session: Session, frame: Sign) -> None:
+    principal = session.principal
+    assert principal is not None
+    token = _token(session, frame)
+    patient_id = token and await _locate(session, frame.id, frame.exam_id)
+    if not token or not patient_id:
+        return
+    try:
+        exam = await session.gw.claims.sign(
+            patient_id, frame.exam_id, principal.sub, token, frame.status
+        )
+    except StoreError as exc:
+        _store_error(session, frame.id, exc)
+        return
+    if exam.claimed_by is None:
+        session.claims.pop(frame.exam_id, None)
+    session.send(
+        {
+            "type": "signed",
+            "id": frame.id,
+            "exam_id": frame.exam_id,
+            "status": exam.status.value,
+            "version": exam.version,
+        }
+    )
+    await _publish(session, exam)
+    await session.gw.presence.update(session)
+
+
+async def break_lock(session: Session, frame: BreakLock) -> None:
+    principal = session.principal
+    assert principal is not None
+    if not principal.has(Role.ADMIN):
+        session.error(frame.id, ErrorCode.FORBIDDEN, "only an admin can break a lock")
+        return
+    patient_id = await _locate(session, frame.id, frame.exam_id)
+    if patient_id is None:
+        return
+    gw = session.gw
+    try:
+        before = await gw.store.get_exam(patient_id, frame.exam_id)
+        exam, holder = await gw.claims.break_lock(
+            patient_id, frame.exam_id, principal.sub, frame.reason
+        )
+    except StoreError as exc:
+        _store_error(session, frame.id, exc)
+        return
+    gw.metrics["locks_broken"] += int(holder is not None)
+    session.send(
+        {
+            "type": "lock_broken",
+            "id": frame.id,
+            "exam_id": frame.exam_id,
+            "previous_holder": before.claimed_by_name if holder else None,
+            "version": exam.version,
+        }
+    )
+    await _publish(session, exam)
+    if holder is not None:
+        await gw.presence.notify(
+            principal.tenant,
+            holder,
+            {
+                "type": "claim_lost",
+                "exam_id": frame.exam_id,
+                "reason": "broken",
+                "by": principal.name,
+                "message": frame.reason,
+            },
+        )
+
+
+async def renew_forever(session: Session) -> None:
+    """Renew this connection's claims while it lives; tell the client of any it lost."""
+    gw = session.gw
+    while True:
+        await asyncio.sleep(gw.claim_renew_seconds)
+        principal = session.principal
+        if principal is None:
+            continue
+        for exam_id, token in list(session.claims.items()):
+            try:
+                patient_id = await gw.store.locate(principal.tenant, exam_id)
+                await gw.claims.renew(patient_id, exam_id, principal.sub, token)
+            except StaleToken:
+                session.claims.pop(exam_id, None)
+                session.send({"type": "claim_lost", "exam_id": exam_id, "reason": "expired"})
+                await gw.presence.update(session)
+            except StoreError as exc:
+                log.warning("renewing a claim failed (%s); retrying next round", exc.code)
+
+
+def forget_claim(session: Session, exam_id: str) -> None:
+    """A notice said this claim is gone (broken by an admin)."""
+    session.claims.pop(exam_id, None)

@@ -1,0 +1,205 @@
+"""Presence: who is online in a tenant and what each is reading, across gateway nodes.
+
+Each connection is an entry in the tenant's Redis hash (connection id -> user, claims,
+heartbeat). A node refreshes its own entries' heartbeats and prunes entries whose
+heartbeat stopped (a node that died), so the hash converges on the truth. Any change is
+announced on the tenant's presence channel; every node then re-reads the hash, folds
+connections into users (two tabs are one presence), and sends its sessions the
+difference (`presence_diff`), as Phoenix Presence does. Notices to one user (a broken
+lock) travel on the same channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.asyncio import Redis
+
+from worklist_cache import FeedSubscriber, keys
+
+if TYPE_CHECKING:
+    from gateway.session import Session
+
+log = logging.getLogger("gateway.presence")
+
+HEARTBEAT_S = 10.0
+STALE_MS = 35_000
+_DEBOUNCE_S = 0.05
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Presence:
+    def __init__(self, redis: Redis, subscriber: FeedSubscriber, node: str) -> None:
+        self._redis = redis
+        self._subscriber = subscriber
+        self._node = node
+        self._local: dict[str, set[Session]] = defaultdict(set)  # tenant -> sessions
+        self._known: dict[str, dict[str, dict[str, Any]]] = {}  # tenant -> sub -> user
+        self._dirty: set[str] = set()
+        self._flush: asyncio.Task[None] | None = None
+        self._beat: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Presence:
+        self._beat = asyncio.create_task(self._heartbeat(), name="presence-heartbeat")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for task in (self._beat, self._flush):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._beat = self._flush = None
+
+    # ---- our own connections -------------------------------------------------------------
+
+    def _entry(self, session: Session) -> bytes:
+        p = session.principal
+        assert p is not None
+        return orjson.dumps(
+            {
+                **p.public(),
+                "reading": sorted(session.claims),
+                "node": self._node,
+                "seen": _now_ms(),
+            }
+        )
+
+    async def join(self, session: Session) -> None:
+        tenant = session.principal.tenant if session.principal else ""
+        self._local[tenant].add(session)
+
+        def deliver(raw: bytes) -> None:
+            self._on_message(tenant, raw)
+
+        await self._subscriber.subscribe(keys.presence_channel(tenant), deliver)
+        await self._redis.hset(keys.presence(tenant), session.conn_id, self._entry(session))
+        await self._announce(tenant)
+        await self.send_state(session, None)
+
+    async def update(self, session: Session) -> None:
+        if session.principal is None:
+            return
+        tenant = session.principal.tenant
+        await self._redis.hset(keys.presence(tenant), session.conn_id, self._entry(session))
+        await self._announce(tenant)
+
+    async def leave(self, session: Session) -> None:
+        if session.principal is None:
+            return
+        tenant = session.principal.tenant
+        self._local[tenant].discard(session)
+        await self._redis.hdel(keys.presence(tenant), session.conn_id)
+        await self._announce(tenant)
+
+    async def notify(self, tenant: str, user: str, frame: dict[str, Any]) -> None:
+        """Deliver `frame` to every connection of `user`, on whichever node."""
+        message = {"kind": "notice", "to": user, "frame": frame}
+        await self._redis.publish(keys.presence_channel(tenant), orjson.dumps(message))
+
+    async def _announce(self, tenant: str) -> None:
+        await self._redis.publish(keys.presence_channel(tenant), b'{"kind":"changed"}')
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            for tenant, sessions in list(self._local.items()):
+                try:
+                    await self._beat_tenant(tenant, sessions)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("presence heartbeat failed (%s)", type(exc).__name__)
+
+    async def _beat_tenant(self, tenant: str, sessions: set[Session]) -> None:
+        key = keys.presence(tenant)
+        mine = {s.conn_id: self._entry(s) for s in sessions if s.principal is not None}
+        if mine:
+            await self._redis.hset(key, mapping=mine)  # type: ignore[arg-type]
+        stale = []
+        for conn, raw in (await self._redis.hgetall(key)).items():
+            with contextlib.suppress(ValueError, TypeError):
+                if orjson.loads(raw).get("seen", 0) < _now_ms() - STALE_MS:
+                    stale.append(conn)
+        if stale:
+            await self._redis.hdel(key, *stale)
+            await self._announce(tenant)
+
+    # ---- what everyone sees --------------------------------------------------------------
+
+    async def users(self, tenant: str) -> dict[str, dict[str, Any]]:
+        users: dict[str, dict[str, Any]] = {}
+        for raw in (await self._redis.hgetall(keys.presence(tenant))).values():
+            try:
+                entry = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if entry.get("seen", 0) < _now_ms() - STALE_MS:
+                continue
+            user = users.setdefault(
+                entry["sub"],
+                {
+                    "sub": entry["sub"],
+                    "name": entry["name"],
+                    "roles": entry["roles"],
+                    "reading": [],
+                    "connections": 0,
+                },
+            )
+            user["connections"] += 1
+            user["reading"] = sorted(set(user["reading"]) | set(entry.get("reading", [])))
+        return users
+
+    async def send_state(self, session: Session, request_id: str | None) -> None:
+        tenant = session.principal.tenant if session.principal else ""
+        users = await self.users(tenant)
+        session.send(
+            {
+                "type": "presence_state",
+                "id": request_id,
+                "users": sorted(users.values(), key=lambda u: u["name"]),
+            }
+        )
+
+    def _on_message(self, tenant: str, raw: bytes) -> None:
+        message = orjson.loads(raw)
+        if message.get("kind") == "notice":
+            for session in list(self._local.get(tenant, ())):
+                if session.principal is not None and session.principal.sub == message["to"]:
+                    frame = message["frame"]
+                    if frame.get("type") == "claim_lost":
+                        session.claims.pop(frame.get("exam_id"), None)
+                    session.send(frame)
+            return
+        self._dirty.add(tenant)
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.create_task(self._send_diffs(), name="presence-diff")
+
+    async def _send_diffs(self) -> None:
+        await asyncio.sleep(_DEBOUNCE_S)  # fold a burst of changes into one diff
+        while self._dirty:
+            tenant = self._dirty.pop()
+            try:
+                now = await self.users(tenant)
+            except Exception as exc:
+                log.warning("presence read failed (%s)", type(exc).__name__)
+                continue
+            before = self._known.get(tenant, {})
+            self._known[tenant] = now
+            joins = [u for sub, u in now.items() if before.get(sub) != u]
+            leaves = [sub for sub in before if sub not in now]
+            if not joins and not leaves:
+                continue
+            for session in list(self._local.get(tenant, ())):
+                session.send({"type": "presence_diff", "joins": joins, "leaves": leaves})
