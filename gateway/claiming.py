@@ -18,6 +18,7 @@ from dynamo.exceptions import (
     AlreadyClaimed,
     ExamNotFound,
     InvalidTransition,
+    NotClaimable,
     StaleToken,
     StoreError,
     StoreUnavailable,
@@ -75,7 +76,7 @@ def _store_error(session: Session, request_id: str, exc: StoreError) -> None:
             "lease_expires_at": exc.lease_expires_at,
         }
         session.gw.metrics["claims_conflict"] += 1
-    elif isinstance(exc, InvalidTransition):
+    elif isinstance(exc, InvalidTransition | NotClaimable):
         detail = {"current": str(exc.current)}
     try:
         code = ErrorCode(exc.code)

@@ -153,8 +153,17 @@ async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None
 
 
 @pytest.fixture
+def gateway_overrides() -> dict[str, Any]:
+    """GatewaySettings fields a test module wants changed (override this fixture)."""
+    return {}
+
+
+@pytest.fixture
 async def stack(
-    dynamo_settings: DynamoSettings, redis: Redis, redis_url: str
+    dynamo_settings: DynamoSettings,
+    redis: Redis,
+    redis_url: str,
+    gateway_overrides: dict[str, Any],
 ) -> AsyncIterator[Stack]:
     async with streams_client(dynamo_settings) as streams, dynamodb_client(dynamo_settings) as c:
         arn = (await c.describe_table(TableName=dynamo_settings.table))["Table"]["LatestStreamArn"]
@@ -162,7 +171,15 @@ async def stack(
         relay_task = asyncio.create_task(relay.run())
         port = free_port()
         app = create_app(
-            GatewaySettings(port=port, jwt_secret=SECRET, demo=True, drain_seconds=0.2),
+            GatewaySettings(
+                **{
+                    "port": port,
+                    "jwt_secret": SECRET,
+                    "demo": True,
+                    "drain_seconds": 0.2,
+                    **gateway_overrides,
+                }
+            ),
             CacheSettings(redis_url=redis_url),
             dynamo_settings,
         )

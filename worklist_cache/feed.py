@@ -68,6 +68,10 @@ class Missed:
     entries: list[tuple[str, bytes]]  # (offset, delta JSON), in feed order
 
 
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _offset_key(offset: str) -> tuple[int, int]:
     ms, _, seq = offset.partition("-")
     return int(ms), int(seq or 0)
@@ -144,12 +148,8 @@ class WorklistFeed:
         current = current.decode() if isinstance(current, bytes) else current
         if current is None or current != epoch:
             return Missed(True, current or "", [])
-        if exists:
-            info = await self._redis.xinfo_stream(feed)
-            trimmed = info.get("max-deleted-entry-id") or b"0-0"
-            trimmed = trimmed.decode() if isinstance(trimmed, bytes) else str(trimmed)
-            if _offset_key(trimmed) > _offset_key(offset):
-                return Missed(True, current, [])
+        if exists and await self._trimmed_past(feed, offset):
+            return Missed(True, current, [])
         if len(entries) > limit:
             return Missed(True, current, [])
         out = []
@@ -157,6 +157,22 @@ class WorklistFeed:
             eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
             out.append((eid, fields[b"d"]))
         return Missed(False, current, out)
+
+    async def _trimmed_past(self, feed: str, offset: str) -> bool:
+        """Whether entries after `offset` may have been trimmed away.
+
+        MAXLEN trimming drops the oldest entries; Redis records the first entry left and
+        how many were ever added. If some were dropped and the first one left comes after
+        `offset`, what lay between is gone (conservatively: the client may have seen the
+        last dropped one, and then a reset costs one snapshot, never a lost delta).
+        """
+        info = await self._redis.xinfo_stream(feed)
+        deleted = _text(info.get("max-deleted-entry-id") or "0-0")
+        if _offset_key(deleted) > _offset_key(offset):
+            return True
+        trimmed = int(info.get("entries-added", 0)) > int(info.get("length", 0))
+        first = _text(info.get("recorded-first-entry-id") or "0-0")
+        return trimmed and _offset_key(first) > _offset_key(offset)
 
     async def is_built(self, tenant: str) -> bool:
         """Whether this Redis holds a tenant's worklists rebuilt since it last started."""

@@ -69,6 +69,7 @@ class FeedSubscriber:
         while True:
             # PubSub.get_message refuses to run before the first subscribe.
             await self._ready.wait()
+            burst = 0
             try:
                 async for message in self._pubsub.listen():
                     backoff = 0.1
@@ -88,6 +89,12 @@ class FeedSubscriber:
                             handler(message["data"])
                         except Exception:
                             log.exception("handler of a pub/sub message failed")
+                    burst += 1
+                    if burst >= 64:
+                        # Buffered messages come without a real await: let the
+                        # writers drain their queues before the next run.
+                        burst = 0
+                        await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
