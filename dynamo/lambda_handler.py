@@ -24,7 +24,7 @@ log = logging.getLogger("dynamo.lambda")
 async def _publish(records: list[dict[str, Any]], settings: CacheSettings) -> str | None:
     """Publish in order; return the sequence number of the first record that failed."""
     redis = Redis.from_url(settings.redis_url)
-    feed = WorklistFeed(redis, maxlen=settings.feed_maxlen)
+    feed = WorklistFeed(redis, maxlen=settings.feed_maxlen, sharded=settings.pubsub == "sharded")
     try:
         for record in records:
             try:

@@ -93,7 +93,7 @@ async def run_relay(
         async with dynamodb_client(dynamo) as ddb, streams_client(dynamo) as streams:
             arn = await wait_for_table(ddb, dynamo.table)
             lease_ms = int(relay_settings.lease_seconds * 1000)
-            feed = WorklistFeed(redis, maxlen=cache.feed_maxlen)
+            feed = WorklistFeed(redis, maxlen=cache.feed_maxlen, sharded=cache.pubsub == "sharded")
             relay = StreamRelay(
                 streams,
                 arn,

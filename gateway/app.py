@@ -84,9 +84,10 @@ class Gateway:
         self.sessions: set[Session] = set()
         self.metrics: Counter[str] = Counter()
         self.redis: Redis = Redis.from_url(cache.redis_url)
-        self.feed = WorklistFeed(self.redis, maxlen=cache.feed_maxlen)
-        self.subscriber = FeedSubscriber(self.redis, self._on_gap)
-        self.presence = Presence(self.redis, self.subscriber, self.node)
+        sharded = cache.pubsub == "sharded"
+        self.feed = WorklistFeed(self.redis, maxlen=cache.feed_maxlen, sharded=sharded)
+        self.subscriber = FeedSubscriber(self.redis, self._on_gap, sharded=sharded)
+        self.presence = Presence(self.redis, self.subscriber, self.node, sharded=sharded)
         self.ddb = ddb
         self.table = dynamo.table
         self.store = ExamStore(ddb, dynamo.table)

@@ -38,8 +38,11 @@ def _now_ms() -> int:
 
 
 class Presence:
-    def __init__(self, redis: Redis, subscriber: FeedSubscriber, node: str) -> None:
+    def __init__(
+        self, redis: Redis, subscriber: FeedSubscriber, node: str, *, sharded: bool = False
+    ) -> None:
         self._redis = redis
+        self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
         self._subscriber = subscriber
         self._node = node
         self._local: dict[str, set[Session]] = defaultdict(set)  # tenant -> sessions
@@ -106,10 +109,14 @@ class Presence:
     async def notify(self, tenant: str, user: str, frame: dict[str, Any]) -> None:
         """Deliver `frame` to every connection of `user`, on whichever node."""
         message = {"kind": "notice", "to": user, "frame": frame}
-        await self._redis.publish(keys.presence_channel(tenant), orjson.dumps(message))
+        await self._publish(tenant, orjson.dumps(message))
 
     async def _announce(self, tenant: str) -> None:
-        await self._redis.publish(keys.presence_channel(tenant), b'{"kind":"changed"}')
+        await self._publish(tenant, b'{"kind":"changed"}')
+
+    async def _publish(self, tenant: str, message: bytes) -> None:
+        channel = keys.presence_channel(tenant)
+        await self._redis.execute_command(self._publish_command, channel, message)  # type: ignore[no-untyped-call]
 
     async def _heartbeat(self) -> None:
         while True:

@@ -14,7 +14,7 @@ import orjson
 from gateway.hub import Subscription, offset_key
 from gateway.protocol import ErrorCode, Subscribe, Unsubscribe
 from worklist_cache import keys
-from worklist_cache.views import OutOfScope, scope_view, select_rows
+from worklist_cache.views import OutOfScope, scope_view
 
 if TYPE_CHECKING:
     from gateway.session import Session
@@ -76,8 +76,9 @@ async def send_snapshot(
     """
     sub.pending = []
     await ensure_feed(session, sub.tenant)
-    snap = await session.gw.feed.snapshot(sub.tenant)
-    rows, total = select_rows(snap.rows, sub.matcher, limit)
+    me = session.principal.sub if session.principal else ""
+    snap = await session.gw.feed.snapshot(sub.tenant, sub.view, me=me, limit=limit)
+    rows, total = snap.rows, snap.total
     sub.in_view = {r["exam_id"] for r in rows}
     sub.epoch = snap.epoch
     session.send(
@@ -111,8 +112,9 @@ async def resume(
         await send_snapshot(session, sub, request_id, limit, reset=True)
         return
     gw.metrics["resumes"] += 1
-    snap = await gw.feed.snapshot(sub.tenant)
-    sub.in_view = {r["exam_id"] for r in snap.rows if sub.matcher(r)}
+    me = session.principal.sub if session.principal else ""
+    snap = await gw.feed.snapshot(sub.tenant, sub.view, me=me, limit=limit)
+    sub.in_view = {r["exam_id"] for r in snap.rows}
     sub.epoch = missed.epoch
     frames: list[str] = []
     sent_leave: set[str] = set()

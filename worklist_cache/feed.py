@@ -17,10 +17,17 @@ import orjson
 from redis.asyncio import Redis
 
 from dynamo.deltas import ExamDelta
+from dynamo.states import PRIORITY_RANK, ExamStatus
 from worklist_cache import keys
+from worklist_cache.views import View
 
-# KEYS: versions, exams, feed, epoch   ARGV: exam_id, version, op, delta_json, maxlen,
-# candidate_epoch, channel.  Returns the feed offset, or false when the delta is stale.
+# Every key a script touches shares the tenant's hash tag, so a tenant's scripts run in
+# one Redis Cluster slot; the index keys are derived inside the script from `prefix`.
+#
+# KEYS: versions, exams, feed, epoch, sites
+# ARGV: exam_id, version, op, delta_json, maxlen, candidate_epoch, channel, prefix,
+#       status, site, score, publish_command ("PUBLISH" or "SPUBLISH")
+# Returns the feed offset, or false when the delta is stale.
 _APPLY = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur and tonumber(cur) >= tonumber(ARGV[2]) then return false end
@@ -30,18 +37,30 @@ if not epoch then
   redis.call('SET', KEYS[4], epoch)
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old then
+  local row = cjson.decode(old)
+  redis.call('ZREM', ARGV[8] .. ':idx:' .. row['status'] .. ':' .. row['site'], ARGV[1])
+end
 if ARGV[3] == 'remove' then
   redis.call('HDEL', KEYS[2], ARGV[1])
 else
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+  redis.call('ZADD', ARGV[8] .. ':idx:' .. ARGV[9] .. ':' .. ARGV[10], ARGV[11], ARGV[1])
+  redis.call('SADD', KEYS[5], ARGV[10])
 end
 local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'd', ARGV[4])
-redis.call('PUBLISH', ARGV[7],
+redis.call(ARGV[12], ARGV[7],
   '{"epoch":"' .. epoch .. '","offset":"' .. id .. '","delta":' .. ARGV[4] .. '}')
 return id
 """
 
-# KEYS: exams, epoch, feed   ARGV: candidate_epoch.  Returns {epoch, offset, rows}.
+# A view's snapshot in one call: the (status, site) indexes it names, merged in urgency
+# order, each row checked against the rest of the view, at most `limit` rows returned.
+# KEYS: exams, epoch, feed, sites
+# ARGV: candidate_epoch, prefix, limit, statuses, sites, modalities, priorities,
+#       subspecialties (each comma-separated, empty = any), me ("" = not "my reads")
+# Returns {epoch, offset, total, rows...}.
 _SNAPSHOT = """
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -51,8 +70,63 @@ end
 local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 local offset = '0-0'
 if last[1] then offset = last[1][1] end
-return {epoch, offset, redis.call('HVALS', KEYS[1])}
+
+local function set_of(csv)
+  local out, any = {}, false
+  for item in string.gmatch(csv, '[^,]+') do out[item] = true; any = true end
+  if any then return out end
+  return nil
+end
+local statuses = {}
+for item in string.gmatch(ARGV[4], '[^,]+') do table.insert(statuses, item) end
+local sites = {}
+for item in string.gmatch(ARGV[5], '[^,]+') do table.insert(sites, item) end
+if #sites == 0 then sites = redis.call('SMEMBERS', KEYS[4]) end
+local modalities, priorities = set_of(ARGV[6]), set_of(ARGV[7])
+local subspecialties, me = set_of(ARGV[8]), ARGV[9]
+local limit = tonumber(ARGV[3])
+
+local candidates = {}
+for _, status in ipairs(statuses) do
+  for _, site in ipairs(sites) do
+    local entries = redis.call('ZRANGE', ARGV[2] .. ':idx:' .. status .. ':' .. site,
+      0, -1, 'WITHSCORES')
+    for i = 1, #entries, 2 do
+      table.insert(candidates, {tonumber(entries[i + 1]), entries[i]})
+    end
+  end
+end
+table.sort(candidates, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+
+local rows, total = {}, 0
+for _, candidate in ipairs(candidates) do
+  local raw = redis.call('HGET', KEYS[1], candidate[2])
+  if raw then
+    local row = cjson.decode(raw)
+    if (not modalities or modalities[row['modality']])
+      and (not priorities or priorities[row['priority']])
+      and (not subspecialties or subspecialties[row['subspecialty']])
+      and (me == '' or row['claimed_by'] == me) then
+      total = total + 1
+      if #rows < limit then table.insert(rows, raw) end
+    end
+  end
+end
+local out = {epoch, offset, total}
+for _, raw in ipairs(rows) do table.insert(out, raw) end
+return out
 """
+
+_RANK = {p.value: r for p, r in PRIORITY_RANK.items()}
+
+
+def urgency_score(priority: str, tat_due_at: int) -> int:
+    """The index score: STAT first, then the nearest turnaround deadline (exact in a
+    double: rank * 1e13 + epoch ms stays far below 2**53)."""
+    return _RANK.get(priority, 9) * 10_000_000_000_000 + tat_due_at
 
 
 def new_epoch() -> str:
@@ -81,15 +155,18 @@ def _offset_key(offset: str) -> tuple[int, int]:
 class Snapshot:
     epoch: str
     offset: str
+    total: int  # rows matching the view, also those beyond the limit
     rows: list[dict[str, Any]]
 
 
 class WorklistFeed:
     """The write side (used by the relay) and snapshot side (used by the gateway)."""
 
-    def __init__(self, redis: Redis, *, maxlen: int = 100_000) -> None:
+    def __init__(self, redis: Redis, *, maxlen: int = 100_000, sharded: bool = False) -> None:
         self._redis = redis
         self._maxlen = maxlen
+        # Sharded pub/sub (SPUBLISH, Redis 7) keeps a tenant's messages on its shard.
+        self._publish = "SPUBLISH" if sharded else "PUBLISH"
         self._apply = redis.register_script(_APPLY)
         self._snapshot = redis.register_script(_SNAPSHOT)
 
@@ -105,6 +182,7 @@ class WorklistFeed:
                         keys.exams(d.tenant),
                         keys.feed(d.tenant),
                         keys.epoch(d.tenant),
+                        keys.sites(d.tenant),
                     ],
                     args=[
                         d.exam_id,
@@ -114,21 +192,46 @@ class WorklistFeed:
                         self._maxlen,
                         new_epoch(),
                         keys.channel(d.tenant),
+                        keys.tenant_prefix(d.tenant),
+                        d.status.value,
+                        d.site,
+                        urgency_score(d.priority.value, d.tat_due_at),
+                        self._publish,
                     ],
                     client=pipe,
                 )
             results = await pipe.execute()
         return [r.decode() if isinstance(r, bytes) else r for r in results]
 
-    async def snapshot(self, tenant: str) -> Snapshot:
-        """Every cached exam of a tenant, with the feed position it is consistent with."""
-        epoch, offset, rows = await self._snapshot(
-            keys=[keys.exams(tenant), keys.epoch(tenant), keys.feed(tenant)],
-            args=[new_epoch()],
+    async def snapshot(
+        self, tenant: str, view: View | None = None, *, me: str = "", limit: int = 500
+    ) -> Snapshot:
+        """A view's rows, most urgent first (at most `limit`), how many match in all, and
+        the feed position they are consistent with; one round trip.
+
+        Only the (status, site) indexes the view names are read, never every exam.
+        """
+        view = view or View()
+        statuses = view.statuses or list(ExamStatus)
+        result = await self._snapshot(
+            keys=[keys.exams(tenant), keys.epoch(tenant), keys.feed(tenant), keys.sites(tenant)],
+            args=[
+                new_epoch(),
+                keys.tenant_prefix(tenant),
+                limit,
+                ",".join(s.value for s in statuses),
+                ",".join(view.sites),
+                ",".join(m.value for m in view.modalities),
+                ",".join(p.value for p in view.priorities),
+                ",".join(view.subspecialties),
+                me if view.claimed_by_me else "",
+            ],
         )
+        epoch, offset, total, *rows = result
         return Snapshot(
-            epoch=epoch.decode() if isinstance(epoch, bytes) else epoch,
-            offset=offset.decode() if isinstance(offset, bytes) else offset,
+            epoch=_text(epoch),
+            offset=_text(offset),
+            total=int(total),
             rows=[orjson.loads(r) for r in rows],
         )
 

@@ -13,6 +13,21 @@ def _t(tenant: str) -> str:
     return f"{PREFIX}:{{{tenant}}}"
 
 
+def tenant_prefix(tenant: str) -> str:
+    """The prefix of a tenant's keys; the scripts derive the index keys from it:
+    `{prefix}:idx:{status}:{site}`, a sorted set of exam ids scored by urgency."""
+    return _t(tenant)
+
+
+def index(tenant: str, status: str, site: str) -> str:
+    return f"{_t(tenant)}:idx:{status}:{site}"
+
+
+def sites(tenant: str) -> str:
+    """Set: every site the tenant's exams came from (for views over all sites)."""
+    return f"{_t(tenant)}:sites"
+
+
 def exams(tenant: str) -> str:
     """Hash: exam_id -> the exam's newest delta (JSON)."""
     return f"{_t(tenant)}:exams"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -16,3 +18,6 @@ class CacheSettings(BaseSettings):
     # Approximate length of each tenant's history stream. At a 20x spike of ~100
     # deltas/s per tenant, 100k entries keep well over 10 minutes.
     feed_maxlen: int = 100_000
+    # "classic" pub/sub, or "sharded" (SPUBLISH/SSUBSCRIBE, Redis 7+) for Redis Cluster,
+    # where each tenant's messages then stay on the shard that holds its keys.
+    pubsub: Literal["classic", "sharded"] = "classic"

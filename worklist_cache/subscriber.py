@@ -20,9 +20,11 @@ GapHandler = Callable[[], Awaitable[None]]
 
 
 class FeedSubscriber:
-    def __init__(self, redis: Redis, on_gap: GapHandler) -> None:
+    def __init__(self, redis: Redis, on_gap: GapHandler, *, sharded: bool = False) -> None:
         self._redis = redis
         self._on_gap = on_gap
+        # Sharded pub/sub (SSUBSCRIBE, Redis 7): what the feed uses with SPUBLISH.
+        self._sharded = sharded
         self._pubsub = redis.pubsub()
         self._channels: dict[str, MessageHandler] = {}
         # Set when Redis confirms a SUBSCRIBE: only then is no message missed.
@@ -51,14 +53,23 @@ class FeedSubscriber:
         if confirmed is None:
             confirmed = self._confirmed[channel] = asyncio.Event()
             self._channels[channel] = handler
-            await self._pubsub.subscribe(channel)
+            await self._subscribe(channel)
             self._ready.set()
         await asyncio.wait_for(confirmed.wait(), timeout)
 
     async def unsubscribe(self, channel: str) -> None:
         if self._channels.pop(channel, None) is not None:
             self._confirmed.pop(channel, None)
-            await self._pubsub.unsubscribe(channel)
+            if self._sharded:
+                await self._pubsub.sunsubscribe(channel)
+            else:
+                await self._pubsub.unsubscribe(channel)
+
+    async def _subscribe(self, *channels: str) -> None:
+        if self._sharded:
+            await self._pubsub.ssubscribe(*channels)
+        else:
+            await self._pubsub.subscribe(*channels)
 
     @property
     def channels(self) -> list[str]:
@@ -76,12 +87,12 @@ class FeedSubscriber:
                     channel = message["channel"]
                     if isinstance(channel, bytes):
                         channel = channel.decode()
-                    if message["type"] == "subscribe":
+                    if message["type"] in ("subscribe", "ssubscribe"):
                         event = self._confirmed.get(channel)
                         if event is not None:
                             event.set()
                         continue
-                    if message["type"] != "message":
+                    if message["type"] not in ("message", "smessage"):
                         continue
                     handler = self._channels.get(channel)
                     if handler is not None:
@@ -106,7 +117,7 @@ class FeedSubscriber:
                 try:
                     # Re-subscribing reconnects; what was published meanwhile is lost.
                     if self._channels:
-                        await self._pubsub.subscribe(*self._channels)
+                        await self._subscribe(*self._channels)
                     await self._on_gap()
                 except (RedisConnectionError, RedisTimeoutError, OSError):
                     continue
