@@ -42,7 +42,7 @@ frame_like = st.fixed_dictionaries(
                 "bogus",
                 "",
             ]
-        )  # fmt: skip
+        )
     },
     optional={
         "id": st.one_of(st.text(max_size=70), st.integers(), st.none()),
