@@ -1,0 +1,31 @@
+"""The README's configuration table names every setting of every process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic_settings import BaseSettings
+
+from dynamo.settings import DynamoSettings
+from dynamo.worker import RelaySettings
+from gateway.settings import GatewaySettings
+from loadtest.simulator import SimSettings
+from worklist_cache.settings import CacheSettings
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "settings", [GatewaySettings, CacheSettings, DynamoSettings, RelaySettings, SimSettings]
+)
+def test_every_setting_is_in_the_readme(settings: type[BaseSettings]) -> None:
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    missing = []
+    for name, field in settings.model_fields.items():
+        env = f"{prefix}{name}".upper()
+        alias = field.validation_alias
+        names = {env} | ({str(a).upper() for a in alias.choices} if alias else set())  # type: ignore[union-attr]
+        if not any(f"`{n}`" in README for n in names):
+            missing.append(env)
+    assert missing == [], f"add to the README's configuration table: {missing}"
