@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint typecheck unit system-deps deps clean protocol-schema
+.PHONY: demo test lint typecheck unit system-deps deps clean protocol-schema loadtest
 
 # Debian packages the real parts need; each is installed only when missing.
 system-deps:
@@ -49,9 +49,20 @@ test: deps lint typecheck
 unit: $(VENV)/.stamp
 	$(VENV)/bin/pytest -m 'not slow'
 
+# An exam spike against the embedded stack with locust (headless; UI=1 for the web UI,
+# QUICK=1 for a 30-second smoke). Report and CSVs in loadtest/results/.
+loadtest: deps
+	$(PY) -m loadtest.spike $(if $(UI),--ui) $(if $(QUICK),--quick)
+
 clean:
 	rm -rf $(VENV) node_modules artifacts .pytest_cache .mypy_cache .ruff_cache
 
 # Regenerate the protocol's JSON Schema from the pydantic models (a test checks it).
 protocol-schema: $(VENV)/.stamp
 	$(PY) -c 'import json; from gateway.protocol import schema; print(json.dumps(schema(), indent=2, sort_keys=True))' > docs/protocol.schema.json
+
+# The benchmark (loadtest/bench.py): everything on loopback, results in loadtest/results/.
+# QUICK=1 runs the reduced scale (under 2 minutes); PROFILE=1 adds a py-spy profile.
+.PHONY: bench
+bench: deps
+	$(PY) -m loadtest.bench $(if $(QUICK),--quick) $(if $(PROFILE),--profile)

@@ -39,9 +39,14 @@ def _say(message: str) -> None:
 
 
 class Demo:
-    def __init__(self) -> None:
+    """The whole stack on loopback. `extra_env` reaches every process it starts (the
+    load test passes a known signing secret); `simulate=False` leaves the simulator out."""
+
+    def __init__(self, extra_env: dict[str, str] | None = None, simulate: bool = True) -> None:
         self.procs: list[ManagedProcess] = []
         self.env: dict[str, str] = {}
+        self.extra_env = extra_env or {}
+        self.simulate = simulate
         self._stopping = False
 
     def start(self) -> str:
@@ -74,11 +79,13 @@ class Demo:
             "GATEWAY_HOST": "127.0.0.1",
             # The demo's users log in from the page; tokens die with this run.
             "GATEWAY_DEMO": os.environ.get("GATEWAY_DEMO", "true"),
+            **self.extra_env,
         }
         self._spawn("relay", [sys.executable, "-m", "dynamo.worker"])
         gateway = self._spawn("gateway", [sys.executable, "-m", "gateway"])
         wait_for_port(port, 30, gateway)
-        self._spawn("simulator", [sys.executable, "-m", "loadtest.simulator"])
+        if self.simulate:
+            self._spawn("simulator", [sys.executable, "-m", "loadtest.simulator"])
         return f"http://127.0.0.1:{port}/"
 
     def _spawn(self, name: str, argv: list[str]) -> ManagedProcess:

@@ -85,29 +85,7 @@ class ExamStore:
         The study must not exist yet; its version starts at 1.
         """
         exam = exam.model_copy(update={"version": 1, "updated_at": now_ms()})
-        absent = "attribute_not_exists(PK)"
-        items: list[dict[str, Any]] = []
-        if profile is not None:
-            # The profile is upserted: one patient has many orders.
-            items.append(
-                {"Put": {"TableName": self.table, "Item": to_attrs(profile_to_item(profile))}}
-            )
-        pointer = {
-            "PK": keys.accession_pk(exam.tenant, exam.accession),
-            "SK": keys.ACCESSION_SK,
-            "entity": "ACCESSION",
-            "patient_id": exam.patient_id,
-        }
-        for item in (order_to_item(order), exam_to_item(exam), pointer):
-            items.append(
-                {
-                    "Put": {
-                        "TableName": self.table,
-                        "Item": to_attrs(item),
-                        "ConditionExpression": absent,
-                    }
-                }
-            )
+        items = create_items(self.table, exam, order, profile)
         try:
             await self.call("transact_write_items", TransactItems=items)
         except self._client.exceptions.TransactionCanceledException as exc:
@@ -272,40 +250,85 @@ class ExamStore:
         `condition` and `values` add to the version-and-state condition (claims use
         them to require the claim's token).
         """
-        names = {"#s": "status", "#v": "version"}
-        attrs: dict[str, Any] = {
-            ":from": to_attr(current.status.value),
-            ":to": to_attr(target.value),
-            ":v": to_attr(current.version),
-            ":next": to_attr(current.version + 1),
-            ":now": to_attr(now),
-            ":g1pk": to_attr(keys.gsi1_pk(current.tenant, target)),
-            ":g1sk": to_attr(
-                keys.gsi1_sk(PRIORITY_RANK[current.priority], current.tat_due_at, current.accession)
-            ),
-        }
-        attrs.update({k: to_attr(v) for k, v in (values or {}).items()})
-        sets = ["#s = :to", "#v = :next", "updated_at = :now", "GSI1PK = :g1pk", "GSI1SK = :g1sk"]
-        if target is ExamStatus.COMPLETED:
-            sets.append("completed_at = :now")
-        expression = "SET " + ", ".join(sets)
-        if target in CLAIM_ENDING_STATES:
-            expression += " REMOVE " + ", ".join(CLAIM_FIELDS)
-        cond = "#v = :v AND #s = :from" + (f" AND ({condition})" if condition else "")
         try:
             resp = await self.call(
                 "update_item",
-                TableName=self.table,
-                Key=self.key(current.patient_id, current.accession),
-                UpdateExpression=expression,
-                ConditionExpression=cond,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=attrs,
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **transition_update(
+                    self.table, current, target, now=now, condition=condition, values=values
+                ),
             )
         except self.condition_failed as exc:
             old = exc.response.get("Item")  # type: ignore[attr-defined]
             seen = from_attrs(old)["version"] if old else None
             raise VersionConflict(current.accession, current.version, seen) from None
         return exam_from_item(from_attrs(resp["Attributes"]))
+
+
+# ---- request builders, shared by the async store and synchronous writers (load tests) --
+
+
+def create_items(
+    table: str, exam: Exam, order: Order, profile: PatientProfile | None
+) -> list[dict[str, Any]]:
+    """TransactItems creating an exam: its order, study item and accession pointer (all
+    conditional on not existing yet), and the patient's profile (upserted)."""
+    absent = "attribute_not_exists(PK)"
+    items: list[dict[str, Any]] = []
+    if profile is not None:
+        items.append({"Put": {"TableName": table, "Item": to_attrs(profile_to_item(profile))}})
+    pointer = {
+        "PK": keys.accession_pk(exam.tenant, exam.accession),
+        "SK": keys.ACCESSION_SK,
+        "entity": "ACCESSION",
+        "patient_id": exam.patient_id,
+    }
+    for item in (order_to_item(order), exam_to_item(exam), pointer):
+        items.append(
+            {"Put": {"TableName": table, "Item": to_attrs(item), "ConditionExpression": absent}}
+        )
+    return items
+
+
+def transition_update(
+    table: str,
+    current: Exam,
+    target: ExamStatus,
+    *,
+    now: int,
+    condition: str = "",
+    values: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """UpdateItem arguments for one move from the state `current` was read in."""
+    names = {"#s": "status", "#v": "version"}
+    attrs: dict[str, Any] = {
+        ":from": to_attr(current.status.value),
+        ":to": to_attr(target.value),
+        ":v": to_attr(current.version),
+        ":next": to_attr(current.version + 1),
+        ":now": to_attr(now),
+        ":g1pk": to_attr(keys.gsi1_pk(current.tenant, target)),
+        ":g1sk": to_attr(
+            keys.gsi1_sk(PRIORITY_RANK[current.priority], current.tat_due_at, current.accession)
+        ),
+    }
+    attrs.update({k: to_attr(v) for k, v in (values or {}).items()})
+    sets = ["#s = :to", "#v = :next", "updated_at = :now", "GSI1PK = :g1pk", "GSI1SK = :g1sk"]
+    if target is ExamStatus.COMPLETED:
+        sets.append("completed_at = :now")
+    expression = "SET " + ", ".join(sets)
+    if target in CLAIM_ENDING_STATES:
+        expression += " REMOVE " + ", ".join(CLAIM_FIELDS)
+    cond = "#v = :v AND #s = :from" + (f" AND ({condition})" if condition else "")
+    return {
+        "TableName": table,
+        "Key": {
+            "PK": to_attr(keys.patient_pk(current.patient_id)),
+            "SK": to_attr(keys.study_sk(current.accession)),
+        },
+        "UpdateExpression": expression,
+        "ConditionExpression": cond,
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": attrs,
+        "ReturnValues": "ALL_NEW",
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }

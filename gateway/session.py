@@ -251,6 +251,17 @@ class Session:
             return
         self._strikes = 0
         self.gw.metrics[f"requests_{frame.type}"] += 1
+        try:
+            await self._dispatch(frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # One request failed (Redis or DynamoDB unreachable, a bug): say so, keep
+            # the session. No frame content is logged: it may hold patient data.
+            log.exception("request %s failed", frame.type)
+            self.error(frame.id, ErrorCode.INTERNAL, "the request failed; retry shortly")
+
+    async def _dispatch(self, frame: Any) -> None:
         if isinstance(frame, Subscribe):
             await worklists.subscribe(self, frame)
         elif isinstance(frame, Unsubscribe):

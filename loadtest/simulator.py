@@ -104,7 +104,8 @@ def _accession_prefix(tenant: Tenant) -> str:
     return tenant.sites[0].code.split("-")[0]
 
 
-def _patient(tenant: Tenant, index: int, rng: random.Random) -> PatientProfile:
+def synthetic_patient(tenant: Tenant, index: int, rng: random.Random) -> PatientProfile:
+    """A made-up patient of a tenant (same index and rng state, same person)."""
     family = rng.choice(catalog.FAMILY_NAMES)
     given = rng.choice(catalog.GIVEN_NAMES)
     year = rng.randint(1935, 2020)
@@ -175,7 +176,9 @@ def plan_day(
             procedure = rng.choice(catalog.PROCEDURES[modality])
             priority: Priority = _weighted(rng, catalog.PRIORITY_MIX[site.kind])
             patient_index = base + rng.randrange(pool)
-            patient = _patient(tenant, patient_index, random.Random(f"{seed}:{patient_index}"))
+            patient = synthetic_patient(
+                tenant, patient_index, random.Random(f"{seed}:{patient_index}")
+            )
             start = day * DAY
             scheduled = start + _scheduled_offset(rng, site)
             ordered, steps = _timeline(rng, priority, procedure, start, scheduled)

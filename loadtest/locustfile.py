@@ -1,0 +1,292 @@
+"""Locust scenarios: radiologists, coordinators and reconnect storms over real WebSockets,
+and writers whose number follows an exam-spike shape. `make loadtest` runs them
+headless against a stack it starts (see `loadtest/spike.py`); `locust -f
+loadtest/locustfile.py` with LOADTEST_* set runs them with the web UI.
+
+Every WebSocket request is reported to locust's statistics as request type "WS" under
+its frame type (auth, subscribe, resume, claim, sign, presence); every delta a client
+receives is reported as type "DELTA", name "e2e", with the time from the DynamoDB write
+(the delta's `updated_at`) to its arrival.
+
+Environment: LOADTEST_GATEWAY (ws://host:port), LOADTEST_JWT_SECRET (the gateway's
+signing secret, to mint users' tokens), DYNAMO_* (the writers' table), and the shape:
+LOADTEST_NORMAL_WRITERS, LOADTEST_SPIKE_FACTOR, LOADTEST_NORMAL_S, LOADTEST_SPIKE_S,
+LOADTEST_RADIOLOGISTS, LOADTEST_COORDINATORS, LOADTEST_RECONNECTORS.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import time
+from typing import Any
+
+import gevent
+import websocket
+from gevent.event import AsyncResult
+from locust import LoadTestShape, User, between, constant_pacing, task
+
+from gateway.auth import mint_token
+from loadtest.syncwriter import SyncExamWriter
+
+GATEWAY = os.environ.get("LOADTEST_GATEWAY", "ws://127.0.0.1:8080/ws")
+SECRET = os.environ.get("LOADTEST_JWT_SECRET", "")
+TENANT = os.environ.get("LOADTEST_TENANT", "northwind")
+
+_ids = itertools.count(1)
+_users = itertools.count(1)
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+class WsSession:
+    """One protocol connection: a greenlet reads frames, requests wait for their reply."""
+
+    def __init__(self, user: User, sub: str, name: str, roles: tuple[str, ...]) -> None:
+        self.user = user
+        self.token = mint_token(SECRET, sub=sub, name=name, tenant=TENANT, roles=roles, ttl_s=3600)
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.position: dict[str, str] | None = None
+        self._waiting: dict[str, AsyncResult] = {}
+        self._ws: websocket.WebSocket | None = None
+        self._reader: gevent.Greenlet | None = None
+        self.view: dict[str, Any] = {}
+
+    def fire(self, kind: str, name: str, started: float, error: Exception | None = None) -> None:
+        self.user.environment.events.request.fire(
+            request_type=kind,
+            name=name,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=0,
+            exception=error,
+            context={},
+        )
+
+    def open(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._ws = websocket.create_connection(GATEWAY, timeout=10)
+            welcome = json.loads(self._ws.recv())
+            assert welcome["type"] == "welcome", welcome
+            self._reader = gevent.spawn(self._read)
+            self.request({"type": "auth", "token": self.token}, "auth", expect="authenticated")
+        except Exception as exc:
+            self.fire("WS", "connect", started, exc)
+            raise
+        self.fire("WS", "connect", started)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.kill(block=False)
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            except Exception:
+                pass
+        self._ws = None
+
+    def _read(self) -> None:
+        assert self._ws is not None
+        ws = self._ws
+        while True:
+            try:
+                raw = ws.recv()
+            except Exception:
+                return
+            if not raw:
+                return
+            frame = json.loads(raw)
+            frames = frame["frames"] if frame.get("type") == "batch" else [frame]
+            for f in frames:
+                self._on_frame(f)
+
+    def _on_frame(self, f: dict[str, Any]) -> None:
+        kind = f.get("type")
+        if kind == "delta":
+            d = f["delta"]
+            self.position = {"epoch": f["epoch"], "offset": f["offset"]}
+            now_ms = time.time() * 1000
+            self.user.environment.events.request.fire(
+                request_type="DELTA",
+                name="e2e",
+                response_time=max(0.0, now_ms - d["updated_at"]),
+                response_length=0,
+                exception=None,
+                context={},
+            )
+            if f.get("leave") or d["op"] == "remove":
+                self.rows.pop(d["exam_id"], None)
+            elif d["version"] > self.rows.get(d["exam_id"], {}).get("version", 0):
+                self.rows[d["exam_id"]] = d
+        elif kind == "snapshot":
+            self.rows = {r["exam_id"]: r for r in f["rows"]}
+            self.position = {"epoch": f["epoch"], "offset": f["offset"]}
+        rid = f.get("id")
+        if rid is not None and rid in self._waiting:
+            self._waiting.pop(rid).set(f)
+
+    def request(
+        self, frame: dict[str, Any], name: str, expect: str | None = None, timeout: float = 10
+    ) -> dict[str, Any] | None:
+        """Send a request, wait for its reply, report the round trip. Errors with a code
+        the scenario expects (a lost claim race) are returned, not failed."""
+        assert self._ws is not None
+        rid = f"r{next(_ids)}"
+        waiter = AsyncResult()
+        self._waiting[rid] = waiter
+        started = time.perf_counter()
+        try:
+            self._ws.send(json.dumps({**frame, "id": rid}))
+            reply: dict[str, Any] = waiter.get(timeout=timeout)
+        except Exception as exc:
+            self._waiting.pop(rid, None)
+            self.fire("WS", name, started, exc)
+            return None
+        if expect is not None and reply["type"] != expect and reply.get("code") != "conflict":
+            self.fire("WS", name, started, RuntimeError(reply.get("code", reply["type"])))
+            return reply
+        self.fire("WS", name, started)
+        return reply
+
+    def subscribe(self, view: dict[str, Any]) -> None:
+        self.view = view
+        self.request({"type": "subscribe", "view": view}, "subscribe", expect="snapshot")
+
+    def resume(self) -> None:
+        frame: dict[str, Any] = {"type": "subscribe", "view": self.view}
+        if self.position:
+            frame["since"] = self.position
+        self.request(frame, "resume")
+
+
+class Radiologist(User):
+    """Logs in, watches the ready-to-read list, claims, reads a while, signs."""
+
+    fixed_count = _env_int("LOADTEST_RADIOLOGISTS", 20)
+    wait_time = between(1, 4)
+
+    def on_start(self) -> None:
+        n = next(_users)
+        self.ws = WsSession(self, f"lt-rad-{n}", f"Load Radiologist {n}", ("radiologist",))
+        self.ws.open()
+        self.ws.subscribe({"statuses": ["COMPLETED", "PRELIMINARY"]})
+
+    def on_stop(self) -> None:
+        self.ws.close()
+
+    @task
+    def read_one(self) -> None:
+        free = [r for r in self.ws.rows.values() if not r.get("claimed_by")]
+        if not free:
+            return
+        exam = random.choice(free)["exam_id"]
+        reply = self.ws.request({"type": "claim", "exam_id": exam}, "claim", expect="claimed")
+        if not reply or reply["type"] != "claimed":
+            return  # somebody else got it first: that is the scenario, not a failure
+        gevent.sleep(random.uniform(2, 8))  # reading
+        self.ws.request(
+            {"type": "sign", "exam_id": exam, "status": "FINAL"}, "sign", expect="signed"
+        )
+
+
+class Coordinator(User):
+    """Watches the whole tenant and who is online."""
+
+    fixed_count = _env_int("LOADTEST_COORDINATORS", 2)
+    wait_time = between(5, 10)
+
+    def on_start(self) -> None:
+        n = next(_users)
+        self.ws = WsSession(self, f"lt-coord-{n}", f"Load Coordinator {n}", ("coordinator",))
+        self.ws.open()
+        self.ws.subscribe({"statuses": []})
+
+    def on_stop(self) -> None:
+        self.ws.close()
+
+    @task
+    def presence(self) -> None:
+        self.ws.request({"type": "presence"}, "presence", expect="presence_state")
+
+
+class Reconnector(User):
+    """A flaky network: drops its connection and resumes from its last position."""
+
+    fixed_count = _env_int("LOADTEST_RECONNECTORS", 10)
+    wait_time = between(5, 15)
+
+    def on_start(self) -> None:
+        n = next(_users)
+        self.ws = WsSession(self, f"lt-flaky-{n}", f"Load Flaky {n}", ("radiologist",))
+        self.ws.open()
+        self.ws.subscribe({})
+
+    def on_stop(self) -> None:
+        self.ws.close()
+
+    @task
+    def drop_and_resume(self) -> None:
+        self.ws.close()
+        self.ws.open()
+        self.ws.resume()
+
+
+class ExamWriter(User):
+    """A source of exam traffic: creates an exam and walks it to COMPLETED, one write
+    per second per writer. The shape sets how many writers there are."""
+
+    weight = 1
+    wait_time = constant_pacing(1.0)
+
+    def on_start(self) -> None:
+        self.writer = SyncExamWriter.from_env(f"LT{next(_users):04d}")
+
+    @task
+    def step(self) -> None:
+        started = time.perf_counter()
+        try:
+            name = self.writer.step()
+        except Exception as exc:
+            self.environment.events.request.fire(
+                request_type="DYNAMO",
+                name="write",
+                response_time=(time.perf_counter() - started) * 1000,
+                response_length=0,
+                exception=exc,
+                context={},
+            )
+            return
+        self.environment.events.request.fire(
+            request_type="DYNAMO",
+            name=name,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=0,
+            exception=None,
+            context={},
+        )
+
+
+class ExamSpike(LoadTestShape):
+    """A normal day, then a spike of `LOADTEST_SPIKE_FACTOR` times the writers (a
+    trauma night, a backlog flush after an RIS outage), then back to normal."""
+
+    def tick(self) -> tuple[int, float] | None:
+        normal = _env_int("LOADTEST_NORMAL_WRITERS", 2)
+        factor = _env_int("LOADTEST_SPIKE_FACTOR", 20)
+        normal_s = _env_int("LOADTEST_NORMAL_S", 30)
+        spike_s = _env_int("LOADTEST_SPIKE_S", 60)
+        fixed = Radiologist.fixed_count + Coordinator.fixed_count + Reconnector.fixed_count
+        t = self.get_run_time()  # type: ignore[no-untyped-call]
+        if t < normal_s:
+            writers = normal
+        elif t < normal_s + spike_s:
+            writers = normal * factor
+        elif t < 2 * normal_s + spike_s:
+            writers = normal
+        else:
+            return None
+        return fixed + writers, 20.0

@@ -1,0 +1,96 @@
+"""`make loadtest`: an exam spike against the embedded stack, with locust.
+
+Starts what `make demo` starts (DynamoDB Local, redis-server, relay, gateway, the
+simulator playing a normal day) with a signing secret the load users mint tokens with,
+then runs `loadtest/locustfile.py` headless with its `ExamSpike` shape and writes
+locust's HTML report and CSVs under `loadtest/results/`. `--ui` serves locust's web UI
+instead (open the URL it prints; stop with Ctrl-C). Everything stops at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from devstack.demo import Demo
+from devstack.procs import free_port
+from devstack.services import ROOT
+
+RESULTS = ROOT / "loadtest" / "results"
+
+
+def locust_command(gateway_ws: str, ui: bool, run_time: str | None) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(ROOT / "loadtest" / "locustfile.py"),
+        "--host",
+        gateway_ws,
+    ]
+    if ui:
+        cmd += ["--web-host", "127.0.0.1", "--web-port", str(free_port())]
+    else:
+        cmd += [
+            "--headless",
+            "--csv",
+            str(RESULTS / "loadtest"),
+            "--html",
+            str(RESULTS / "loadtest.html"),
+            "--only-summary",
+        ]
+        if run_time:
+            cmd += ["--run-time", run_time]
+    return cmd
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ui", action="store_true", help="serve locust's web UI")
+    parser.add_argument("--quick", action="store_true", help="a 30-second spike (smoke test)")
+    args = parser.parse_args(argv)
+
+    secret = secrets.token_urlsafe(32)
+    shape = {
+        "LOADTEST_NORMAL_S": "10" if args.quick else "30",
+        "LOADTEST_SPIKE_S": "10" if args.quick else "60",
+        "LOADTEST_RADIOLOGISTS": "5" if args.quick else "20",
+        "LOADTEST_RECONNECTORS": "3" if args.quick else "10",
+    }
+    shape = {k: os.environ.get(k, v) for k, v in shape.items()}
+    demo = Demo(extra_env={"GATEWAY_JWT_SECRET": secret, **shape})
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    code = 1
+    try:
+        url = demo.start()
+        ws = url.replace("http", "ws") + "ws"
+        env = {
+            **os.environ,
+            **demo.env,
+            "LOADTEST_GATEWAY": ws,
+            "LOADTEST_JWT_SECRET": secret,
+        }
+        print(f"gateway {url}; running locust ({'web UI' if args.ui else 'headless'})", flush=True)
+        locust = subprocess.Popen(locust_command(ws, args.ui, None), env=env, cwd=ROOT)
+        try:
+            code = locust.wait()
+        except KeyboardInterrupt:
+            locust.send_signal(signal.SIGINT)
+            code = locust.wait(30)
+        if not args.ui:
+            print(f"report: {Path(RESULTS / 'loadtest.html').relative_to(ROOT)}", flush=True)
+    finally:
+        demo.stop()
+    # Locust exits 1 when any request failed; the report says which.
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
