@@ -114,3 +114,12 @@ PROVIDERS: tuple[str, ...] = (
     "MERIDIAN^ALEX", "CORVID^SAM", "HALVERSON^JO", "PRENTICE^LEE", "OSTRANDER^KIM",
     "VALDANE^RIO", "TREMAINE^ASH", "WEXLEY^MORGAN",
 )  # fmt: skip
+
+# Simulated radiologists who read the simulator's exams (fictional).
+SIM_READERS: tuple[str, ...] = (
+    "Dr. Sol Kestrel",
+    "Dr. Ines Thornbury",
+    "Dr. Rafe Okonjo",
+    "Dr. Lena Winterbourne",
+    "Dr. Caleb Ashgrove",
+)

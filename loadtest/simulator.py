@@ -22,12 +22,13 @@ from typing import Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dynamo.claims import Claims
 from dynamo.client import dynamodb_client
 from dynamo.exceptions import ExamAlreadyExists, StoreError
 from dynamo.models import Exam, Order, PatientProfile
 from dynamo.settings import DynamoSettings
 from dynamo.sites import DEMO_TENANTS, Site, Tenant
-from dynamo.states import ExamStatus, Modality, Priority
+from dynamo.states import READING_STATES, ExamStatus, Modality, Priority
 from dynamo.store import ExamStore
 from dynamo.table import wait_for_table
 from loadtest import catalog
@@ -61,6 +62,9 @@ class SimSettings(BaseSettings):
     days: int = 0  # 0 plays day after day until stopped
     # Exams written at the same time (one exam's own steps always stay in order).
     concurrency: int = 16
+    # Simulated radiologists claim exams and sign their reports (else the reports are
+    # written as a system would, without a claim).
+    readers: bool = True
     tenants: str = ""  # comma-separated tenant codes; empty means every demo tenant
     log_level: str = "INFO"
 
@@ -93,6 +97,8 @@ class Event:
     seq: int
     exam: PlannedExam = field(compare=False)
     status: ExamStatus | None = field(compare=False)  # None: create the exam
+    # A simulated radiologist claims the exam now, to sign its next report later.
+    claim: bool = field(default=False, compare=False)
 
 
 def _weighted(rng: random.Random, weights: dict[Any, int]) -> Any:
@@ -201,17 +207,38 @@ def plan_day(
     return plan
 
 
-def events_of(plan: Iterable[PlannedExam], seq_start: int = 0) -> list[Event]:
-    """The plan as events; `seq` (from `seq_start`) keeps equal times in plan order."""
+def events_of(
+    plan: Iterable[PlannedExam], seq_start: int = 0, *, with_claims: bool = False
+) -> list[Event]:
+    """The plan as events; `seq` (from `seq_start`) keeps equal times in plan order.
+
+    `with_claims` adds, before an exam's first report, the moment a simulated
+    radiologist claims it (two thirds of the way from COMPLETED to the report).
+    """
     events: list[Event] = []
     seq = seq_start
     for exam in plan:
         events.append(Event(exam.ordered_at, seq, exam, None))
         seq += 1
+        completed_at = None
         for at, status in exam.steps:
+            if status is ExamStatus.COMPLETED:
+                completed_at = at
+            elif completed_at is not None and with_claims and status in READING_STATES:
+                read_from = completed_at + (at - completed_at) * 2 // 3
+                events.append(Event(read_from, seq, exam, status, claim=True))
+                seq += 1
+                completed_at = None
             events.append(Event(at, seq, exam, status))
             seq += 1
     return events
+
+
+def sim_reader(exam: PlannedExam) -> tuple[str, str]:
+    """The simulated radiologist who reads an exam (sub, display name)."""
+    names = catalog.SIM_READERS
+    index = sum(map(ord, exam.accession)) % len(names)
+    return f"sim-{exam.tenant}-{index}", names[index]
 
 
 class Clock:
@@ -278,6 +305,8 @@ class Simulator:
         self._days_planned = 0
         self._seq = 0
         self._skip: set[str] = set()  # accessions whose creation failed
+        self.claims = Claims(store)
+        self._tokens: dict[str, tuple[str, str]] = {}  # accession -> (reader, token)
 
     def _plan_next_day(self) -> bool:
         days = self.settings.days
@@ -286,7 +315,7 @@ class Simulator:
         plan = plan_day(
             self.settings.seed, self._days_planned, self.settings.exams_per_day, self.tenants
         )
-        for event in events_of(plan, seq_start=self._seq):
+        for event in events_of(plan, seq_start=self._seq, with_claims=self.settings.readers):
             heapq.heappush(self._heap, event)
             self._seq = event.seq + 1
         self._days_planned += 1
@@ -343,11 +372,19 @@ class Simulator:
         if exam.accession in self._skip:
             self.skipped += 1
             return
+        patient_id = exam.patient.patient_id
         try:
             if event.status is None:
                 await self.store.create_exam(*to_records(exam, self.clock))
+            elif event.claim:
+                await self._claim(event)
+            elif exam.accession in self._tokens and event.status in READING_STATES:
+                reader, token = self._tokens[exam.accession]
+                await self.claims.sign(patient_id, exam.accession, reader, token, event.status)
+                if event.status is not ExamStatus.PRELIMINARY:
+                    self._tokens.pop(exam.accession, None)
             else:
-                await self.store.transition(exam.patient.patient_id, exam.accession, event.status)
+                await self.store.transition(patient_id, exam.accession, event.status)
             self.writes += 1
         except ExamAlreadyExists:
             # Another run wrote this day into the same table: leave its exams alone.
@@ -356,7 +393,20 @@ class Simulator:
         except StoreError as exc:
             # Someone else (a radiologist, an HL7 feed) moved the exam first.
             log.info("skipped %s -> %s: %s", exam.accession, event.status, exc.code)
+            self._tokens.pop(exam.accession, None)
             self.skipped += 1
+
+    async def _claim(self, event: Event) -> None:
+        """A simulated radiologist claims the exam for as long as the plan reads it."""
+        exam = event.exam
+        signs = [at for at, s in exam.steps if s in READING_STATES and at > event.at]
+        last = max(signs, default=event.at)
+        lease_ms = int((last - event.at) / self.settings.speed) + 60_000
+        reader, name = sim_reader(exam)
+        claim = await self.claims.claim(
+            exam.patient.patient_id, exam.accession, reader, name, lease_ms=lease_ms
+        )
+        self._tokens[exam.accession] = (reader, claim.token)
 
 
 async def run_simulator(settings: SimSettings, dynamo: DynamoSettings) -> None:

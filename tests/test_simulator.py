@@ -92,13 +92,39 @@ async def test_a_played_day_leaves_the_store_in_the_planned_states(store: ExamSt
     sim = Simulator(store, settings)
     await asyncio.wait_for(sim.run(), 120 * UNIT)
     plan = plan_day(5, 0, 15, sim.tenants)
+    claims = {e.exam.accession for e in events_of(plan, with_claims=True) if e.claim}
+    assert claims, "simulated radiologists claimed exams to read them"
     assert sim.skipped == 0
-    assert sim.writes == sum(1 + len(e.steps) for e in plan)
+    assert sim.writes == sum(1 + len(e.steps) for e in plan) + len(claims)
     for exam in plan:
         stored = await store.get_exam(exam.patient.patient_id, exam.accession)
         assert stored.status == exam.final_status
-        assert stored.version == 1 + len(exam.steps)
+        assert stored.version == 1 + len(exam.steps) + (exam.accession in claims)
         assert stored.tenant == "lakeside"
+        if stored.status is ExamStatus.FINAL:
+            assert stored.claimed_by is None, "a final report ends the claim"
+
+
+async def test_a_person_holding_an_exam_keeps_it_from_the_simulated_reader(
+    store: ExamStore,
+) -> None:
+    from dynamo.claims import Claims
+
+    settings = SimSettings(seed=9, speed=1000.0, exams_per_day=12, tenants="lakeside")
+    sim = Simulator(store, settings)
+    plan = plan_day(9, 0, 12, sim.tenants)
+    target = next(e for e in plan if e.final_status is ExamStatus.FINAL)
+    events = sorted(events_of([target], with_claims=True))
+    cut = next(i for i, e in enumerate(events) if e.status is ExamStatus.COMPLETED) + 1
+    for event in events[:cut]:
+        await sim._play(event)
+    patient = target.patient.patient_id
+    await Claims(store).claim(patient, target.accession, "u-person", "A Person")
+    for event in events[cut:]:
+        await sim._play(event)
+    final = await store.get_exam(patient, target.accession)
+    assert (final.status, final.claimed_by) == (ExamStatus.COMPLETED, "u-person")
+    assert sim.skipped == len(events) - cut  # the claim lost, the reports left to her
 
 
 async def test_replaying_a_day_into_the_same_table_changes_nothing(store: ExamStore) -> None:
