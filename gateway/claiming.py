@@ -120,62 +120,54 @@ async def claim(session: Session, frame: ClaimRequest) -> None:
     await gw.presence.update(session)
 
 
-def _token(session: Session, frame: Release | Sign) -> str | None:
+async def _held(session: Session, frame: Release | Sign) -> tuple[str, str, str] | None:
+    """(user, token, patient_id) for a request on a claim this connection holds (or
+    whose token it names); None after answering the request with an error."""
+    principal = session.principal
+    assert principal is not None
     token = frame.token or session.claims.get(frame.exam_id)
     if token is None:
         session.error(frame.id, ErrorCode.STALE_TOKEN, "this connection holds no claim on it")
-    return token
+        return None
+    patient_id = await _locate(session, frame.id, frame.exam_id)
+    return None if patient_id is None else (principal.sub, token, patient_id)
+
+
+async def _changed(session: Session, exam: Exam, reply: dict[str, Any]) -> None:
+    """Answer the request, publish the change ahead of the stream, refresh presence."""
+    if exam.claimed_by is None:
+        session.claims.pop(exam.accession, None)
+    session.send({**reply, "exam_id": exam.accession, "version": exam.version})
+    await _publish(session, exam)
+    await session.gw.presence.update(session)
 
 
 async def release(session: Session, frame: Release) -> None:
-    principal = session.principal
-    assert principal is not None
-    token = _token(session, frame)
-    patient_id = token and await _locate(session, frame.id, frame.exam_id)
-    if not token or not patient_id:
+    held = await _held(session, frame)
+    if held is None:
         return
+    user, token, patient_id = held
     try:
-        exam = await session.gw.claims.release(patient_id, frame.exam_id, principal.sub, token)
+        exam = await session.gw.claims.release(patient_id, frame.exam_id, user, token)
     except StoreError as exc:
         if isinstance(exc, StaleToken):
             session.claims.pop(frame.exam_id, None)
         _store_error(session, frame.id, exc)
         return
-    session.claims.pop(frame.exam_id, None)
-    session.send(
-        {"type": "released", "id": frame.id, "exam_id": frame.exam_id, "version": exam.version}
-    )
-    await _publish(session, exam)
-    await session.gw.presence.update(session)
+    await _changed(session, exam, {"type": "released", "id": frame.id})
 
 
 async def sign(session: Session, frame: Sign) -> None:
-    principal = session.principal
-    assert principal is not None
-    token = _token(session, frame)
-    patient_id = token and await _locate(session, frame.id, frame.exam_id)
-    if not token or not patient_id:
+    held = await _held(session, frame)
+    if held is None:
         return
+    user, token, patient_id = held
     try:
-        exam = await session.gw.claims.sign(
-            patient_id, frame.exam_id, principal.sub, token, frame.status
-        )
+        exam = await session.gw.claims.sign(patient_id, frame.exam_id, user, token, frame.status)
     except StoreError as exc:
         _store_error(session, frame.id, exc)
         return
-    if exam.claimed_by is None:
-        session.claims.pop(frame.exam_id, None)
-    session.send(
-        {
-            "type": "signed",
-            "id": frame.id,
-            "exam_id": frame.exam_id,
-            "status": exam.status.value,
-            "version": exam.version,
-        }
-    )
-    await _publish(session, exam)
-    await session.gw.presence.update(session)
+    await _changed(session, exam, {"type": "signed", "id": frame.id, "status": exam.status.value})
 
 
 async def break_lock(session: Session, frame: BreakLock) -> None:
