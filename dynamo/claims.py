@@ -183,22 +183,37 @@ class Claims:
             raise StaleToken(accession) from None
 
     async def sign(
-        self, patient_id: str, accession: str, user: str, token: str, target: ExamStatus
+        self,
+        patient_id: str,
+        accession: str,
+        user: str,
+        token: str,
+        target: ExamStatus,
+        *,
+        user_name: str | None = None,
     ) -> Exam:
         """The holder moves the exam to a report state (PRELIMINARY, FINAL, AMENDED).
 
-        FINAL ends the claim; PRELIMINARY keeps it (the reader usually finalizes).
+        FINAL ends the claim; PRELIMINARY keeps it (the reader usually finalizes). The
+        signer is recorded on the item (`reported_by`, for peer review) and never leaves
+        the store in a delta.
         """
         if target not in READING_STATES:
             raise InvalidTransition(accession, "claimed", target)
-        values = self._held(accession, user, token)
+        values: dict[str, Any] = self._held(accession, user, token)
+        values[":rname"] = user_name or user
         for _ in range(_RACE_RETRIES):
             current = await self.store.get_exam(patient_id, accession)
             if not can_transition(current.status, target):
                 raise InvalidTransition(accession, current.status, target)
             try:
                 return await self.store.write_transition(
-                    current, target, now=now_ms(), condition=_HELD_BY, values=values
+                    current,
+                    target,
+                    now=now_ms(),
+                    condition=_HELD_BY,
+                    values=values,
+                    sets="reported_by = :u, reported_by_name = :rname",
                 )
             except VersionConflict:
                 continue  # the holder renewed meanwhile, or the claim is gone: re-read

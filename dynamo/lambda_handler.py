@@ -13,17 +13,15 @@ import asyncio
 import logging
 from typing import Any
 
-from redis.asyncio import Redis
-
 from dynamo.normalize import record_to_delta
-from worklist_cache import CacheSettings, WorklistFeed
+from worklist_cache import CacheSettings, WorklistFeed, connect
 
 log = logging.getLogger("dynamo.lambda")
 
 
 async def _publish(records: list[dict[str, Any]], settings: CacheSettings) -> str | None:
     """Publish in order; return the sequence number of the first record that failed."""
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings.redis_url)
     feed = WorklistFeed(redis, maxlen=settings.feed_maxlen, sharded=settings.pubsub == "sharded")
     try:
         for record in records:

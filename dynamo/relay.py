@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from dynamo.deltas import ExamDelta
+from dynamo.deltas import ExamDelta, ReviewDelta
 from dynamo.normalize import records_to_deltas
 
 log = logging.getLogger("dynamo.relay")
@@ -26,7 +26,7 @@ SHARD_END = "SHARD_END"
 
 
 class DeltaSink(Protocol):
-    async def publish(self, deltas: Sequence[ExamDelta]) -> object: ...
+    async def publish(self, deltas: Sequence[ExamDelta | ReviewDelta]) -> object: ...
 
 
 class CheckpointStore(Protocol):
@@ -82,16 +82,27 @@ class StreamRelay:
         """
         loop = asyncio.get_running_loop()
         next_discovery = 0.0
+        backoff = 0.2
         try:
             while True:
                 self._reap_readers()
-                if loop.time() >= next_discovery:
-                    await self._discover()
-                    next_discovery = loop.time() + self._discover_every
-                await self._renew_leases()
-                beat = getattr(self._sink, "heartbeat", None)
-                if beat is not None:
-                    await beat()
+                try:
+                    if loop.time() >= next_discovery:
+                        await self._discover()
+                        next_discovery = loop.time() + self._discover_every
+                    await self._renew_leases()
+                    beat = getattr(self._sink, "heartbeat", None)
+                    if beat is not None:
+                        await beat()
+                    backoff = 0.2
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # Redis restarting, DynamoDB throttled: keep going, a little later.
+                    log.warning("relay round failed (%s); retrying", type(exc).__name__)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
                 await asyncio.sleep(min(self._discover_every, self._lease_every))
         finally:
             readers = list(self._readers.items())

@@ -244,17 +244,24 @@ class ExamStore:
         now: int,
         condition: str = "",
         values: dict[str, Any] | None = None,
+        sets: str = "",
     ) -> Exam:
         """The conditional write of one move from the state `current` was read in.
 
         `condition` and `values` add to the version-and-state condition (claims use
-        them to require the claim's token).
+        them to require the claim's token); `sets` adds assignments.
         """
         try:
             resp = await self.call(
                 "update_item",
                 **transition_update(
-                    self.table, current, target, now=now, condition=condition, values=values
+                    self.table,
+                    current,
+                    target,
+                    now=now,
+                    condition=condition,
+                    values=values,
+                    sets=sets,
                 ),
             )
         except self.condition_failed as exc:
@@ -297,6 +304,7 @@ def transition_update(
     now: int,
     condition: str = "",
     values: dict[str, Any] | None = None,
+    sets: str = "",
 ) -> dict[str, Any]:
     """UpdateItem arguments for one move from the state `current` was read in."""
     names = {"#s": "status", "#v": "version"}
@@ -312,10 +320,18 @@ def transition_update(
         ),
     }
     attrs.update({k: to_attr(v) for k, v in (values or {}).items()})
-    sets = ["#s = :to", "#v = :next", "updated_at = :now", "GSI1PK = :g1pk", "GSI1SK = :g1sk"]
+    assignments = [
+        "#s = :to",
+        "#v = :next",
+        "updated_at = :now",
+        "GSI1PK = :g1pk",
+        "GSI1SK = :g1sk",
+    ]
     if target is ExamStatus.COMPLETED:
-        sets.append("completed_at = :now")
-    expression = "SET " + ", ".join(sets)
+        assignments.append("completed_at = :now")
+    if sets:
+        assignments.append(sets)
+    expression = "SET " + ", ".join(assignments)
     if target in CLAIM_ENDING_STATES:
         expression += " REMOVE " + ", ".join(CLAIM_FIELDS)
     cond = "#v = :v AND #s = :from" + (f" AND ({condition})" if condition else "")

@@ -13,7 +13,6 @@ import os
 import socket
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from dynamo.claims import Claims
@@ -21,13 +20,14 @@ from dynamo.client import dynamodb_client, streams_client
 from dynamo.deltas import ExamDelta
 from dynamo.exceptions import StoreError
 from dynamo.relay import StreamRelay
+from dynamo.review import ReviewStore, Sampler
 from dynamo.settings import DynamoSettings
 from dynamo.sites import DEMO_TENANTS
 from dynamo.store import ExamStore
 from dynamo.table import wait_for_table
 from service.logs import configure_logging
 from service.runner import run_until_signalled
-from worklist_cache import CacheSettings, RedisCheckpoints, WorklistFeed
+from worklist_cache import CacheSettings, RedisCheckpoints, WorklistFeed, connect
 
 log = logging.getLogger("dynamo.worker")
 
@@ -43,6 +43,9 @@ class RelaySettings(BaseSettings):
     lease_seconds: float = 15.0
     # How often expired claims are released and a lost cache is rebuilt (0: never).
     reap_interval: float = 5.0
+    # Share of FINAL exams sampled into peer review, per tenant, and the sampling seed.
+    review_rate: float = 0.05
+    review_seed: int = 7
     # This worker's name in shard leases; host:pid when empty.
     node_name: str = ""
     log_level: str = "INFO"
@@ -66,8 +69,12 @@ async def maintain_forever(
     claims: Claims, feed: WorklistFeed, tenants: list[str], interval: float
 ) -> None:
     """Rebuild the cache of a tenant whenever Redis lost it; release expired claims."""
+    me = asyncio.current_task()
     while True:
         for tenant in tenants:
+            # aiobotocore's retries can swallow a cancel (see dynamo/relay.py).
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError()
             try:
                 if not await feed.is_built(tenant):
                     count = await rebuild(claims.store, feed, tenant)
@@ -87,17 +94,24 @@ async def maintain_forever(
 async def run_relay(
     relay_settings: RelaySettings, dynamo: DynamoSettings, cache: CacheSettings
 ) -> None:
-    redis = Redis.from_url(cache.redis_url)
+    redis = connect(cache.redis_url)
     owner = relay_settings.node_name or f"{socket.gethostname()}:{os.getpid()}"
     try:
         async with dynamodb_client(dynamo) as ddb, streams_client(dynamo) as streams:
             arn = await wait_for_table(ddb, dynamo.table)
             lease_ms = int(relay_settings.lease_seconds * 1000)
             feed = WorklistFeed(redis, maxlen=cache.feed_maxlen, sharded=cache.pubsub == "sharded")
+            store = ExamStore(ddb, dynamo.table)
+            sampler = Sampler(
+                feed,
+                ReviewStore(store),
+                rate=relay_settings.review_rate,
+                seed=relay_settings.review_seed,
+            )
             relay = StreamRelay(
                 streams,
                 arn,
-                feed,
+                sampler,
                 RedisCheckpoints(redis, arn, owner=owner, lease_ms=lease_ms),
                 poll_interval=relay_settings.poll_interval,
                 discover_interval=relay_settings.discover_interval,
@@ -107,7 +121,7 @@ async def run_relay(
             async with asyncio.TaskGroup() as group:
                 group.create_task(relay.run(), name="relay")
                 if relay_settings.reap_interval > 0:
-                    claims = Claims(ExamStore(ddb, dynamo.table))
+                    claims = Claims(store)
                     tenants = [t.code for t in DEMO_TENANTS]
                     group.create_task(
                         maintain_forever(claims, feed, tenants, relay_settings.reap_interval),

@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket
 
 from dynamo.claims import Claims
 from dynamo.client import dynamodb_client
+from dynamo.review import ReviewStore
 from dynamo.settings import DynamoSettings
 from dynamo.sites import DEMO_TENANTS
 from dynamo.store import ExamStore
@@ -33,9 +34,10 @@ from gateway.demo_users import BY_SUB, DEMO_USERS
 from gateway.hub import Hub
 from gateway.presence import Presence
 from gateway.protocol import CloseCode, schema
+from gateway.reviewing import ReviewBoard
 from gateway.session import Session
 from gateway.settings import GatewaySettings
-from worklist_cache import CacheSettings, FeedSubscriber, WorklistFeed
+from worklist_cache import CacheSettings, FeedSubscriber, WorklistFeed, connect
 
 log = logging.getLogger("gateway")
 
@@ -83,7 +85,7 @@ class Gateway:
         self.hub = Hub()
         self.sessions: set[Session] = set()
         self.metrics: Counter[str] = Counter()
-        self.redis: Redis = Redis.from_url(cache.redis_url)
+        self.redis: Redis = connect(cache.redis_url)
         sharded = cache.pubsub == "sharded"
         self.feed = WorklistFeed(self.redis, maxlen=cache.feed_maxlen, sharded=sharded)
         self.subscriber = FeedSubscriber(self.redis, self._on_gap, sharded=sharded)
@@ -93,6 +95,8 @@ class Gateway:
         self.store = ExamStore(ddb, dynamo.table)
         self.claims = Claims(self.store, lease_seconds=dynamo.claim_lease_seconds)
         self.claim_renew_seconds = dynamo.claim_renew_seconds
+        self.reviews = ReviewStore(self.store, lease_seconds=dynamo.claim_lease_seconds)
+        self.reviews_board = ReviewBoard(self)
         self.draining = False
         own = {f"http://{settings.host}:{settings.port}", f"http://localhost:{settings.port}"}
         self.origins = own | {o.strip() for o in settings.origins.split(",") if o.strip()}

@@ -10,6 +10,7 @@ stream relay; the relay's copy carries the same version and is dropped as a repe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,7 @@ async def _locate(session: Session, request_id: str, exam_id: str) -> str | None
     return patient_id
 
 
-def _store_error(session: Session, request_id: str, exc: StoreError) -> None:
+def store_error(session: Session, request_id: str, exc: StoreError) -> None:
     detail: dict[str, Any] | None = None
     if isinstance(exc, AlreadyClaimed):
         detail = {
@@ -92,9 +93,21 @@ async def _publish(session: Session, exam: Exam) -> None:
         log.warning("early publish of a claim change failed; the relay will carry it")
 
 
+def _reads(session: Session, request_id: str) -> bool:
+    """Claims and reports are for radiologists (and admins); coordinators only watch."""
+    p = session.principal
+    assert p is not None
+    if p.has(Role.RADIOLOGIST) or p.has(Role.ADMIN):
+        return True
+    session.error(request_id, ErrorCode.FORBIDDEN, "only radiologists claim and sign exams")
+    return False
+
+
 async def claim(session: Session, frame: ClaimRequest) -> None:
     principal = session.principal
     assert principal is not None
+    if not _reads(session, frame.id):
+        return
     gw = session.gw
     patient_id = await _locate(session, frame.id, frame.exam_id)
     if patient_id is None:
@@ -102,7 +115,7 @@ async def claim(session: Session, frame: ClaimRequest) -> None:
     try:
         result = await gw.claims.claim(patient_id, frame.exam_id, principal.sub, principal.name)
     except StoreError as exc:
-        _store_error(session, frame.id, exc)
+        store_error(session, frame.id, exc)
         return
     gw.metrics["claims_won"] += 1
     session.claims[frame.exam_id] = result.token
@@ -125,6 +138,8 @@ async def _held(session: Session, frame: Release | Sign) -> tuple[str, str, str]
     whose token it names); None after answering the request with an error."""
     principal = session.principal
     assert principal is not None
+    if not _reads(session, frame.id):
+        return None
     token = frame.token or session.claims.get(frame.exam_id)
     if token is None:
         session.error(frame.id, ErrorCode.STALE_TOKEN, "this connection holds no claim on it")
@@ -152,7 +167,7 @@ async def release(session: Session, frame: Release) -> None:
     except StoreError as exc:
         if isinstance(exc, StaleToken):
             session.claims.pop(frame.exam_id, None)
-        _store_error(session, frame.id, exc)
+        store_error(session, frame.id, exc)
         return
     await _changed(session, exam, {"type": "released", "id": frame.id})
 
@@ -163,9 +178,12 @@ async def sign(session: Session, frame: Sign) -> None:
         return
     user, token, patient_id = held
     try:
-        exam = await session.gw.claims.sign(patient_id, frame.exam_id, user, token, frame.status)
+        name = session.principal.name if session.principal else None
+        exam = await session.gw.claims.sign(
+            patient_id, frame.exam_id, user, token, frame.status, user_name=name
+        )
     except StoreError as exc:
-        _store_error(session, frame.id, exc)
+        store_error(session, frame.id, exc)
         return
     await _changed(session, exam, {"type": "signed", "id": frame.id, "status": exam.status.value})
 
@@ -186,7 +204,7 @@ async def break_lock(session: Session, frame: BreakLock) -> None:
             patient_id, frame.exam_id, principal.sub, frame.reason
         )
     except StoreError as exc:
-        _store_error(session, frame.id, exc)
+        store_error(session, frame.id, exc)
         return
     gw.metrics["locks_broken"] += int(holder is not None)
     session.send(
@@ -227,7 +245,12 @@ async def renew_forever(session: Session) -> None:
                 await gw.claims.renew(patient_id, exam_id, principal.sub, token)
             except StaleToken:
                 session.claims.pop(exam_id, None)
-                session.send({"type": "claim_lost", "exam_id": exam_id, "reason": "expired"})
+                holder = None
+                with contextlib.suppress(StoreError):
+                    holder = (await gw.store.find_exam(principal.tenant, exam_id)).claimed_by
+                # Still ours: the user claimed it again elsewhere (another tab).
+                reason = "superseded" if holder == principal.sub else "expired"
+                session.send({"type": "claim_lost", "exam_id": exam_id, "reason": reason})
                 await gw.presence.update(session)
             except StoreError as exc:
                 log.warning("renewing a claim failed (%s); retrying next round", exc.code)

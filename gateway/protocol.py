@@ -141,6 +141,67 @@ class PresenceRequest(_Frame):
     id: RequestId
 
 
+RadpeerScore = Literal["1", "2a", "2b", "3a", "3b"]
+
+
+class ReviewsRequest(_Frame):
+    """The peer reviews you may see (coordinators: all; reviewers: theirs, blinded;
+    readers: the outcome on their exams), then every change as a `review` frame."""
+
+    type: Literal["review_list"]
+    id: RequestId
+
+
+class ReviewAdd(_Frame):
+    """Coordinator: put a FINAL exam in the review pool by hand."""
+
+    type: Literal["review_add"]
+    id: RequestId
+    exam_id: ExamId
+
+
+class ReviewAssign(_Frame):
+    """Coordinator: give a pooled review to `reviewer` (a radiologist who is not its
+    reader, credentialed for its site and subspecialty); without `reviewer`, to the
+    eligible one with the fewest open reviews."""
+
+    type: Literal["review_assign"]
+    id: RequestId
+    exam_id: ExamId
+    reviewer: str | None = Field(default=None, max_length=128)
+    due_in_hours: float = Field(default=72.0, gt=0, le=720)
+
+
+class ReviewClaim(_Frame):
+    """The assigned reviewer takes the review (lease and token, like a read)."""
+
+    type: Literal["review_claim"]
+    id: RequestId
+    exam_id: ExamId
+
+
+class ReviewScore(_Frame):
+    """RADPEER score under the claim; 2b, 3a and 3b need a comment (and go to
+    arbitration)."""
+
+    type: Literal["review_score"]
+    id: RequestId
+    exam_id: ExamId
+    score: RadpeerScore
+    comment: str = Field(default="", max_length=2000)
+    token: ClaimToken | None = None
+
+
+class ReviewArbitrate(_Frame):
+    """Coordinator: confirm the reviewer's score, change it, or return it."""
+
+    type: Literal["review_arbitrate"]
+    id: RequestId
+    exam_id: ExamId
+    decision: Literal["confirm", "change", "return"]
+    score: RadpeerScore | None = None
+
+
 ClientFrameType = (
     Auth
     | Subscribe
@@ -151,6 +212,12 @@ ClientFrameType = (
     | Sign
     | BreakLock
     | PresenceRequest
+    | ReviewsRequest
+    | ReviewAdd
+    | ReviewAssign
+    | ReviewClaim
+    | ReviewScore
+    | ReviewArbitrate
 )
 ClientFrame = Annotated[ClientFrameType, Field(discriminator="type")]
 client_frame: TypeAdapter[ClientFrameType] = TypeAdapter(ClientFrame)
@@ -279,7 +346,9 @@ class ClaimLost(_Frame):
 
     type: Literal["claim_lost"] = "claim_lost"
     exam_id: str
-    reason: Literal["broken", "expired"]
+    # broken: an admin broke it; expired: the lease ran out and it is gone;
+    # superseded: you claimed it again from another connection, which holds it now.
+    reason: Literal["broken", "expired", "superseded"]
     by: str | None = None  # who broke it (display name)
     message: str = ""
 
@@ -307,6 +376,29 @@ class PresenceDiff(_Frame):
     type: Literal["presence_diff"] = "presence_diff"
     joins: list[PresenceUser]
     leaves: list[str]
+
+
+class Reviews(_Frame):
+    type: Literal["reviews"] = "reviews"
+    id: RequestId
+    reviews: list[dict[str, Any]]
+
+
+class ReviewChanged(_Frame):
+    """A review you may see changed (already redacted for you)."""
+
+    type: Literal["review"] = "review"
+    review: dict[str, Any]
+
+
+class ReviewOk(_Frame):
+    """A review request worked; `token` answers `review_claim` (keep it secret)."""
+
+    type: Literal["review_ok"] = "review_ok"
+    id: RequestId
+    action: Literal["add", "assign", "claim", "score", "arbitrate"]
+    review: dict[str, Any] | None
+    token: str | None = None
 
 
 class Resync(_Frame):
@@ -341,6 +433,9 @@ ServerFrameType = (
     | ClaimLost
     | PresenceState
     | PresenceDiff
+    | Reviews
+    | ReviewChanged
+    | ReviewOk
     | Resync
     | ErrorFrame
 )

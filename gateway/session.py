@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from dynamo.models import now_ms
-from gateway import claiming, worklists
+from gateway import claiming, reviewing, worklists
 from gateway.auth import AuthError, Principal
 from gateway.hub import Client, Queued, Subscription, coalesce
 from gateway.protocol import (
@@ -35,6 +35,12 @@ from gateway.protocol import (
     Ping,
     PresenceRequest,
     Release,
+    ReviewAdd,
+    ReviewArbitrate,
+    ReviewAssign,
+    ReviewClaim,
+    ReviewScore,
+    ReviewsRequest,
     Sign,
     Subscribe,
     Unsubscribe,
@@ -82,6 +88,7 @@ class Session:
         self.client = Client(gw.settings.client_queue, self._overflowed, self._epoch_changed)
         self.principal: Principal | None = None
         self.claims: dict[str, str] = {}  # exam_id -> claim token (this connection's)
+        self.review_tokens: dict[str, str] = {}  # exam_id -> peer-review claim token
         self._closing: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._close_after_flush: tuple[int, str] = (CloseCode.NORMAL, "")
@@ -120,6 +127,7 @@ class Session:
                 task.cancel()
             await asyncio.gather(reader, writer, *self._tasks, return_exceptions=True)
             self.gw.hub.detach(self.client)
+            self.gw.reviews_board.forget(self)
             self.gw.sessions.discard(self)
             if self.principal is not None:
                 with contextlib.suppress(Exception):
@@ -191,7 +199,11 @@ class Session:
             if closing:
                 items = items[: items.index(_CLOSE)]
             for frame in coalesce(items) if len(items) > 1 else [f for _, f in items]:
-                await send(frame)
+                try:
+                    await send(frame)
+                except Exception as exc:  # the client went away mid-send: not an error
+                    log.debug("send failed (%s): client gone", type(exc).__name__)
+                    return
                 self.gw.hub.frames_out += 1
             if closing:
                 if not self._closing.done():
@@ -278,6 +290,18 @@ class Session:
             await claiming.break_lock(self, frame)
         elif isinstance(frame, PresenceRequest):
             await self.gw.presence.send_state(self, frame.id)
+        elif isinstance(frame, ReviewsRequest):
+            await reviewing.reviews(self, frame)
+        elif isinstance(frame, ReviewAdd):
+            await reviewing.add(self, frame)
+        elif isinstance(frame, ReviewAssign):
+            await reviewing.assign(self, frame)
+        elif isinstance(frame, ReviewClaim):
+            await reviewing.claim(self, frame)
+        elif isinstance(frame, ReviewScore):
+            await reviewing.score(self, frame)
+        elif isinstance(frame, ReviewArbitrate):
+            await reviewing.arbitrate(self, frame)
 
     # ---- authentication ------------------------------------------------------------------
 
@@ -342,10 +366,26 @@ class Session:
             return  # a snapshot is already on its way
         sub.pending = []
         self.send({"type": "resync", "sub": sub.sub_id})
-        self.spawn(
-            worklists.send_snapshot(self, sub, sub.sub_id, self.gw.settings.snapshot_limit, True),
-            "ws-resync",
-        )
+        self.spawn(self._resnapshot(sub), "ws-resync")
+
+    async def _resnapshot(self, sub: Subscription) -> None:
+        """A fresh snapshot after a feed problem; Redis may still be coming back, so try
+        a few times, then close (1011) so the client reconnects and resumes rather than
+        sit on a worklist that no longer moves."""
+        delay = 0.2
+        for _ in range(6):
+            try:
+                await worklists.send_snapshot(
+                    self, sub, sub.sub_id, self.gw.settings.snapshot_limit, True
+                )
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("resync snapshot failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 3.0)
+        self.request_close(CloseCode.INTERNAL, "worklist unavailable: reconnect", flush=False)
 
 
 def _request_id(data: str | bytes) -> str | None:

@@ -306,7 +306,8 @@ class Simulator:
         self._seq = 0
         self._skip: set[str] = set()  # accessions whose creation failed
         self.claims = Claims(store)
-        self._tokens: dict[str, tuple[str, str]] = {}  # accession -> (reader, token)
+        # accession -> (reader, reader's name, claim token)
+        self._tokens: dict[str, tuple[str, str, str]] = {}
 
     def _plan_next_day(self) -> bool:
         days = self.settings.days
@@ -379,8 +380,10 @@ class Simulator:
             elif event.claim:
                 await self._claim(event)
             elif exam.accession in self._tokens and event.status in READING_STATES:
-                reader, token = self._tokens[exam.accession]
-                await self.claims.sign(patient_id, exam.accession, reader, token, event.status)
+                reader, name, token = self._tokens[exam.accession]
+                await self.claims.sign(
+                    patient_id, exam.accession, reader, token, event.status, user_name=name
+                )
                 if event.status is not ExamStatus.PRELIMINARY:
                     self._tokens.pop(exam.accession, None)
             else:
@@ -406,7 +409,7 @@ class Simulator:
         claim = await self.claims.claim(
             exam.patient.patient_id, exam.accession, reader, name, lease_ms=lease_ms
         )
-        self._tokens[exam.accession] = (reader, claim.token)
+        self._tokens[exam.accession] = (reader, name, claim.token)
 
 
 async def run_simulator(settings: SimSettings, dynamo: DynamoSettings) -> None:

@@ -378,3 +378,11 @@ def test_a_backed_up_queue_goes_out_as_batches_with_the_newest_frame_per_exam() 
         '{"type":"claimed"}',
         '{"v":"A3"}',
     ]
+
+
+async def test_coordinators_watch_but_never_claim(stack: Stack, store: ExamStore) -> None:
+    coordinator = await WsClient.open(stack.ws_url, token("t-coord", roles=("coordinator",)))
+    exam = await exam_in(store, S.COMPLETED)
+    refused = await coordinator.request({"type": "claim", "exam_id": exam.accession})
+    assert refused["code"] == "forbidden"
+    assert (await store.get_exam(exam.patient_id, exam.accession)).claimed_by is None

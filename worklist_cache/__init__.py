@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from worklist_cache.checkpoints import RedisCheckpoints
+from worklist_cache.connection import connect
 from worklist_cache.feed import Snapshot, WorklistFeed
 from worklist_cache.settings import CacheSettings
 from worklist_cache.subscriber import FeedSubscriber
 
-__all__ = ["CacheSettings", "FeedSubscriber", "RedisCheckpoints", "Snapshot", "WorklistFeed"]
+__all__ = [
+    "CacheSettings",
+    "FeedSubscriber",
+    "RedisCheckpoints",
+    "Snapshot",
+    "WorklistFeed",
+    "connect",
+]

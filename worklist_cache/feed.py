@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from dynamo.deltas import ExamDelta
+from dynamo.deltas import ExamDelta, ReviewDelta
 from dynamo.states import PRIORITY_RANK, ExamStatus
 from worklist_cache import keys
 from worklist_cache.views import View
@@ -120,6 +120,18 @@ for _, raw in ipairs(rows) do table.insert(out, raw) end
 return out
 """
 
+# Peer reviews: the same idempotent apply, without history (a coordinator's view is
+# re-read whole on reconnect). KEYS: versions, reviews  ARGV: exam_id, version, json,
+# channel, publish_command.  Returns 1 when applied, false when stale.
+_APPLY_REVIEW = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and tonumber(cur) >= tonumber(ARGV[2]) then return false end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call(ARGV[5], ARGV[4], ARGV[3])
+return 1
+"""
+
 _RANK = {p.value: r for p, r in PRIORITY_RANK.items()}
 
 
@@ -169,13 +181,28 @@ class WorklistFeed:
         self._publish = "SPUBLISH" if sharded else "PUBLISH"
         self._apply = redis.register_script(_APPLY)
         self._snapshot = redis.register_script(_SNAPSHOT)
+        self._apply_review = redis.register_script(_APPLY_REVIEW)
 
-    async def publish(self, deltas: Sequence[ExamDelta]) -> list[str | None]:
-        """Apply and publish deltas in order; returns each one's offset (None if stale)."""
+    async def publish(self, deltas: Sequence[ExamDelta | ReviewDelta]) -> list[str | None]:
+        """Apply and publish deltas in order; returns each one's offset (None if stale;
+        "review" for an applied peer-review delta, which has no offset)."""
         if not deltas:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for d in deltas:
+                if isinstance(d, ReviewDelta):
+                    await self._apply_review(
+                        keys=[keys.review_versions(d.tenant), keys.reviews(d.tenant)],
+                        args=[
+                            d.exam_id,
+                            d.version,
+                            orjson.dumps(d.model_dump(mode="json")),
+                            keys.review_channel(d.tenant),
+                            self._publish,
+                        ],
+                        client=pipe,
+                    )
+                    continue
                 await self._apply(
                     keys=[
                         keys.versions(d.tenant),
@@ -201,7 +228,9 @@ class WorklistFeed:
                     client=pipe,
                 )
             results = await pipe.execute()
-        return [r.decode() if isinstance(r, bytes) else r for r in results]
+        return [
+            "review" if r == 1 else (r.decode() if isinstance(r, bytes) else r) for r in results
+        ]
 
     async def snapshot(
         self, tenant: str, view: View | None = None, *, me: str = "", limit: int = 500
@@ -295,3 +324,7 @@ class WorklistFeed:
 
     async def relay_alive(self) -> bool:
         return bool(await self._redis.exists(keys.relay_alive()))
+
+    async def reviews(self, tenant: str) -> list[dict[str, Any]]:
+        """Every cached peer review of a tenant (a few per day: read whole)."""
+        return [dict(orjson.loads(v)) for v in await self._redis.hvals(keys.reviews(tenant))]

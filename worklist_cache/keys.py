@@ -68,6 +68,21 @@ def channel(tenant: str) -> str:
     return f"{_t(tenant)}:live"
 
 
+def reviews(tenant: str) -> str:
+    """Hash: exam_id -> the newest peer-review delta (JSON)."""
+    return f"{_t(tenant)}:reviews"
+
+
+def review_versions(tenant: str) -> str:
+    """Hash: exam_id -> newest applied peer-review version."""
+    return f"{_t(tenant)}:reviews:versions"
+
+
+def review_channel(tenant: str) -> str:
+    """Pub/sub channel: peer-review deltas, live (the gateway redacts per viewer)."""
+    return f"{_t(tenant)}:reviews:live"
+
+
 def relay_checkpoint(stream_arn: str) -> str:
     """Hash: shard_id -> last sequence number published (or SHARD_END)."""
     return f"{PREFIX}:relay:{stream_arn}:checkpoints"

@@ -1,335 +1,579 @@
-// The browser worklist: one WebSocket, one subscription whose view is the filters.
-// Protocol: docs/protocol.md. Rows are applied by version; older deltas are dropped.
+// The browser worklist: log in, one WebSocket, one subscription whose view is the
+// filter bar, claims, presence. Protocol: gateway/protocol.py (docs/protocol.md).
+//
+// Resume: the last (epoch, offset) seen on the subscription is kept; after a reconnect
+// the page subscribes `since` it and gets `resumed` + the missed deltas, or a snapshot
+// flagged `reset`. The exams this page held are claimed again on every new connection
+// (the server forgets a connection's claim tokens when it goes), which renews them.
 
-const PRIORITY_RANK = { STAT: 0, URGENT: 1, ROUTINE: 2 };
-const MODALITIES = ["CT", "MR", "XR", "US", "NM", "MG"];
-const PRIORITIES = ["STAT", "URGENT", "ROUTINE"];
-const SUB = "wl";
+import { CLAIMABLE, el } from "./format.js";
+import { fillForm, parseQuery, readChecks, toQuery, toView, viewKey } from "./filters.js";
+import { notify } from "./notice.js";
+import { PresencePanel } from "./presence.js";
+import { LiveSocket } from "./socket.js";
+import { Worklist, leaseLive } from "./worklist.js";
 
+const SUB = "wl"; // the one subscription: its id is also its request id
 const $ = (sel) => document.querySelector(sel);
-const state = {
-  tenants: [],
-  tenant: null,
-  rows: new Map(), // exam_id -> delta
-  total: 0,
-  ws: null,
-  backoff: 500,
-  hadSnapshot: false,
-  epoch: null,
-  offset: null,
+
+const app = {
+  session: null, // {token, user} from /api/login
+  user: null, // the server's view of who we are (authenticated.user)
+  socket: null,
+  list: null,
+  presence: null,
+  filters: null,
+  sites: [],
+  position: null, // {epoch, offset, key}: where the subscription's feed stands
+  inflight: [], // view keys of subscribe requests not yet answered, oldest first
+  subscribedKey: null, // the view key last asked for
+  resyncing: false, // a server `resync`: the next snapshot replaces everything
+  requests: new Map(), // request id -> {action, examId, then?}
+  seq: 0,
+  tokens: new Set(), // exam ids this connection holds claims on
+  held: new Set(), // exam ids this page holds (survives reconnects and reloads)
+  everLive: false,
+  refreshTimer: null,
+  liveTimer: null,
 };
 
-// ---- URL <-> filters (deep links such as /worklist?modality=CT land on that view) ----
+// ---- connection indicator ------------------------------------------------------------
 
-function readUrl() {
-  const q = new URLSearchParams(location.search);
-  const list = (k) => (q.get(k) || "").split(",").filter(Boolean);
-  return { site: list("site"), modality: list("modality"), priority: list("priority") };
+function setConn(state, text) {
+  const c = $("#conn");
+  c.dataset.state = state;
+  c.textContent = text;
+  clearTimeout(app.liveTimer);
+  document.body.dataset.conn = state;
+  app.list?.setOffline(state === "reconnecting" || state === "connecting" || state === "offline");
+  if (state === "resynced") app.liveTimer = setTimeout(() => setConn("live", "Live"), 4000);
 }
 
-function writeUrl() {
-  const q = new URLSearchParams();
-  for (const key of ["site", "modality", "priority"]) {
-    const v = checked(key);
-    if (v.length) q.set(key, v.join(","));
+// ---- requests ------------------------------------------------------------------------
+
+function request(frame, meta = {}) {
+  const id = `${frame.type}-${++app.seq}`;
+  if (!app.socket.send({ ...frame, id })) {
+    notify("Not connected: try again once the indicator shows live.", "warn");
+    return null;
   }
-  history.replaceState(null, "", `${location.pathname}?${q}`);
+  app.requests.set(id, { action: frame.type, examId: frame.exam_id, ...meta });
+  if (frame.exam_id && !meta.background) app.list.setBusy(frame.exam_id, true);
+  return id;
 }
 
-function checked(key) {
-  return [...document.querySelectorAll(`#f-${key} input:checked`)].map((i) => i.value);
+function settle(id) {
+  const req = app.requests.get(id);
+  if (!req) return null;
+  app.requests.delete(id);
+  if (req.examId && !req.background) app.list.setBusy(req.examId, false);
+  return req;
 }
 
-function fillChecks(key, values, selected) {
-  const box = $(`#f-${key}`);
-  box.querySelectorAll("label").forEach((l) => l.remove());
-  for (const v of values) {
-    const label = document.createElement("label");
-    const input = document.createElement("input");
-    input.type = "checkbox";
-    input.value = v;
-    input.name = key;
-    input.checked = selected.includes(v);
-    label.append(input, " ", v);
-    box.append(label);
+function saveHeld() {
+  sessionStorage.setItem("held", JSON.stringify([...app.held]));
+}
+
+function forget(examId) {
+  app.tokens.delete(examId);
+  if (app.held.delete(examId)) saveHeld();
+}
+
+function onAction(action, row) {
+  const id = row.exam_id;
+  if (action === "claim") {
+    request({ type: "claim", exam_id: id });
+  } else if (action === "break") {
+    askBreakLock(row);
+  } else {
+    const frame =
+      action === "release"
+        ? { type: "release", exam_id: id }
+        : { type: "sign", exam_id: id, status: action === "final" ? "FINAL" : "PRELIMINARY" };
+    if (app.tokens.has(id)) request(frame);
+    // The claim is ours but this connection has no token for it (another tab, or a
+    // reconnect whose re-claim is still on its way): claim again here, then act.
+    else request({ type: "claim", exam_id: id }, { then: frame });
   }
 }
 
-function view() {
-  return { sites: checked("site"), modalities: checked("modality"), priorities: checked("priority") };
-}
-
-// ---- connection ----------------------------------------------------------------
-
-function setConn(s, text) {
-  const el = $("#conn");
-  el.dataset.state = s;
-  el.textContent = text || s;
-}
-
-function connect() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/ws`);
-  state.ws = ws;
-  ws.onmessage = (ev) => {
-    const f = JSON.parse(ev.data);
-    if (f.type === "batch") f.frames.forEach(onFrame);
-    else onFrame(f);
-  };
-  ws.onclose = (ev) => {
-    if (state.ws !== ws) return;
-    if (ev.code === 4003 || ev.code === 4004) {
-      sessionStorage.removeItem("session");
-      location.reload();
-      return;
+function askBreakLock(row) {
+  const dialog = $("#break-dialog");
+  $("#break-what").textContent = `${row.exam_id} (${row.procedure}) is held by ${row.claimed_by_name}. They will be told.`;
+  const input = $("#break-reason");
+  input.value = "";
+  dialog.onclose = () => {
+    if (dialog.returnValue === "ok" && input.value.trim()) {
+      request({ type: "break_lock", exam_id: row.exam_id, reason: input.value.trim() });
     }
-    setConn("reconnecting", `reconnecting (${ev.code})`);
-    const delay = state.backoff * (0.75 + Math.random() * 0.5);
-    state.backoff = Math.min(state.backoff * 2, 5000);
-    setTimeout(connect, delay);
   };
+  dialog.returnValue = "";
+  dialog.showModal();
+  input.focus();
 }
 
-function send(frame) {
-  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(frame));
+// ---- subscription --------------------------------------------------------------------
+
+function subscribe({ resume }) {
+  const key = viewKey(app.filters);
+  const frame = { type: "subscribe", id: SUB, view: toView(app.filters), limit: 500 };
+  if (resume && app.position && app.position.key === key) {
+    frame.since = { epoch: app.position.epoch, offset: app.position.offset };
+  }
+  if (app.socket.send(frame)) {
+    app.inflight.push(key);
+    app.subscribedKey = key;
+  }
 }
 
-function subscribe() {
-  send({ type: "subscribe", id: SUB, view: view() });
+function onFiltersChanged() {
+  const f = readChecks($("#filters"));
+  app.filters = { ...app.filters, ...f };
+  history.replaceState(null, "", `/worklist${toQuery(app.filters)}`);
+  $("#clear-filters").hidden = !hasFilters();
+  subscribe({ resume: false });
 }
+
+function hasFilters() {
+  const f = app.filters;
+  return !!(f.site.length || f.modality.length || f.priority.length || f.status.length || f.mine);
+}
+
+function clearFilters() {
+  app.filters = { ...app.filters, site: [], modality: [], priority: [], status: [], mine: false };
+  fillForm($("#filters"), app.filters, app.sites);
+  onFiltersChanged();
+}
+
+// ---- frames --------------------------------------------------------------------------
 
 function onFrame(f) {
   switch (f.type) {
     case "welcome":
-      send({ type: "auth", id: "auth", token: state.session.token });
+      app.socket.send({ type: "auth", id: "auth", token: app.session.token });
       break;
     case "authenticated":
-      subscribe();
+      onAuthenticated(f);
       break;
     case "snapshot":
-      state.rows = new Map(f.rows.map((r) => [r.exam_id, r]));
-      state.total = f.total;
-      state.epoch = f.epoch;
-      state.offset = f.offset;
-      state.backoff = 500;
-      setConn(state.hadSnapshot ? "resynced" : "live", state.hadSnapshot ? "resynced" : "live");
-      if (state.hadSnapshot) setTimeout(() => $("#conn").dataset.state === "resynced" && setConn("live"), 3000);
-      state.hadSnapshot = true;
-      render(new Set());
+      onSnapshot(f);
+      break;
+    case "resumed":
+      app.inflight.shift();
+      app.position = { ...app.position, epoch: f.epoch };
+      caughtUp(`Resumed: ${f.missed} missed change${f.missed === 1 ? "" : "s"}`);
       break;
     case "delta":
-      applyDelta(f);
+      onDelta(f);
       break;
     case "resync":
-      setConn("reconnecting", "resyncing");
+      app.resyncing = true;
+      setConn("reconnecting", "Resyncing\u2026");
+      break;
+    case "claimed":
+      onClaimed(f);
+      break;
+    case "released": {
+      settle(f.id);
+      forget(f.exam_id);
+      app.list.patch(f.exam_id, f.version, { claimed_by: null, claimed_by_name: null, lease_expires_at: null });
+      break;
+    }
+    case "signed": {
+      settle(f.id);
+      if (f.status === "FINAL" || f.status === "AMENDED") forget(f.exam_id);
+      announce(`${f.exam_id} signed ${f.status.toLowerCase()}.`);
+      break;
+    }
+    case "lock_broken": {
+      settle(f.id);
+      notify(`Lock on ${f.exam_id} broken${f.previous_holder ? ` (was ${f.previous_holder})` : ""}.`, "info");
+      break;
+    }
+    case "claim_lost":
+      forget(f.exam_id);
+      if (f.reason === "broken") {
+        notify(
+          `${f.by || "An administrator"} broke your claim on ${f.exam_id}${f.message ? `: \u201c${f.message}\u201d` : "."}`,
+          "warn",
+          0,
+        );
+      } else {
+        notify(`Your claim on ${f.exam_id} expired; it is back on the list.`, "warn", 0);
+      }
+      break;
+    case "presence_state":
+      app.presence.replace(f.users);
+      break;
+    case "presence_diff":
+      app.presence.patch(f.joins, f.leaves);
       break;
     case "error":
-      console.warn("gateway error", f.code, f.message);
+      onError(f);
       break;
+    default:
+      break; // pong, unsubscribed: nothing to do
   }
 }
 
-function applyDelta(f) {
-  const d = f.delta;
-  const known = state.rows.get(d.exam_id);
-  state.offset = f.offset;
-  if (known && known.version >= d.version) return; // already seen: nothing applied twice
-  if (f.leave || d.op === "remove") {
-    if (known) {
-      state.rows.delete(d.exam_id);
-      state.total = Math.max(0, state.total - 1);
-    }
-  } else {
-    if (!known) state.total += 1;
-    state.rows.set(d.exam_id, d);
-  }
-  scheduleRender(d.exam_id, !known);
+function onAuthenticated(f) {
+  app.user = f.user;
+  scheduleRefresh(f.expires_at);
+  if (f.id !== "auth") return; // a refreshed token: the session carries on as it was
+  app.tokens.clear();
+  app.inflight = [];
+  subscribe({ resume: true });
+  // Keep what this page was reading: a new connection has none of the old one's
+  // claim tokens, and a claim by the same user renews it.
+  for (const examId of app.held) request({ type: "claim", exam_id: examId }, { reclaim: true, background: true });
 }
 
-// ---- rendering -----------------------------------------------------------------
-
-let pending = null;
-function scheduleRender(examId, isNew) {
-  if (!pending) {
-    pending = { changed: new Set(), added: new Set() };
-    requestAnimationFrame(() => {
-      const p = pending;
-      pending = null;
-      render(p.changed, p.added);
-    });
-  }
-  pending.changed.add(examId);
-  if (isNew) pending.added.add(examId);
+function onSnapshot(f) {
+  // The view this snapshot answers: a server-side resync re-sends the current one.
+  let key = app.subscribedKey;
+  const resync = app.resyncing;
+  if (resync) app.resyncing = false;
+  else key = app.inflight.shift() ?? key;
+  app.list.replace(f.rows, f.total);
+  app.position = { epoch: f.epoch, offset: f.offset, key };
+  if (app.inflight.length) return; // a newer view is on its way
+  if (f.reset) caughtUp(resync ? "Worklist reloaded" : "Worklist reloaded (the missed history was too long)");
+  else if (!app.everLive) {
+    app.everLive = true;
+    app.socket.healthy();
+    setConn("live", "Live");
+  } else if ($("#conn").dataset.state !== "live") caughtUp("Worklist reloaded");
 }
 
-function urgency(a, b) {
-  return (
-    (PRIORITY_RANK[a.priority] ?? 9) - (PRIORITY_RANK[b.priority] ?? 9) ||
-    a.tat_due_at - b.tat_due_at ||
-    (a.exam_id < b.exam_id ? -1 : 1)
-  );
+function caughtUp(text) {
+  app.everLive = true;
+  app.socket.healthy();
+  setConn("resynced", "Resynced");
+  announce(text);
 }
 
-function clock(ms) {
-  const neg = ms < 0;
-  let s = Math.floor(Math.abs(ms) / 1000);
-  const h = Math.floor(s / 3600);
-  s -= h * 3600;
-  const m = Math.floor(s / 60);
-  const text = h ? `${h}h ${String(m).padStart(2, "0")}m` : `${m}m ${String(s % 60).padStart(2, "0")}s`;
-  return neg ? `-${text}` : text;
-}
-
-function patientName(hl7) {
-  const [family, given] = hl7.split("^");
-  return given ? `${family}, ${given}` : family;
-}
-
-const tbody = () => $("#worklist tbody");
-const rowEls = new Map(); // exam_id -> <tr>
-
-function cell(tr, i, text, cls) {
-  const td = tr.children[i];
-  if (td.textContent !== text) td.textContent = text;
-  if (cls !== undefined && td.className !== cls) td.className = cls;
-}
-
-function buildRow(r) {
-  const tr = document.createElement("tr");
-  for (let i = 0; i < 9; i++) tr.append(document.createElement("td"));
-  tr.dataset.examId = r.exam_id;
-  return tr;
-}
-
-function fillRow(tr, r) {
-  tr.dataset.version = r.version;
-  tr.dataset.status = r.status;
-  const prio = document.createElement("span");
-  prio.className = `prio prio-${r.priority}`;
-  prio.textContent = r.priority;
-  tr.children[0].replaceChildren(prio);
-  cell(tr, 1, r.modality);
-  cell(tr, 2, r.procedure);
-  cell(tr, 3, r.site);
-  const who = document.createElement("span");
-  who.className = "masked";
-  who.textContent = `${patientName(r.patient_name)} · ${r.mrn}`;
-  tr.children[4].className = "patient";
-  tr.children[4].replaceChildren(who);
-  cell(tr, 5, r.status.replace("_", " "), "status");
-  cell(tr, 8, r.claimed_by_name || "");
-  tick(tr, r, Date.now());
-}
-
-function tick(tr, r, now) {
-  const since = r.completed_at || r.scheduled_at;
-  cell(tr, 6, since <= now ? clock(now - since) : "", "num");
-  const left = r.tat_due_at - now;
-  const span = Math.max(1, r.tat_due_at - r.scheduled_at);
-  const level = left < 0 ? " red" : left < span * 0.25 ? " amber" : "";
-  cell(tr, 7, clock(left), `num due${level}`);
-}
-
-function render(changed, added = new Set()) {
-  const rows = [...state.rows.values()].sort(urgency);
-  const body = tbody();
-  const keep = new Set(rows.map((r) => r.exam_id));
-  for (const [id, tr] of rowEls) {
-    if (!keep.has(id)) {
-      tr.remove();
-      rowEls.delete(id);
-    }
-  }
-  let prev = null;
-  for (const r of rows) {
-    let tr = rowEls.get(r.exam_id);
-    const fresh = !tr;
-    if (fresh) {
-      tr = buildRow(r);
-      rowEls.set(r.exam_id, tr);
-    }
-    if (fresh || changed.has(r.exam_id)) fillRow(tr, r);
-    const want = prev ? prev.nextSibling : body.firstChild;
-    if (want !== tr) body.insertBefore(tr, want);
-    if (changed.has(r.exam_id)) {
-      tr.classList.remove("flash", "new");
-      void tr.offsetWidth; // restart the animation
-      tr.classList.add(added.has(r.exam_id) ? "new" : "flash");
-      setTimeout(() => tr.classList.remove("flash"), 50);
-    }
-    prev = tr;
-  }
-  $("#empty").hidden = rows.length > 0;
-  $("#count").textContent = `${rows.length} shown · ${state.total} in view`;
-}
-
-setInterval(() => {
+function onDelta(f) {
+  if (f.sub !== SUB) return;
+  if (app.position && f.epoch === app.position.epoch) app.position.offset = f.offset;
+  const row = app.list.apply(f);
+  if (!row || !app.held.has(row.exam_id)) return;
+  // Someone else holds it now (a broken lock, then a new claim), or it was reported.
   const now = Date.now();
-  for (const [id, tr] of rowEls) {
-    const r = state.rows.get(id);
-    if (r) tick(tr, r, now);
+  if ((leaseLive(row, now) && row.claimed_by !== app.user.sub) || (f.leave && !CLAIMABLE.has(row.status))) {
+    forget(row.exam_id);
   }
-}, 1000);
-
-// ---- start -----------------------------------------------------------------------
-
-async function login() {
-  const users = await (await fetch("/api/demo-users")).json();
-  const list = $("#users");
-  for (const u of users) {
-    const li = document.createElement("li");
-    const b = document.createElement("button");
-    b.dataset.user = u.sub;
-    b.append(u.name);
-    const t = document.createElement("span");
-    t.className = "title";
-    t.textContent = u.title;
-    b.append(t);
-    b.onclick = async () => {
-      const resp = await fetch("/api/login", {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ user: u.sub }),
-      });
-      if (!resp.ok) return;
-      sessionStorage.setItem("session", JSON.stringify(await resp.json()));
-      location.reload();
-    };
-    li.append(b);
-    list.append(li);
-  }
-  $("#login").hidden = false;
-  $("main").hidden = true;
-  $("#filters").hidden = true;
 }
 
-async function start() {
-  const theme = localStorage.getItem("theme");
-  if (theme) document.documentElement.dataset.theme = theme;
-  $("#theme").onclick = () => {
-    const next = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
-    document.documentElement.dataset.theme = next;
-    localStorage.setItem("theme", next);
-  };
-  const saved = sessionStorage.getItem("session");
-  if (!saved) return login();
-  state.session = JSON.parse(saved);
-  const user = state.session.user;
-  state.tenant = user.tenant;
+function onClaimed(f) {
+  const req = settle(f.id);
+  app.tokens.add(f.exam_id);
+  app.held.add(f.exam_id);
+  saveHeld();
+  const me = app.user;
+  app.list.patch(f.exam_id, f.version, {
+    claimed_by: me.sub,
+    claimed_by_name: me.name,
+    lease_expires_at: f.lease_expires_at,
+  });
+  if (req?.then) request(req.then);
+  else if (req && !req.reclaim) announce(`You claimed ${f.exam_id}.`);
+}
+
+function onError(f) {
+  const req = f.id ? settle(f.id) : null;
+  const examId = req?.examId;
+  if (f.id === SUB) {
+    app.inflight.shift();
+    if (f.code === "forbidden") {
+      notify(`That view is not yours (${f.message}); showing your whole worklist.`, "warn");
+      clearFilters();
+    } else if (f.code === "internal" || f.code === "unavailable" || f.code === "rate_limited") {
+      setTimeout(() => subscribe({ resume: true }), 1500);
+    }
+    return;
+  }
+  if (f.code === "token_expired") {
+    refreshToken();
+    return;
+  }
+  if (!req) {
+    if (f.code !== "rate_limited") console.warn("gateway:", f.code, f.message);
+    return;
+  }
+  switch (f.code) {
+    case "conflict": {
+      const holder = f.detail?.holder?.name || "Someone else";
+      if (req.reclaim) {
+        forget(examId);
+        notify(`${holder} has ${examId} now: your claim lapsed while you were disconnected.`, "warn", 0);
+      } else notify(`${holder} claimed ${examId} first.`, "warn");
+      break;
+    }
+    case "stale_token":
+      forget(examId);
+      notify(`Your claim on ${examId} is no longer valid (it expired or was broken).`, "warn");
+      break;
+    case "invalid_transition":
+      if (req.reclaim) forget(examId);
+      else notify(`${examId} cannot be ${verb(req.action)} now${f.detail?.current ? ` (it is ${f.detail.current})` : ""}.`, "warn");
+      break;
+    case "not_found":
+      forget(examId);
+      if (!req.reclaim) notify(`${examId} is no longer on your worklist.`, "warn");
+      break;
+    case "forbidden":
+      notify(f.message, "warn");
+      break;
+    case "rate_limited":
+      notify("Too many requests: wait a moment and try again.", "warn");
+      break;
+    default:
+      notify(`Could not ${req.action.replace("_", " ")} ${examId || ""}: ${f.message}. Try again.`, "warn");
+  }
+}
+
+function verb(action) {
+  return { claim: "claimed", release: "released", sign: "signed", break_lock: "unlocked" }[action] || action;
+}
+
+function announce(text) {
+  $("#status-text").textContent = text;
+}
+
+// ---- tokens --------------------------------------------------------------------------
+
+function scheduleRefresh(expiresAt) {
+  clearTimeout(app.refreshTimer);
+  const wait = Math.max(5_000, expiresAt - Date.now() - 60_000);
+  app.refreshTimer = setTimeout(refreshToken, wait);
+}
+
+// Demo mode: a fresh token from the login endpoint, sent in-band so the session (and
+// its claims) carries on. Elsewhere the server closes with 4004 and the login returns.
+async function refreshToken() {
+  try {
+    const fresh = await postLogin(app.session.user.sub);
+    app.session = fresh;
+    sessionStorage.setItem("session", JSON.stringify(fresh));
+    app.socket.send({ type: "auth", id: "reauth", token: fresh.token });
+  } catch {
+    // Nothing to do: the token runs out and the page returns to the login.
+  }
+}
+
+async function postLogin(sub) {
+  const resp = await fetch("/api/login", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ user: sub }),
+  });
+  if (!resp.ok) throw new Error(`login refused (${resp.status})`);
+  return resp.json();
+}
+
+// ---- login / logout ------------------------------------------------------------------
+
+async function showLogin() {
+  const message = sessionStorage.getItem("loginMessage");
+  sessionStorage.removeItem("loginMessage");
+  $("#app").hidden = true;
+  $("#logout").hidden = true;
+  $("#conn").hidden = true;
+  $("#login").hidden = false;
+  if (message) $("#login-message").textContent = message;
+  let users = [];
+  try {
+    users = await (await fetch("/api/demo-users")).json();
+  } catch {
+    $("#login-message").textContent = "The gateway cannot be reached. Reload to try again.";
+    return;
+  }
+  let tenants = [];
+  try {
+    tenants = await (await fetch("/api/tenants")).json();
+  } catch {
+    tenants = [];
+  }
+  const list = $("#users");
+  list.replaceChildren();
+  if (!users.length) {
+    $("#login-message").textContent = "Sign in through your organisation's identity provider.";
+    return;
+  }
+  const byTenant = new Map();
+  for (const u of users) {
+    if (!byTenant.has(u.tenant)) byTenant.set(u.tenant, []);
+    byTenant.get(u.tenant).push(u);
+  }
+  for (const [tenant, group] of byTenant) {
+    const head = el("li", "tenant-head", tenants.find((t) => t.code === tenant)?.name || tenant);
+    list.append(head);
+    for (const u of group) {
+      const li = el("li");
+      const b = el("button", "user");
+      b.type = "button";
+      b.dataset.user = u.sub;
+      b.append(el("span", "user-name", u.name), el("span", "title", u.title));
+      b.onclick = async () => {
+        b.disabled = true;
+        try {
+          const session = await postLogin(u.sub);
+          sessionStorage.setItem("session", JSON.stringify(session));
+          sessionStorage.removeItem("held");
+          $("#login").hidden = true;
+          await enter(session);
+        } catch {
+          b.disabled = false;
+          $("#login-message").textContent = "The login was refused; try again.";
+        }
+      };
+      li.append(b);
+      list.append(li);
+    }
+  }
+}
+
+async function logout() {
+  // Give back what this page holds so colleagues can take it at once.
+  const waits = [...app.tokens].map(
+    (examId) =>
+      new Promise((resolve) => {
+        const id = request({ type: "release", exam_id: examId }, { background: true });
+        if (!id) return resolve();
+        const poll = setInterval(() => {
+          if (!app.requests.has(id)) {
+            clearInterval(poll);
+            resolve();
+          }
+        }, 25);
+      }),
+  );
+  await Promise.race([Promise.all(waits), new Promise((r) => setTimeout(r, 1500))]);
+  app.socket?.stop();
+  sessionStorage.removeItem("session");
+  sessionStorage.removeItem("held");
+  location.reload(); // the same address: logging back in lands on the same view
+}
+
+function endSession(code) {
+  app.socket?.stop();
+  sessionStorage.removeItem("session");
+  sessionStorage.removeItem("held");
+  const why =
+    code === 4004
+      ? "Your session expired. Log in again."
+      : code === 1008
+        ? "This page's origin is not allowed to connect."
+        : "Please log in again.";
+  sessionStorage.setItem("loginMessage", why);
+  location.reload(); // the same address: logging back in lands on the same view
+}
+
+// ---- start ---------------------------------------------------------------------------
+
+async function enter(session) {
+  app.session = session;
+  const user = session.user;
+  app.user = user;
+  const readOnly = !user.roles.includes("radiologist") && !user.roles.includes("admin");
   $("#who").textContent = user.name;
-  state.tenants = await (await fetch("/api/tenants")).json();
-  const url = readUrl();
-  const tenant = state.tenants.find((t) => t.code === user.tenant);
-  const sites = tenant.sites.map((s) => s.code).filter((c) => !user.sites.length || user.sites.includes(c));
-  fillChecks("site", sites, url.site);
-  fillChecks("modality", MODALITIES, url.modality);
-  fillChecks("priority", PRIORITIES, url.priority);
-  $("#filters").onchange = () => {
-    writeUrl();
-    subscribe();
+  $("#role").textContent = user.roles.join(" \u00b7 ");
+  $("#logout").hidden = false;
+  $("#conn").hidden = false;
+  $("#app").hidden = false;
+  $("#readonly-note").hidden = !readOnly;
+  $("#f-mine-label").hidden = readOnly;
+  document.body.classList.toggle("coordinator", readOnly);
+
+  let tenants = [];
+  try {
+    tenants = await (await fetch("/api/tenants")).json();
+  } catch {
+    tenants = [];
+  }
+  const tenant = tenants.find((t) => t.code === user.tenant);
+  $("#tenant").textContent = tenant ? tenant.name : user.tenant;
+  app.sites = (tenant?.sites || []).filter((s) => !user.sites.length || user.sites.includes(s.code));
+
+  // The address is the view: a deep link or an old bookmark lands on what it names,
+  // less anything this user may not use.
+  app.filters = parseQuery(location.search, app.sites.map((s) => s.code));
+  if (readOnly) app.filters.mine = false;
+  history.replaceState(null, "", `/worklist${toQuery(app.filters)}`);
+  const form = $("#filters");
+  fillForm(form, app.filters, app.sites);
+  form.onchange = onFiltersChanged;
+  form.onsubmit = (ev) => ev.preventDefault();
+  $("#clear-filters").onclick = clearFilters;
+  $("#clear-filters").hidden = !hasFilters();
+  $("#empty-clear").onclick = clearFilters;
+
+  app.held = new Set(JSON.parse(sessionStorage.getItem("held") || "[]"));
+  app.list = new Worklist({
+    table: $("#worklist"),
+    scroller: $("#table-wrap"),
+    me: user,
+    readOnly,
+    isAdmin: user.roles.includes("admin"),
+    onAction,
+    onSort: (sort) => {
+      app.filters = { ...app.filters, sort: sort.key, dir: sort.dir };
+      history.replaceState(null, "", `/worklist${toQuery(app.filters)}`);
+    },
+    onRendered: (shown, total) => {
+      $("#empty").hidden = shown > 0;
+      $("#empty-clear").hidden = !hasFilters();
+      $("#count").textContent =
+        total > shown ? `${shown} of ${total} exams (most urgent)` : `${shown} exam${shown === 1 ? "" : "s"}`;
+    },
+  });
+  app.list.setSort(app.filters.sort, app.filters.dir);
+  app.presence = new PresencePanel($("#people"), $("#online-count"), user.sub, (examId) => {
+    const r = app.list.rows.get(examId);
+    return r ? `${r.modality} ${r.body_part.toLowerCase()}` : "";
+  });
+
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  app.socket = new LiveSocket(`${scheme}://${location.host}/ws`, {
+    onFrame,
+    onDown: (code, attempt) => {
+      app.tokens.clear();
+      for (const id of [...app.requests.keys()]) settle(id);
+      setConn("reconnecting", attempt > 1 ? `Reconnecting\u2026 (try ${attempt})` : "Reconnecting\u2026");
+      announce(code === 1012 ? "The gateway is restarting; reconnecting." : "Connection lost; reconnecting.");
+    },
+    onFatal: endSession,
+  });
+  setConn("connecting", "Connecting\u2026");
+  app.socket.start();
+}
+
+function initTheme() {
+  const button = $("#theme");
+  const apply = (theme) => {
+    document.documentElement.dataset.theme = theme;
+    button.setAttribute("aria-pressed", String(theme === "light"));
   };
-  writeUrl();
-  connect();
+  apply(localStorage.getItem("theme") || "dark");
+  button.onclick = () => {
+    const next = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
+    localStorage.setItem("theme", next);
+    apply(next);
+  };
+}
+
+function start() {
+  initTheme();
+  $("#logout").onclick = logout;
+  const saved = sessionStorage.getItem("session");
+  let session = null;
+  try {
+    session = saved && JSON.parse(saved);
+  } catch {
+    session = null;
+  }
+  if (session?.token && session.user) enter(session);
+  else showLogin();
 }
 
 start();

@@ -1,0 +1,414 @@
+"""Peer review (after ACR RADPEER): a random, blinded second read of finished exams.
+
+Item (same single table, its own partition per tenant, so a tenant's reviews are one
+Query):
+    PK = REVIEW#{tenant}   SK = EXAM#{accession}   entity = REVIEW
+
+Life of a review:
+    POOLED --assign--> ASSIGNED --claim, score 1/2a--> DONE
+                          |  ^        score 2b/3a/3b (comment required)
+                          |  '--return-- ARBITRATION --confirm / change--> DONE
+
+Every write is conditional and bumps `version`, like an exam's. The original reader is
+stored (`original_reader`) but never leaves the gateway towards a reviewer; a reviewer
+is shown to the reader only by `reviewer_id`, a number. A reviewer claims a review like a
+read: a lease and a secret fencing token (`dynamo.claims` semantics), required to score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from dynamo.claims import parse_token
+from dynamo.exceptions import (
+    AlreadyClaimed,
+    ExamNotFound,
+    InvalidTransition,
+    StaleToken,
+    StoreError,
+)
+from dynamo.models import now_ms
+from dynamo.serde import from_attrs, to_attr, to_attrs
+from dynamo.store import ExamStore
+
+__all__ = [
+    "RADPEER",
+    "Review",
+    "ReviewState",
+    "ReviewStore",
+    "SelfReview",
+    "reviewer_id",
+    "sampled",
+]
+
+RADPEER = ("1", "2a", "2b", "3a", "3b")
+# Scores that need a comment and go to arbitration.
+DISCREPANT = frozenset({"2b", "3a", "3b"})
+
+
+class ReviewState(StrEnum):
+    POOLED = "POOLED"
+    ASSIGNED = "ASSIGNED"
+    ARBITRATION = "ARBITRATION"
+    DONE = "DONE"
+
+
+class SelfReview(StoreError):
+    """A reader cannot review their own exam."""
+
+    code = "forbidden"
+
+    def __init__(self, accession: str) -> None:
+        super().__init__(f"the reader of {accession} cannot review it")
+        self.accession = accession
+
+
+class CommentRequired(StoreError):
+    code = "bad_request"
+
+    def __init__(self, score: str) -> None:
+        super().__init__(f"a RADPEER {score} needs a comment")
+        self.score = score
+
+
+class Review(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    tenant: str
+    accession: str
+    site: str
+    modality: str
+    subspecialty: str
+    procedure: str
+    original_reader: str
+    original_reader_name: str | None = None
+    state: ReviewState = ReviewState.POOLED
+    source: str = "random"  # random | manual
+    reviewer: str | None = None
+    reviewer_name: str | None = None
+    reviewer_id: int | None = None
+    due_at: int | None = None
+    score: str | None = None
+    review_comment: str | None = None
+    final_score: str | None = None
+    arbiter: str | None = None
+    claimed_by: str | None = None
+    lease_expires_at: int | None = None
+    created_at: int
+    updated_at: int
+    version: int = 1
+
+
+def review_pk(tenant: str) -> str:
+    return f"REVIEW#{tenant}"
+
+
+def review_sk(accession: str) -> str:
+    return f"EXAM#{accession}"
+
+
+def sampled(seed: int | str, tenant: str, accession: str, rate: float) -> bool:
+    """Whether a FINAL exam goes to the pool: a uniform draw from a hash of the seed and
+    the exam, so the same seed always picks the same exams."""
+    digest = hashlib.sha256(f"{seed}:{tenant}:{accession}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+
+def reviewer_id(sub: str) -> int:
+    """The number a reader sees instead of a reviewer's name (stable per reviewer)."""
+    return (
+        int.from_bytes(hashlib.sha256(f"reviewer:{sub}".encode()).digest()[:4], "big") % 90000
+        + 10000
+    )
+
+
+def review_from_item(item: dict[str, Any]) -> Review:
+    return Review.model_validate(item)
+
+
+_CLAIM_FIELDS = "claimed_by, lease_expires_at, lock_token"
+
+
+class ReviewStore:
+    def __init__(self, store: ExamStore, *, lease_seconds: float = 90.0) -> None:
+        self.store = store
+        self.lease_ms = int(lease_seconds * 1000)
+
+    def _key(self, tenant: str, accession: str) -> dict[str, Any]:
+        return {"PK": to_attr(review_pk(tenant)), "SK": to_attr(review_sk(accession))}
+
+    async def pool(self, tenant: str, accession: str, *, source: str = "random") -> Review | None:
+        """Put a FINAL exam in the review pool; None when it is already there.
+
+        The exam's reader comes from the study item (`reported_by`, set when the final
+        report was signed under a claim).
+        """
+        patient_id = await self.store.locate(tenant, accession)
+        resp = await self.store.call(
+            "get_item",
+            TableName=self.store.table,
+            Key=self.store.key(patient_id, accession),
+            ConsistentRead=True,
+        )
+        if "Item" not in resp:
+            raise ExamNotFound(accession)
+        exam = from_attrs(resp["Item"])
+        if exam.get("status") not in ("FINAL", "AMENDED"):
+            raise InvalidTransition(accession, str(exam.get("status")), "review")
+        now = now_ms()
+        review = Review(
+            tenant=tenant,
+            accession=accession,
+            site=exam["site"],
+            modality=exam["modality"],
+            subspecialty=exam["subspecialty"],
+            procedure=exam["procedure"],
+            original_reader=exam.get("reported_by") or "",
+            original_reader_name=exam.get("reported_by_name"),
+            source=source,
+            created_at=now,
+            updated_at=now,
+        )
+        item = {
+            "PK": review_pk(tenant),
+            "SK": review_sk(accession),
+            "entity": "REVIEW",
+            **review.model_dump(mode="json", exclude_none=True),
+        }
+        try:
+            await self.store.call(
+                "put_item",
+                TableName=self.store.table,
+                Item=to_attrs(item),
+                ConditionExpression="attribute_not_exists(PK)",
+            )
+        except self.store.condition_failed:
+            return None
+        return review
+
+    async def get(self, tenant: str, accession: str) -> Review:
+        resp = await self.store.call(
+            "get_item",
+            TableName=self.store.table,
+            Key=self._key(tenant, accession),
+            ConsistentRead=True,
+        )
+        if "Item" not in resp:
+            raise ExamNotFound(accession)
+        return review_from_item(from_attrs(resp["Item"]))
+
+    async def all(self, tenant: str) -> list[Review]:
+        out: list[Review] = []
+        start: dict[str, Any] | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "TableName": self.store.table,
+                "KeyConditionExpression": "PK = :pk",
+                "ExpressionAttributeValues": {":pk": to_attr(review_pk(tenant))},
+            }
+            if start:
+                kwargs["ExclusiveStartKey"] = start
+            resp = await self.store.call("query", **kwargs)
+            out.extend(review_from_item(from_attrs(i)) for i in resp.get("Items", []))
+            start = resp.get("LastEvaluatedKey")
+            if not start:
+                return out
+
+    async def _update(
+        self,
+        tenant: str,
+        accession: str,
+        sets: str,
+        condition: str,
+        values: dict[str, Any],
+        removes: str = "",
+    ) -> Review:
+        """A conditional update that bumps the version; on a false condition, raise with
+        the review as it was."""
+        expression = f"SET {sets}, #v = #v + :one, updated_at = :now"
+        if removes:
+            expression += f" REMOVE {removes}"
+        try:
+            resp = await self.store.call(
+                "update_item",
+                TableName=self.store.table,
+                Key=self._key(tenant, accession),
+                UpdateExpression=expression,
+                ConditionExpression="attribute_exists(PK) AND " + condition,
+                ExpressionAttributeNames={"#v": "version", "#s": "state"},
+                ExpressionAttributeValues=to_attrs({**values, ":one": 1, ":now": now_ms()}),
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self.store.condition_failed as exc:
+            old = exc.response.get("Item")  # type: ignore[attr-defined]
+            if not old:
+                raise ExamNotFound(accession) from None
+            raise _Refused(review_from_item(from_attrs(old))) from None
+        return review_from_item(from_attrs(resp["Attributes"]))
+
+    async def assign(
+        self, tenant: str, accession: str, reviewer: str, reviewer_name: str, due_at: int
+    ) -> Review:
+        """Give a pooled (or re-give an assigned, unclaimed) review to a reviewer who is
+        not the exam's reader."""
+        try:
+            return await self._update(
+                tenant,
+                accession,
+                "#s = :assigned, reviewer = :r, reviewer_name = :n, reviewer_id = :rid,"
+                " due_at = :due",
+                "original_reader <> :r AND #s IN (:pooled, :assigned)"
+                " AND attribute_not_exists(claimed_by)",
+                {
+                    ":assigned": ReviewState.ASSIGNED.value,
+                    ":pooled": ReviewState.POOLED.value,
+                    ":r": reviewer,
+                    ":n": reviewer_name,
+                    ":rid": reviewer_id(reviewer),
+                    ":due": due_at,
+                },
+            )
+        except _Refused as refused:
+            seen = refused.review
+            if seen.original_reader == reviewer:
+                raise SelfReview(accession) from None
+            if seen.claimed_by:
+                raise AlreadyClaimed(accession, seen.claimed_by, seen.reviewer_name, None) from None
+            raise InvalidTransition(accession, seen.state, "ASSIGNED") from None
+
+    async def claim(self, tenant: str, accession: str, reviewer: str) -> tuple[Review, str]:
+        """The assigned reviewer takes the review to read it; returns the token."""
+        now = now_ms()
+        secret = secrets.token_hex(16)
+        try:
+            review = await self._update(
+                tenant,
+                accession,
+                "claimed_by = :r, lease_expires_at = :exp, lock_token = :secret,"
+                " lock_version = if_not_exists(lock_version, :zero) + :one",
+                "#s = :assigned AND reviewer = :r AND (attribute_not_exists(claimed_by)"
+                " OR claimed_by = :r OR lease_expires_at < :t)",
+                {
+                    ":assigned": ReviewState.ASSIGNED.value,
+                    ":r": reviewer,
+                    ":exp": now + self.lease_ms,
+                    ":secret": secret,
+                    ":zero": 0,
+                    ":t": now,
+                },
+            )
+        except _Refused as refused:
+            seen = refused.review
+            if seen.reviewer != reviewer:
+                raise InvalidTransition(accession, "assigned to someone else", "claimed") from None
+            raise InvalidTransition(accession, seen.state, "claimed") from None
+        lock_version = await self._lock_version(tenant, accession)
+        return review, f"{lock_version}.{secret}"
+
+    async def _lock_version(self, tenant: str, accession: str) -> int:
+        resp = await self.store.call(
+            "get_item",
+            TableName=self.store.table,
+            Key=self._key(tenant, accession),
+            ConsistentRead=True,
+            ProjectionExpression="lock_version",
+        )
+        return int(from_attrs(resp["Item"])["lock_version"])
+
+    async def score(
+        self, tenant: str, accession: str, reviewer: str, token: str, score: str, comment: str
+    ) -> Review:
+        """Score under the claim. 2b/3a/3b need a comment and go to arbitration."""
+        if score not in RADPEER:
+            raise InvalidTransition(accession, "scoring", score)
+        comment = comment.strip()
+        if score in DISCREPANT and not comment:
+            raise CommentRequired(score)
+        lock_version, secret = parse_token(accession, token)
+        target = ReviewState.ARBITRATION if score in DISCREPANT else ReviewState.DONE
+        try:
+            return await self._update(
+                tenant,
+                accession,
+                "#s = :to, score = :score, review_comment = :comment, final_score = :final",
+                "#s = :assigned AND claimed_by = :r"
+                " AND lock_version = :lv AND lock_token = :secret",
+                {
+                    ":to": target.value,
+                    ":score": score,
+                    ":comment": comment,
+                    ":final": score if target is ReviewState.DONE else "",
+                    ":assigned": ReviewState.ASSIGNED.value,
+                    ":r": reviewer,
+                    ":lv": lock_version,
+                    ":secret": secret,
+                },
+                removes=_CLAIM_FIELDS,  # a score ends the reviewer's claim
+            )
+        except _Refused:
+            raise StaleToken(accession) from None
+
+    async def arbitrate(
+        self, tenant: str, accession: str, coordinator: str, decision: str, score: str | None
+    ) -> Review:
+        """confirm (the reviewer's score stands), change (to `score`), or return (the
+        reviewer scores again)."""
+        values: dict[str, Any] = {":arb": ReviewState.ARBITRATION.value, ":c": coordinator}
+        if decision == "return":
+            sets = "#s = :assigned, arbiter = :c, score = :empty"
+            values.update({":assigned": ReviewState.ASSIGNED.value, ":empty": ""})
+        elif decision in ("confirm", "change"):
+            final = score if decision == "change" else None
+            if decision == "change" and final not in RADPEER:
+                raise InvalidTransition(accession, "arbitration", str(score))
+            sets = "#s = :done, arbiter = :c, final_score = " + (":final" if final else "score")
+            values[":done"] = ReviewState.DONE.value
+            if final:
+                values[":final"] = final
+        else:
+            raise InvalidTransition(accession, "arbitration", decision)
+        try:
+            return await self._update(tenant, accession, sets, "#s = :arb", values)
+        except _Refused as refused:
+            raise InvalidTransition(accession, refused.review.state, decision) from None
+
+
+class _Refused(Exception):
+    def __init__(self, review: Review) -> None:
+        super().__init__(review.accession)
+        self.review = review
+
+
+class Sampler:
+    """Between the relay and the feed: publishes every delta, then puts a sampled share
+    of the exams that just became FINAL into the review pool (idempotent, so a replayed
+    stream pools nothing twice)."""
+
+    def __init__(self, feed: Any, reviews: ReviewStore, *, rate: float, seed: int | str) -> None:
+        self._feed = feed
+        self._reviews = reviews
+        self.rate = rate
+        self.seed = seed
+        self.pooled = 0
+
+    async def publish(self, deltas: Any) -> object:
+        result = await self._feed.publish(deltas)
+        for d in deltas:
+            if getattr(d, "kind", None) == "review" or d.status != "FINAL":
+                continue
+            if sampled(self.seed, d.tenant, d.exam_id, self.rate):
+                try:
+                    if await self._reviews.pool(d.tenant, d.exam_id) is not None:
+                        self.pooled += 1
+                except StoreError:
+                    continue  # amended or gone meanwhile: not reviewable now
+        return result
+
+    async def heartbeat(self) -> None:
+        await self._feed.heartbeat()

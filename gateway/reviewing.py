@@ -1,0 +1,239 @@
+"""Peer review over the WebSocket: the coordinator's board, the reviewer's queue, the
+reader's feedback, each blinded as RADPEER practice asks.
+
+Who sees what of a review (`visible`):
+- coordinators and admins: everything, names included;
+- the assigned reviewer: the exam and their own work, never the original reader;
+- the original reader: the outcome and the reviewer's number, never the reviewer's name;
+- anyone else: nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from dynamo.exceptions import StoreError
+from dynamo.models import now_ms
+from dynamo.review import ReviewState
+from gateway.auth import Principal, Role
+from gateway.claiming import store_error
+from gateway.demo_users import DEMO_USERS
+from gateway.protocol import (
+    ErrorCode,
+    ReviewAdd,
+    ReviewArbitrate,
+    ReviewAssign,
+    ReviewClaim,
+    ReviewScore,
+    ReviewsRequest,
+)
+from worklist_cache import keys
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+    from gateway.session import Session
+
+log = logging.getLogger("gateway.reviews")
+
+_READER_HIDDEN = ("reviewer", "reviewer_name", "claimed_by", "arbiter", "lease_expires_at")
+_REVIEWER_HIDDEN = ("original_reader", "original_reader_name", "arbiter")
+OPEN = (ReviewState.ASSIGNED.value, ReviewState.ARBITRATION.value)
+
+
+def is_coordinator(p: Principal) -> bool:
+    return p.has(Role.COORDINATOR) or p.has(Role.ADMIN)
+
+
+def visible(review: dict[str, Any], p: Principal) -> dict[str, Any] | None:
+    """What of `review` this user may see (None: nothing)."""
+    if review.get("tenant") != p.tenant:
+        return None
+    if is_coordinator(p):
+        return review
+    if review.get("reviewer") == p.sub:
+        return {k: v for k, v in review.items() if k not in _REVIEWER_HIDDEN}
+    if review.get("original_reader") == p.sub:
+        return {k: v for k, v in review.items() if k not in _READER_HIDDEN}
+    return None
+
+
+def eligible(review: dict[str, Any], tenant: str, open_counts: dict[str, int]) -> list[Any]:
+    """Radiologists who may review it, fewest open reviews first: not its reader,
+    credentialed for its site and subspecialty (empty credentials mean all)."""
+    users = [
+        u
+        for u in DEMO_USERS
+        if u.tenant == tenant
+        and Role.RADIOLOGIST in u.roles
+        and u.sub != review.get("original_reader")
+        and (not u.sites or review.get("site") in u.sites)
+        and (not u.subspecialties or review.get("subspecialty") in u.subspecialties)
+    ]
+    return sorted(users, key=lambda u: (open_counts.get(u.sub, 0), u.sub))
+
+
+class ReviewBoard:
+    """Live review deltas to the sessions that asked for them, redacted per viewer."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.watching: set[Session] = set()
+
+    async def watch(self, session: Session) -> None:
+        tenant = session.principal.tenant if session.principal else ""
+
+        def deliver(raw: bytes) -> None:
+            self._on_message(tenant, raw)
+
+        await self.gw.subscriber.subscribe(keys.review_channel(tenant), deliver)
+        self.watching.add(session)
+
+    def forget(self, session: Session) -> None:
+        self.watching.discard(session)
+
+    def _on_message(self, tenant: str, raw: bytes) -> None:
+        review = orjson.loads(raw)
+        for session in list(self.watching):
+            p = session.principal
+            if p is None or p.tenant != tenant:
+                continue
+            shown = visible(review, p)
+            if shown is not None:
+                session.send({"type": "review", "review": shown})
+
+
+def _require_coordinator(session: Session, request_id: str) -> Principal | None:
+    p = session.principal
+    assert p is not None
+    if not is_coordinator(p):
+        session.error(request_id, ErrorCode.FORBIDDEN, "coordinators only")
+        return None
+    return p
+
+
+def _reply(session: Session, request_id: str, action: str, review: Any, **extra: Any) -> None:
+    p = session.principal
+    assert p is not None
+    row = review.model_dump(mode="json") if hasattr(review, "model_dump") else review
+    row = {**row, "exam_id": row.get("accession", row.get("exam_id"))}
+    session.send(
+        {
+            "type": "review_ok",
+            "id": request_id,
+            "action": action,
+            "review": visible(row, p),
+            **extra,
+        }
+    )
+
+
+async def reviews(session: Session, frame: ReviewsRequest) -> None:
+    p = session.principal
+    assert p is not None
+    await session.gw.reviews_board.watch(session)
+    rows = await session.gw.feed.reviews(p.tenant)
+    shown = [r for r in (visible(row, p) for row in rows) if r is not None]
+    shown.sort(key=lambda r: (r.get("state", ""), r.get("due_at") or 0, r["exam_id"]))
+    session.send({"type": "reviews", "id": frame.id, "reviews": shown})
+
+
+async def add(session: Session, frame: ReviewAdd) -> None:
+    p = _require_coordinator(session, frame.id)
+    if p is None:
+        return
+    try:
+        review = await session.gw.reviews.pool(p.tenant, frame.exam_id, source="manual")
+    except StoreError as exc:
+        store_error(session, frame.id, exc)
+        return
+    if review is None:
+        session.error(frame.id, ErrorCode.CONFLICT, f"exam {frame.exam_id} is already pooled")
+        return
+    _reply(session, frame.id, "add", review)
+
+
+async def assign(session: Session, frame: ReviewAssign) -> None:
+    p = _require_coordinator(session, frame.id)
+    if p is None:
+        return
+    gw = session.gw
+    try:
+        current = (await gw.reviews.get(p.tenant, frame.exam_id)).model_dump(mode="json")
+    except StoreError as exc:
+        store_error(session, frame.id, exc)
+        return
+    # Open reviews per reviewer, from the cache: a count that may lag a moment behind.
+    rows = await gw.feed.reviews(p.tenant)
+    open_counts: dict[str, int] = {}
+    for row in rows:
+        if row.get("state") in OPEN and row.get("reviewer"):
+            open_counts[row["reviewer"]] = open_counts.get(row["reviewer"], 0) + 1
+    candidates = eligible(current, p.tenant, open_counts)
+    chosen = (
+        next((u for u in candidates if u.sub == frame.reviewer), None)
+        if frame.reviewer
+        else (candidates[0] if candidates else None)
+    )
+    if chosen is None:
+        session.error(
+            frame.id,
+            ErrorCode.FORBIDDEN,
+            "not an eligible reviewer (the reader, or not credentialed for this site "
+            "and subspecialty)",
+            {"eligible": [u.sub for u in candidates]},
+        )
+        return
+    due = now_ms() + int(frame.due_in_hours * 3_600_000)
+    try:
+        review = await gw.reviews.assign(p.tenant, frame.exam_id, chosen.sub, chosen.name, due)
+    except StoreError as exc:
+        store_error(session, frame.id, exc)
+        return
+    _reply(session, frame.id, "assign", review)
+
+
+async def claim(session: Session, frame: ReviewClaim) -> None:
+    p = session.principal
+    assert p is not None
+    try:
+        review, token = await session.gw.reviews.claim(p.tenant, frame.exam_id, p.sub)
+    except StoreError as exc:
+        store_error(session, frame.id, exc)
+        return
+    session.review_tokens[frame.exam_id] = token
+    _reply(session, frame.id, "claim", review, token=token)
+
+
+async def score(session: Session, frame: ReviewScore) -> None:
+    p = session.principal
+    assert p is not None
+    token = frame.token or session.review_tokens.get(frame.exam_id)
+    if token is None:
+        session.error(frame.id, ErrorCode.STALE_TOKEN, "claim the review first")
+        return
+    try:
+        review = await session.gw.reviews.score(
+            p.tenant, frame.exam_id, p.sub, token, frame.score, frame.comment
+        )
+    except StoreError as exc:
+        store_error(session, frame.id, exc)
+        return
+    session.review_tokens.pop(frame.exam_id, None)
+    _reply(session, frame.id, "score", review)
+
+
+async def arbitrate(session: Session, frame: ReviewArbitrate) -> None:
+    p = _require_coordinator(session, frame.id)
+    if p is None:
+        return
+    try:
+        review = await session.gw.reviews.arbitrate(
+            p.tenant, frame.exam_id, p.sub, frame.decision, frame.score
+        )
+    except StoreError as exc:
+        store_error(session, frame.id, exc)
+        return
+    _reply(session, frame.id, "arbitrate", review)
