@@ -88,7 +88,10 @@ class Gateway:
         self.redis: Redis = connect(cache.redis_url)
         sharded = cache.pubsub == "sharded"
         self.feed = WorklistFeed(self.redis, maxlen=cache.feed_maxlen, sharded=sharded)
-        self.subscriber = FeedSubscriber(self.redis, self._on_gap, sharded=sharded)
+        # The pub/sub connection must fail loudly, not reconnect on its own: a silent
+        # reconnect would hide the messages lost meanwhile. Its own client, no retries.
+        self.pubsub_redis: Redis = Redis.from_url(cache.redis_url)
+        self.subscriber = FeedSubscriber(self.pubsub_redis, self._on_gap, sharded=sharded)
         self.presence = Presence(self.redis, self.subscriber, self.node, sharded=sharded)
         self.ddb = ddb
         self.table = dynamo.table
@@ -129,6 +132,7 @@ class Gateway:
     async def aclose(self) -> None:
         await self.presence.aclose()
         await self.subscriber.aclose()
+        await self.pubsub_redis.aclose()
         await self.redis.aclose()
 
 

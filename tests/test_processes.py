@@ -187,8 +187,9 @@ class Reader:
         kind = frame.get("type")
         if kind == "snapshot" and frame.get("sub") == "s":
             self.rows = {r["exam_id"]: (r["status"], r["version"]) for r in frame["rows"]}
-            for exam_id, (_, version) in self.rows.items():
-                self.seen[exam_id] = max(version, self.seen.get(exam_id, 0))
+            # A snapshot replaces what the client knew: versions are compared against
+            # the rows it holds (after a reset the rebuilt feed repeats old versions).
+            self.seen = {exam_id: version for exam_id, (_, version) in self.rows.items()}
             self.epoch, self.offset = frame["epoch"], frame["offset"]
         elif kind == "resumed" and frame.get("sub") == "s":
             self.epoch = frame["epoch"]
