@@ -71,6 +71,7 @@ class Demo:
         port = int(os.environ.get("GATEWAY_PORT", "0")) or (
             8080 if not port_open(8080) else free_port()
         )
+        hl7_port = int(os.environ.get("HL7_PORT", "0")) or free_port()
         self.env = {
             "REDIS_URL": redis_url,
             "DYNAMO_ENDPOINT_URL": endpoint,
@@ -79,11 +80,17 @@ class Demo:
             "GATEWAY_HOST": "127.0.0.1",
             # The demo's users log in from the page; tokens die with this run.
             "GATEWAY_DEMO": os.environ.get("GATEWAY_DEMO", "true"),
+            # The simulator plays a RIS: its day reaches the store as HL7 over MLLP.
+            "HL7_PORT": str(hl7_port),
+            "SIM_TRANSPORT": os.environ.get("SIM_TRANSPORT", "hl7"),
+            "SIM_HL7_PORT": str(hl7_port),
             **self.extra_env,
         }
         self._spawn("relay", [sys.executable, "-m", "dynamo.worker"])
         gateway = self._spawn("gateway", [sys.executable, "-m", "gateway"])
         wait_for_port(port, 30, gateway)
+        hl7 = self._spawn("hl7-ingest", [sys.executable, "-m", "hl7_ingest"])
+        wait_for_port(hl7_port, 30, hl7)
         if self.simulate:
             self._spawn("simulator", [sys.executable, "-m", "loadtest.simulator"])
         return f"http://127.0.0.1:{port}/"

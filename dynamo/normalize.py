@@ -33,7 +33,8 @@ def record_to_delta(record: dict[str, Any]) -> Delta | None:
         return ReviewDelta.model_validate(
             {**fields, "op": "remove" if event == "REMOVE" else "upsert"}
         )
-    if not sk.startswith(keys.STUDY_PREFIX):
+    # Only study items are exams (ledger, audit and other items share the table).
+    if not sk.startswith(keys.STUDY_PREFIX) or image.get("entity", {}).get("S") != "STUDY":
         return None
     exam = exam_from_item(from_attrs(image))
     if event == "REMOVE":

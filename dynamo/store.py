@@ -8,6 +8,7 @@ reading one exam) live in `dynamo.claims`, on the same items.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -49,6 +50,7 @@ _RACE_RETRIES = 5
 # Attributes of a live claim (lock_version stays: the fencing token only grows).
 CLAIM_FIELDS = ("claimed_by", "claimed_by_name", "claimed_at", "lease_expires_at", "lock_token")
 _LOCATIONS = 50_000  # accession -> patient_id pointers cached per process
+_LOCATION_TTL_S = 60.0
 
 
 class ExamStore:
@@ -56,7 +58,9 @@ class ExamStore:
         self._client = client
         self.table = table
         self.retry = retry or Retry()
-        self._where: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # (tenant, accession) -> (patient_id, when cached): an ADT merge moves an exam
+        # to another partition, so a pointer is trusted for a bounded time only.
+        self._where: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
 
     # ---- low level -------------------------------------------------------------------
 
@@ -97,7 +101,7 @@ class ExamStore:
         return exam
 
     def _remember(self, tenant: str, accession: str, patient_id: str) -> None:
-        self._where[(tenant, accession)] = patient_id
+        self._where[(tenant, accession)] = (patient_id, time.monotonic())
         self._where.move_to_end((tenant, accession))
         while len(self._where) > _LOCATIONS:
             self._where.popitem(last=False)
@@ -105,8 +109,8 @@ class ExamStore:
     async def locate(self, tenant: str, accession: str, *, fresh: bool = False) -> str:
         """The patient_id whose partition holds a tenant's accession (cached)."""
         cached = None if fresh else self._where.get((tenant, accession))
-        if cached is not None:
-            return cached
+        if cached is not None and time.monotonic() - cached[1] < _LOCATION_TTL_S:
+            return cached[0]
         resp = await self.call(
             "get_item",
             TableName=self.table,

@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -65,6 +65,12 @@ class SimSettings(BaseSettings):
     # Simulated radiologists claim exams and sign their reports (else the reports are
     # written as a system would, without a claim).
     readers: bool = True
+    # "store": write through the exam store; "hl7": send orders, status changes and
+    # results as HL7 v2 over MLLP to `hl7_ingest` (the real path), as a RIS would.
+    transport: Literal["store", "hl7"] = "store"
+    hl7_host: str = "127.0.0.1"
+    hl7_port: int = 2575
+    hl7_connections: int = 4
     tenants: str = ""  # comma-separated tenant codes; empty means every demo tenant
     log_level: str = "INFO"
 
@@ -308,6 +314,9 @@ class Simulator:
         self.claims = Claims(store)
         # accession -> (reader, reader's name, claim token)
         self._tokens: dict[str, tuple[str, str, str]] = {}
+        self._hl7: Hl7Sender | None = None
+        if settings.transport == "hl7":
+            self._hl7 = Hl7Sender(settings, self.clock)
 
     def _plan_next_day(self) -> bool:
         days = self.settings.days
@@ -373,29 +382,32 @@ class Simulator:
         if exam.accession in self._skip:
             self.skipped += 1
             return
-        patient_id = exam.patient.patient_id
         try:
-            if event.status is None:
-                await self.store.create_exam(*to_records(exam, self.clock))
-            elif event.claim:
+            if event.claim:
                 await self._claim(event)
             elif exam.accession in self._tokens and event.status in READING_STATES:
                 reader, name, token = self._tokens[exam.accession]
+                patient_id = await self.store.locate(exam.tenant, exam.accession)
                 await self.claims.sign(
                     patient_id, exam.accession, reader, token, event.status, user_name=name
                 )
                 if event.status is not ExamStatus.PRELIMINARY:
                     self._tokens.pop(exam.accession, None)
+            elif self._hl7 is not None and await self._hl7.send(event):
+                pass
+            elif event.status is None:
+                await self.store.create_exam(*to_records(exam, self.clock))
             else:
+                patient_id = await self.store.locate(exam.tenant, exam.accession)
                 await self.store.transition(patient_id, exam.accession, event.status)
             self.writes += 1
         except ExamAlreadyExists:
             # Another run wrote this day into the same table: leave its exams alone.
             self._skip.add(exam.accession)
             self.skipped += 1
-        except StoreError as exc:
-            # Someone else (a radiologist, an HL7 feed) moved the exam first.
-            log.info("skipped %s -> %s: %s", exam.accession, event.status, exc.code)
+        except (StoreError, Hl7Refused) as exc:
+            # Someone else (a radiologist, another feed) moved the exam first.
+            log.info("skipped %s -> %s: %s", exam.accession, event.status, exc)
             self._tokens.pop(exam.accession, None)
             self.skipped += 1
 
@@ -406,16 +418,67 @@ class Simulator:
         last = max(signs, default=event.at)
         lease_ms = int((last - event.at) / self.settings.speed) + 60_000
         reader, name = sim_reader(exam)
-        claim = await self.claims.claim(
-            exam.patient.patient_id, exam.accession, reader, name, lease_ms=lease_ms
-        )
+        patient_id = await self.store.locate(exam.tenant, exam.accession)
+        claim = await self.claims.claim(patient_id, exam.accession, reader, name, lease_ms=lease_ms)
         self._tokens[exam.accession] = (reader, name, claim.token)
+
+
+class Hl7Refused(Exception):
+    """The HL7 listener answered AE/AR (the text names the reason, never patient data)."""
+
+
+class Hl7Sender:
+    """The simulator's RIS side: one dialect per site (the mappings of `hl7_ingest`), a
+    few MLLP connections, an exam's messages always on the same one (in order)."""
+
+    def __init__(self, settings: SimSettings, clock: Clock) -> None:
+        from hl7_ingest.builder import MessageBuilder
+        from hl7_ingest.client import MllpClient
+        from hl7_ingest.mapping import load_mappings
+
+        self._mappings = load_mappings()
+        self._builders: dict[tuple[str, str], Any] = {}
+        self._clock = clock
+        self._builder_type = MessageBuilder
+        self._clients = [
+            MllpClient(settings.hl7_host, settings.hl7_port, timeout=30.0)
+            for _ in range(max(1, settings.hl7_connections))
+        ]
+        self.sent = 0
+
+    def _builder(self, tenant: str, site: str) -> Any:
+        key = (tenant, site)
+        if key not in self._builders:
+            mapping = self._mappings.for_site(tenant, site)
+            self._builders[key] = (
+                None if mapping is None else self._builder_type(mapping, clock=self._clock)
+            )
+        return self._builders[key]
+
+    async def send(self, event: Event) -> bool:
+        """Send the event as HL7; False when no dialect covers it (write it directly)."""
+        builder = self._builder(event.exam.tenant, event.exam.site)
+        message = None if builder is None else builder.for_event(event)
+        if message is None:
+            return False
+        client = self._clients[sum(map(ord, event.exam.accession)) % len(self._clients)]
+        ack = await client.send(message)
+        if ack.code != "AA":
+            raise Hl7Refused(f"{ack.code} {ack.error_code} {ack.error_text}".strip())
+        self.sent += 1
+        return True
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.close()
 
 
 async def run_simulator(settings: SimSettings, dynamo: DynamoSettings) -> None:
     async with dynamodb_client(dynamo) as client:
         await wait_for_table(client, dynamo.table)
         sim = Simulator(ExamStore(client, dynamo.table), settings)
+        if sim._hl7 is not None:
+            await wait_for_listener(settings.hl7_host, settings.hl7_port)
         log.info(
             "playing seed %d at %gx, %d exams/day for %s",
             settings.seed,
@@ -423,7 +486,27 @@ async def run_simulator(settings: SimSettings, dynamo: DynamoSettings) -> None:
             settings.exams_per_day,
             ", ".join(t.code for t in sim.tenants),
         )
-        await sim.run()
+        try:
+            await sim.run()
+        finally:
+            if sim._hl7 is not None:
+                await sim._hl7.aclose()
+
+
+async def wait_for_listener(host: str, port: int, timeout: float = 60.0) -> None:
+    """The HL7 listener may start after the simulator; wait for its port."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings
 from dynamo.settings import DynamoSettings
 from dynamo.worker import RelaySettings
 from gateway.settings import GatewaySettings
+from hl7_ingest.settings import Hl7Settings
 from loadtest.simulator import SimSettings
 from worklist_cache.settings import CacheSettings
 
@@ -17,7 +18,8 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 @pytest.mark.parametrize(
-    "settings", [GatewaySettings, CacheSettings, DynamoSettings, RelaySettings, SimSettings]
+    "settings",
+    [GatewaySettings, CacheSettings, DynamoSettings, RelaySettings, SimSettings, Hl7Settings],
 )
 def test_every_setting_is_in_the_readme(settings: type[BaseSettings]) -> None:
     prefix = str(settings.model_config.get("env_prefix", ""))

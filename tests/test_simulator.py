@@ -135,3 +135,33 @@ async def test_replaying_a_day_into_the_same_table_changes_nothing(store: ExamSt
     again = Simulator(store, settings)
     await again.run()
     assert again.writes == 0 and again.skipped > 0
+
+
+async def test_a_day_sent_as_hl7_over_mllp_lands_like_one_written_directly(
+    store: ExamStore,
+) -> None:
+    """The demo's path: the simulator is a RIS speaking HL7 to the listener."""
+    from tests.test_hl7_support import running
+
+    async with running(store) as listener:
+        settings = SimSettings(
+            seed=12,
+            speed=300_000.0,
+            exams_per_day=10,
+            days=1,
+            warmup_minutes=0,
+            tenants="lakeside",
+            transport="hl7",
+            hl7_port=listener.port,
+        )
+        sim = Simulator(store, settings)
+        await asyncio.wait_for(sim.run(), 120 * UNIT)
+        assert sim._hl7 is not None
+        await sim._hl7.aclose()
+    plan = plan_day(12, 0, 10, sim.tenants)
+    assert sim.skipped == 0
+    assert sim._hl7.sent >= len(plan), "orders and status changes went over MLLP"
+    for exam in plan:
+        stored = await store.find_exam("lakeside", exam.accession)
+        assert stored.status == exam.final_status, exam.accession
+        assert stored.mrn == exam.patient.mrn

@@ -1,0 +1,62 @@
+"""`python -m hl7_ingest`: the MLLP listener as its own process.
+
+Reads settings from HL7_* (listener) and DYNAMO_* (the table), logs JSON lines without
+patient data, and on SIGTERM stops accepting, lets the messages in progress finish
+(`HL7_DRAIN_SECONDS`), then exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from dynamo.client import dynamodb_client
+from dynamo.settings import DynamoSettings
+from dynamo.store import ExamStore
+from dynamo.table import wait_for_table
+from hl7_ingest.exceptions import MappingError
+from hl7_ingest.listener import MllpListener
+from hl7_ingest.mapping import Mappings, load_mappings
+from hl7_ingest.processor import Ingest
+from hl7_ingest.settings import Hl7Settings
+from service.logs import configure_logging
+from service.runner import run_until_signalled
+
+log = logging.getLogger("hl7_ingest")
+
+
+async def run_listener(settings: Hl7Settings, dynamo: DynamoSettings, mappings: Mappings) -> None:
+    async with dynamodb_client(dynamo) as client:
+        await wait_for_table(client, dynamo.table)
+        ingest = Ingest(ExamStore(client, dynamo.table), mappings, settings)
+        listener = MllpListener(
+            ingest.handle,
+            host=settings.host,
+            port=settings.port,
+            ssl_context=settings.ssl_context(),
+            max_message_bytes=settings.max_message_bytes,
+            drain_seconds=settings.drain_seconds,
+            on_discarded=ingest.discarded,
+        )
+        senders = ", ".join(f"{m.sender} ({m.tenant})" for m in mappings)
+        async with listener:
+            log.info("HL7 ingest ready for %s into table %s", senders, dynamo.table)
+            await asyncio.Event().wait()  # until SIGTERM/SIGINT cancels this task
+
+
+def main() -> int:
+    settings = Hl7Settings()
+    configure_logging(settings.log_level)
+    try:
+        mappings = load_mappings(settings.mappings_dir or None)
+    except MappingError as exc:
+        log.error("HL7 ingest not started: %s", exc.reason)
+        print(f"HL7 ingest not started: {exc.reason}", file=sys.stderr)
+        return 2
+    run_until_signalled(run_listener(settings, DynamoSettings(), mappings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

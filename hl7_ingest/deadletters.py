@@ -1,0 +1,308 @@
+"""Rejected messages, kept for an operator: `python -m hl7_ingest.deadletters`.
+
+    list [--all] [--limit N]   the open dead letters, newest first (--all: replayed too)
+    show ID                    one dead letter: why, when, from whom, and the message
+    replay ID                  run the message through the ingest again (same mapping
+                               files, same store); on AA the dead letter is closed
+
+Every message answered AE or AR is stored here, and so is anything that looked like a
+message but arrived outside an MLLP frame (never acknowledged). Items live in the exam
+table: `PK = HL7DEAD`, `SK = DL#{id}`, where the id is a hash of the message bytes, so a
+sender that resends a rejected message updates one dead letter (`attempts`) instead of
+piling up copies. The message is stored zlib-compressed (DynamoDB items hold 400 KB).
+
+The dead letter is written *before* the negative ACK goes out: a sender drops a message
+it got AE/AR for, so the dead letter is then the only copy. If it cannot be written, no
+ACK is sent and the sender resends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from dynamo.serde import from_attrs, to_attr, to_attrs
+from dynamo.store import ExamStore
+
+__all__ = ["DeadLetter", "DeadLetters", "main"]
+
+_PK = "HL7DEAD"
+_RAW_LIMIT = 350_000  # compressed bytes kept; the rest of a huge message is cut
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    status: str  # "open" | "replayed"
+    first_seen: int
+    last_seen: int
+    attempts: int
+    sender: str
+    control_id: str
+    message_type: str
+    ack_code: str
+    error_code: str
+    field: str
+    reason: str
+    peer: str
+    raw: bytes
+    raw_truncated: bool
+    replayed_at: int | None = None
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> DeadLetter:
+        packed = item.get("raw", b"")
+        raw = bytes(packed.value if hasattr(packed, "value") else packed)
+        return cls(
+            id=str(item["id"]),
+            status=str(item.get("status", "open")),
+            first_seen=int(item.get("first_seen", 0)),
+            last_seen=int(item.get("last_seen", 0)),
+            attempts=int(item.get("attempts", 1)),
+            sender=str(item.get("sender", "")),
+            control_id=str(item.get("control_id", "")),
+            message_type=str(item.get("message_type", "")),
+            ack_code=str(item.get("ack_code", "")),
+            error_code=str(item.get("error_code", "")),
+            field=str(item.get("field", "")),
+            reason=str(item.get("reason", "")),
+            peer=str(item.get("peer", "")),
+            raw=_unpack(raw),
+            raw_truncated=bool(item.get("raw_truncated", False)),
+            replayed_at=int(item["replayed_at"]) if "replayed_at" in item else None,
+        )
+
+
+def _unpack(data: bytes) -> bytes:
+    if not data:
+        return b""
+    decoder = zlib.decompressobj()
+    return decoder.decompress(data)  # a truncated stream yields what it holds
+
+
+def dead_letter_id(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:20]
+
+
+class DeadLetters:
+    def __init__(self, store: ExamStore) -> None:
+        self.store = store
+
+    def _key(self, dl_id: str) -> dict[str, Any]:
+        return {"PK": to_attr(_PK), "SK": to_attr(f"DL#{dl_id}")}
+
+    async def put(
+        self,
+        raw: bytes,
+        *,
+        sender: str,
+        control_id: str,
+        message_type: str,
+        ack_code: str,
+        error_code: str,
+        field: str,
+        reason: str,
+        peer: str,
+    ) -> str:
+        """Store (or update) the dead letter of `raw`; returns its id."""
+        dl_id = dead_letter_id(raw)
+        packed = zlib.compress(raw, 6)
+        truncated = len(packed) > _RAW_LIMIT
+        now = int(time.time() * 1000)
+        values = {
+            ":id": dl_id,
+            ":open": "open",
+            ":now": now,
+            ":zero": 0,
+            ":one": 1,
+            ":sender": sender,
+            ":cid": control_id,
+            ":type": message_type,
+            ":ack": ack_code,
+            ":code": error_code,
+            ":field": field,
+            ":reason": reason,
+            ":peer": peer,
+            ":raw": packed[:_RAW_LIMIT],
+            ":trunc": truncated,
+            ":entity": "HL7_DEADLETTER",
+        }
+        await self.store.call(
+            "update_item",
+            TableName=self.store.table,
+            Key=self._key(dl_id),
+            UpdateExpression=(
+                "SET entity = :entity, id = :id, #st = :open,"
+                " first_seen = if_not_exists(first_seen, :now), last_seen = :now,"
+                " attempts = if_not_exists(attempts, :zero) + :one, sender = :sender,"
+                " control_id = :cid, message_type = :type, ack_code = :ack,"
+                " error_code = :code, #f = :field, reason = :reason, peer = :peer,"
+                " #raw = :raw, raw_truncated = :trunc REMOVE replayed_at"
+            ),
+            ExpressionAttributeNames={"#st": "status", "#f": "field", "#raw": "raw"},
+            ExpressionAttributeValues=to_attrs(values),
+        )
+        return dl_id
+
+    async def get(self, dl_id: str) -> DeadLetter | None:
+        resp = await self.store.call(
+            "get_item", TableName=self.store.table, Key=self._key(dl_id), ConsistentRead=True
+        )
+        return DeadLetter.from_item(from_attrs(resp["Item"])) if "Item" in resp else None
+
+    async def list(self, *, include_replayed: bool = False, limit: int = 100) -> list[DeadLetter]:
+        """Newest first. Dead letters are few; they are read whole and sorted here."""
+        out: list[DeadLetter] = []
+        start: dict[str, Any] | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "TableName": self.store.table,
+                "KeyConditionExpression": "PK = :pk",
+                "ExpressionAttributeValues": {":pk": to_attr(_PK)},
+                "ConsistentRead": True,
+            }
+            if start:
+                kwargs["ExclusiveStartKey"] = start
+            resp = await self.store.call("query", **kwargs)
+            out.extend(DeadLetter.from_item(from_attrs(i)) for i in resp.get("Items", []))
+            start = resp.get("LastEvaluatedKey")
+            if not start:
+                break
+        if not include_replayed:
+            out = [d for d in out if d.status == "open"]
+        out.sort(key=lambda d: d.last_seen, reverse=True)
+        return out[:limit]
+
+    async def resolve(self, dl_id: str) -> None:
+        """The message was replayed and accepted."""
+        await self.store.call(
+            "update_item",
+            TableName=self.store.table,
+            Key=self._key(dl_id),
+            UpdateExpression="SET #st = :done, replayed_at = :now",
+            ConditionExpression="attribute_exists(PK)",
+            ExpressionAttributeNames={"#st": "status"},
+            ExpressionAttributeValues=to_attrs(
+                {":done": "replayed", ":now": int(time.time() * 1000)}
+            ),
+        )
+
+
+# ---- the operator's CLI --------------------------------------------------------------------
+
+
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def _print_list(letters: list[DeadLetter]) -> None:
+    if not letters:
+        print("no dead letters")
+        return
+    print("id                    last seen             n  status    sender  control id"
+          "            type     ack  field    reason")  # fmt: skip
+    for d in letters:
+        print(
+            f"{d.id:<21} {_when(d.last_seen):<21} {d.attempts:<2} {d.status:<9} "
+            f"{d.sender[:7]:<7} {d.control_id[:21]:<21} {d.message_type[:8]:<8} "
+            f"{d.ack_code:<4} {d.field[:8]:<8} {d.reason}"
+        )
+
+
+def _print_one(d: DeadLetter) -> None:
+    from hl7_ingest.message import parse
+
+    print(f"id:          {d.id}")
+    print(f"status:      {d.status}" + (f" at {_when(d.replayed_at)}" if d.replayed_at else ""))
+    print(f"first seen:  {_when(d.first_seen)}")
+    print(f"last seen:   {_when(d.last_seen)} ({d.attempts} times) from {d.peer}")
+    print(f"sender:      {d.sender}")
+    print(f"control id:  {d.control_id}")
+    print(f"type:        {d.message_type}")
+    print(f"answer:      {d.ack_code} {d.error_code} {d.field}")
+    print(f"reason:      {d.reason}")
+    text = d.raw.decode("utf-8", errors="replace")
+    if d.field:
+        try:
+            value = parse(text).get(d.field)
+        except Exception:
+            value = None
+        if value is not None:
+            print(f"value at {d.field}: {value!r}")
+    if d.raw_truncated:
+        print("(the message was too large and is stored cut short; it cannot be replayed)")
+    print("message:")
+    for line in text.replace("\r\n", "\r").replace("\n", "\r").split("\r"):
+        if line:
+            print(f"  {line}")
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from dynamo.client import dynamodb_client
+    from dynamo.settings import DynamoSettings
+    from hl7_ingest.settings import Hl7Settings
+
+    dynamo = DynamoSettings()
+    async with dynamodb_client(dynamo) as client:
+        store = ExamStore(client, dynamo.table)
+        return await run_command(args, store, Hl7Settings())
+
+
+async def run_command(args: argparse.Namespace, store: ExamStore, settings: Any) -> int:
+    """The CLI's work on a given store (tests call this in-process)."""
+    letters = DeadLetters(store)
+    if args.command == "list":
+        _print_list(await letters.list(include_replayed=args.all, limit=args.limit))
+        return 0
+    letter = await letters.get(args.id)
+    if letter is None:
+        print(f"no dead letter {args.id}", file=sys.stderr)
+        return 2
+    if args.command == "show":
+        _print_one(letter)
+        return 0
+    # replay
+    if letter.raw_truncated:
+        print("this message was stored cut short and cannot be replayed", file=sys.stderr)
+        return 2
+    from hl7_ingest.mapping import load_mappings
+    from hl7_ingest.processor import Ingest
+
+    ingest = Ingest(store, load_mappings(settings.mappings_dir or None), settings)
+    outcome = await ingest.handle(letter.raw, peer="replay")
+    if outcome.code == "AA":
+        await letters.resolve(letter.id)
+        print(f"AA: {outcome.control_id} accepted; dead letter {letter.id} closed")
+        return 0
+    print(f"{outcome.code}: {outcome.reason}; dead letter {letter.id} stays open")
+    return 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m hl7_ingest.deadletters", description="Inspect and replay rejected HL7."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="the open dead letters, newest first")
+    ls.add_argument("--all", action="store_true", help="replayed ones too")
+    ls.add_argument("--limit", type=int, default=100)
+    show = sub.add_parser("show", help="one dead letter and its message")
+    show.add_argument("id")
+    replay = sub.add_parser("replay", help="process the message again; AA closes it")
+    replay.add_argument("id")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return asyncio.run(_run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Settings of the HL7 listener process (env prefix HL7_); DynamoDB comes from DYNAMO_."""
+
+from __future__ import annotations
+
+import ssl
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Hl7Settings"]
+
+
+class Hl7Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HL7_")
+
+    host: str = "127.0.0.1"
+    port: int = 2575
+    # PEM files; with both set the listener speaks MLLP over TLS.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # A CA bundle (PEM): when set, senders must present a certificate it signed.
+    tls_client_ca: str = ""
+    # Directory of site mapping files (*.json); empty: the ones shipped in the package.
+    mappings_dir: str = ""
+    # MSH-11 this listener accepts: P(roduction), T(raining) or D(ebugging).
+    processing_id: str = "P"
+    # MSH-3 / MSH-4 of the ACKs this listener sends.
+    application: str = "RISLIVE"
+    facility: str = "RISLIVE"
+    # A frame larger than this closes the connection (bounded memory per sender).
+    max_message_bytes: int = 1 << 20
+    # After SIGTERM: how long messages being processed may take before they are cut.
+    drain_seconds: float = 5.0
+    # How long accepted control IDs are remembered for deduplication (TTL attribute).
+    dedupe_days: float = 30.0
+    log_level: str = "INFO"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not (self.tls_cert and self.tls_key):
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_client_ca:
+            context.load_verify_locations(self.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context

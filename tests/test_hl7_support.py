@@ -1,0 +1,148 @@
+"""Helpers of the HL7 tests (no tests here): a listener on a free port over the test's
+table, synthetic planned exams, and message builders for both site dialects.
+
+Every name and MRN is synthetic.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from devstack import free_port
+from dynamo.models import PatientProfile, now_ms
+from dynamo.serde import from_attrs
+from dynamo.states import ExamStatus, Modality, Priority
+from dynamo.store import ExamStore
+from hl7_ingest.builder import MessageBuilder
+from hl7_ingest.client import MllpClient
+from hl7_ingest.listener import MllpListener
+from hl7_ingest.mapping import Mappings, load_mappings
+from hl7_ingest.processor import Ingest
+from hl7_ingest.settings import Hl7Settings
+from loadtest import catalog
+from loadtest.simulator import PlannedExam
+from tests.conftest import UNIT
+
+MAPPINGS: Mappings = load_mappings()
+NW = MAPPINGS.get("NWGEN")
+LK = MAPPINGS.get("LKMED")
+assert NW is not None and LK is not None
+SITES = {"NWGEN": ("northwind", "NW-GEN"), "LKMED": ("lakeside", "LK-MED")}
+
+_n = itertools.count(1)
+MINUTE = 60_000
+
+
+def builder(sender: str) -> MessageBuilder:
+    mapping = MAPPINGS.get(sender)
+    assert mapping is not None
+    return MessageBuilder(mapping)  # no clock: plan times are epoch ms
+
+
+def patient(tenant: str, n: int | None = None, name: str = "TESTPATIENT^ALPHA") -> PatientProfile:
+    n = next(_n) if n is None else n
+    mrn = f"HM{n:07d}"
+    return PatientProfile(
+        patient_id=f"{tenant}-{mrn}",
+        tenant=tenant,
+        mrn=mrn,
+        name=name,
+        birth_date="1970-01-01",
+        sex="O",
+    )
+
+
+def planned(
+    sender: str = "NWGEN",
+    *,
+    modality: Modality = Modality.CT,
+    priority: Priority = Priority.ROUTINE,
+    who: PatientProfile | None = None,
+    accession: str | None = None,
+) -> PlannedExam:
+    tenant, site = SITES[sender]
+    n = next(_n)
+    now = now_ms() // 1000 * 1000  # HL7 times carry whole seconds
+    procedure = catalog.PROCEDURES[modality][0]
+    return PlannedExam(
+        tenant=tenant,
+        site=site,
+        accession=accession or f"H{sender[:2]}{n:07d}",
+        patient=who or patient(tenant),
+        modality=modality,
+        procedure=procedure,
+        priority=priority,
+        provider="TESTDOC^ORDERING",
+        ordered_at=now - 5 * MINUTE,
+        scheduled_at=now + 30 * MINUTE,
+        tat_due_at=now + 30 * MINUTE + catalog.TAT_MINUTES[priority] * MINUTE,
+        steps=(),
+    )
+
+
+def with_patient(exam: PlannedExam, who: PatientProfile) -> PlannedExam:
+    return replace(exam, patient=who)
+
+
+def cid(prefix: str = "C") -> str:
+    """A fresh control ID."""
+    return f"{prefix}{next(_n):09d}"
+
+
+@dataclass
+class Running:
+    listener: MllpListener
+    ingest: Ingest
+
+    @property
+    def port(self) -> int:
+        return self.listener.port
+
+    def client(self, timeout: float = 10.0) -> MllpClient:
+        return MllpClient("127.0.0.1", self.port, timeout=timeout * UNIT)
+
+
+@asynccontextmanager
+async def running(store: ExamStore, **overrides: Any) -> AsyncIterator[Running]:
+    """An HL7 listener on a free loopback port, writing into the test's table."""
+    settings = Hl7Settings(**{"port": free_port(), "drain_seconds": 1.0, **overrides})
+    ingest = Ingest(store, MAPPINGS, settings)
+    listener = MllpListener(
+        ingest.handle,
+        host="127.0.0.1",
+        port=settings.port,
+        ssl_context=settings.ssl_context(),
+        max_message_bytes=settings.max_message_bytes,
+        drain_seconds=settings.drain_seconds,
+        on_discarded=ingest.discarded,
+    )
+    async with listener:
+        yield Running(listener, ingest)
+
+
+async def table_items(store: ExamStore) -> list[dict[str, Any]]:
+    """Every item of the test's table (a Scan: fine for a test's few items)."""
+    items: list[dict[str, Any]] = []
+    start: dict[str, Any] | None = None
+    while True:
+        kwargs: dict[str, Any] = {"TableName": store.table, "ConsistentRead": True}
+        if start:
+            kwargs["ExclusiveStartKey"] = start
+        resp = await store.call("scan", **kwargs)
+        items.extend(from_attrs(i) for i in resp.get("Items", []))
+        start = resp.get("LastEvaluatedKey")
+        if not start:
+            return items
+
+
+def without_bookkeeping(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The items a message may change (exams, orders, profiles, pointers), sorted."""
+    kept = [i for i in items if not str(i["PK"]).startswith(("HL7DEAD", "HL7MSG#"))]
+    return sorted(kept, key=lambda i: (i["PK"], i["SK"]))
+
+
+S = ExamStatus
