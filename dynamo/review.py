@@ -264,7 +264,7 @@ class ReviewStore:
                 "#s = :assigned, reviewer = :r, reviewer_name = :n, reviewer_id = :rid,"
                 " due_at = :due",
                 "original_reader <> :r AND #s IN (:pooled, :assigned)"
-                " AND attribute_not_exists(claimed_by)",
+                " AND (attribute_not_exists(claimed_by) OR lease_expires_at < :t)",
                 {
                     ":assigned": ReviewState.ASSIGNED.value,
                     ":pooled": ReviewState.POOLED.value,
@@ -272,7 +272,9 @@ class ReviewStore:
                     ":n": reviewer_name,
                     ":rid": reviewer_id(reviewer),
                     ":due": due_at,
+                    ":t": now_ms(),
                 },
+                removes=_CLAIM_FIELDS,  # a lapsed claim of the previous reviewer ends
             )
         except _Refused as refused:
             seen = refused.review

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from dynamo.deltas import ExamDelta
 from dynamo.states import ExamStatus
@@ -199,7 +199,13 @@ class ReviewArbitrate(_Frame):
     id: RequestId
     exam_id: ExamId
     decision: Literal["confirm", "change", "return"]
-    score: RadpeerScore | None = None
+    score: RadpeerScore | None = None  # required with "change"
+
+    @model_validator(mode="after")
+    def _change_names_a_score(self) -> ReviewArbitrate:
+        if self.decision == "change" and self.score is None:
+            raise ValueError("decision 'change' needs a score")
+        return self
 
 
 ClientFrameType = (

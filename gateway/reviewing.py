@@ -56,7 +56,12 @@ def visible(review: dict[str, Any], p: Principal) -> dict[str, Any] | None:
     if review.get("reviewer") == p.sub:
         return {k: v for k, v in review.items() if k not in _REVIEWER_HIDDEN}
     if review.get("original_reader") == p.sub:
-        return {k: v for k, v in review.items() if k not in _READER_HIDDEN}
+        shown = {k: v for k, v in review.items() if k not in _READER_HIDDEN}
+        if review.get("state") != ReviewState.DONE.value:
+            # A score is not an outcome until arbitration is over.
+            for key in ("score", "review_comment", "final_score"):
+                shown.pop(key, None)
+        return shown
     return None
 
 
@@ -81,6 +86,9 @@ class ReviewBoard:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.watching: set[Session] = set()
+        # What each session was shown, so a review it may no longer see (reassigned)
+        # is taken back with `op: remove`.
+        self._shown: dict[Session, set[str]] = {}
 
     async def watch(self, session: Session) -> None:
         tenant = session.principal.tenant if session.principal else ""
@@ -93,6 +101,10 @@ class ReviewBoard:
 
     def forget(self, session: Session) -> None:
         self.watching.discard(session)
+        self._shown.pop(session, None)
+
+    def shown(self, session: Session, exam_ids: set[str]) -> None:
+        self._shown[session] = set(exam_ids)
 
     def _on_message(self, tenant: str, raw: bytes) -> None:
         review = orjson.loads(raw)
@@ -101,8 +113,14 @@ class ReviewBoard:
             if p is None or p.tenant != tenant:
                 continue
             shown = visible(review, p)
+            seen = self._shown.setdefault(session, set())
             if shown is not None:
+                seen.add(review["exam_id"])
                 session.send({"type": "review", "review": shown})
+            elif review["exam_id"] in seen:
+                seen.discard(review["exam_id"])
+                gone = {"exam_id": review["exam_id"], "op": "remove", "version": review["version"]}
+                session.send({"type": "review", "review": gone})
 
 
 def _require_coordinator(session: Session, request_id: str) -> Principal | None:
@@ -137,6 +155,7 @@ async def reviews(session: Session, frame: ReviewsRequest) -> None:
     rows = await session.gw.feed.reviews(p.tenant)
     shown = [r for r in (visible(row, p) for row in rows) if r is not None]
     shown.sort(key=lambda r: (r.get("state", ""), r.get("due_at") or 0, r["exam_id"]))
+    session.gw.reviews_board.shown(session, {r["exam_id"] for r in shown})
     session.send({"type": "reviews", "id": frame.id, "reviews": shown})
 
 

@@ -301,7 +301,7 @@ async def test_mllp_over_tls(store: ExamStore, tmp_path: Path) -> None:
 
 
 def test_the_mappings_used_here_are_the_shipped_ones() -> None:
-    assert sorted(m.sender for m in MAPPINGS) == ["LKMED", "NWGEN"]
+    assert sorted(m.sender for m in MAPPINGS) == ["LKMED", "NWGEN", "NWIMG", "NWORT"]
 
 
 async def test_the_client_times_out_and_reconnects_for_the_next_message() -> None:

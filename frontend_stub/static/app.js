@@ -5,11 +5,17 @@
 // the page subscribes `since` it and gets `resumed` + the missed deltas, or a snapshot
 // flagged `reset`. The exams this page held are claimed again on every new connection
 // (the server forgets a connection's claim tokens when it goes), which renews them.
+//
+// Peer review (reviews.js) rides the same connection: `review_list` after every new
+// connection loads the reviews this user may see, and `review` frames keep them live.
+// Tabs: Worklist, My reviews (radiologists, shown once they have any), Peer review
+// (coordinators); each tab has its own address (/worklist, /my-reviews, /peer-review).
 
 import { CLAIMABLE, el } from "./format.js";
 import { fillForm, parseQuery, readChecks, toQuery, toView, viewKey } from "./filters.js";
 import { notify } from "./notice.js";
 import { PresencePanel } from "./presence.js";
+import { ReviewDesk } from "./reviews.js";
 import { LiveSocket } from "./socket.js";
 import { Worklist, leaseLive } from "./worklist.js";
 
@@ -35,7 +41,17 @@ const app = {
   everLive: false,
   refreshTimer: null,
   liveTimer: null,
+  reviews: null, // the peer-review desk (reviews.js)
+  tab: "worklist", // worklist | mine | board
+  wantTab: null, // a tab the address asked for that is not there yet (My reviews loading)
 };
+
+const TAB_PATH = { worklist: "/worklist", mine: "/my-reviews", board: "/peer-review" };
+
+/** The address of what is on screen: the tab, and the worklist's filters. */
+function address() {
+  return `${TAB_PATH[app.wantTab || app.tab]}${toQuery(app.filters)}`;
+}
 
 // ---- connection indicator ------------------------------------------------------------
 
@@ -45,7 +61,9 @@ function setConn(state, text) {
   c.textContent = text;
   clearTimeout(app.liveTimer);
   document.body.dataset.conn = state;
-  app.list?.setOffline(state === "reconnecting" || state === "connecting" || state === "offline");
+  const offline = state === "reconnecting" || state === "connecting" || state === "offline";
+  app.list?.setOffline(offline);
+  app.reviews?.setOffline(offline);
   if (state === "resynced") app.liveTimer = setTimeout(() => setConn("live", "Live"), 4000);
 }
 
@@ -129,7 +147,7 @@ function subscribe({ resume }) {
 function onFiltersChanged() {
   const f = readChecks($("#filters"));
   app.filters = { ...app.filters, ...f };
-  history.replaceState(null, "", `/worklist${toQuery(app.filters)}`);
+  history.replaceState(null, "", address());
   $("#clear-filters").hidden = !hasFilters();
   subscribe({ resume: false });
 }
@@ -208,6 +226,18 @@ function onFrame(f) {
     case "presence_diff":
       app.presence.patch(f.joins, f.leaves);
       break;
+    case "reviews":
+      settle(f.id);
+      app.reviews.replace(f.reviews);
+      break;
+    case "review":
+      app.reviews.apply(f.review);
+      break;
+    case "review_ok": {
+      const req = settle(f.id);
+      if (req) app.reviews.onOk(f, req);
+      break;
+    }
     case "error":
       onError(f);
       break;
@@ -223,6 +253,7 @@ function onAuthenticated(f) {
   app.tokens.clear();
   app.inflight = [];
   subscribe({ resume: true });
+  app.reviews.load();
   // Keep what this page was reading: a new connection has none of the old one's
   // claim tokens, and a claim by the same user renews it.
   for (const examId of app.held) request({ type: "claim", exam_id: examId }, { reclaim: true, background: true });
@@ -290,6 +321,11 @@ function onError(f) {
     } else if (f.code === "internal" || f.code === "unavailable" || f.code === "rate_limited") {
       setTimeout(() => subscribe({ resume: true }), 1500);
     }
+    return;
+  }
+  if (req?.review) {
+    if (f.code === "token_expired") refreshToken();
+    app.reviews.onError(f, req);
     return;
   }
   if (f.code === "token_expired") {
@@ -484,6 +520,7 @@ async function enter(session) {
   $("#readonly-note").hidden = !readOnly;
   $("#f-mine-label").hidden = readOnly;
   document.body.classList.toggle("coordinator", readOnly);
+  $("#users").replaceChildren(); // the login list names everyone: not kept behind the app
 
   let tenants = [];
   try {
@@ -494,12 +531,13 @@ async function enter(session) {
   const tenant = tenants.find((t) => t.code === user.tenant);
   $("#tenant").textContent = tenant ? tenant.name : user.tenant;
   app.sites = (tenant?.sites || []).filter((s) => !user.sites.length || user.sites.includes(s.code));
+  setUpReviews(user, tenant?.sites || []);
 
   // The address is the view: a deep link or an old bookmark lands on what it names,
   // less anything this user may not use.
   app.filters = parseQuery(location.search, app.sites.map((s) => s.code));
   if (readOnly) app.filters.mine = false;
-  history.replaceState(null, "", `/worklist${toQuery(app.filters)}`);
+  history.replaceState(null, "", address());
   const form = $("#filters");
   fillForm(form, app.filters, app.sites);
   form.onchange = onFiltersChanged;
@@ -518,7 +556,7 @@ async function enter(session) {
     onAction,
     onSort: (sort) => {
       app.filters = { ...app.filters, sort: sort.key, dir: sort.dir };
-      history.replaceState(null, "", `/worklist${toQuery(app.filters)}`);
+      history.replaceState(null, "", address());
     },
     onRendered: (shown, total) => {
       $("#empty").hidden = shown > 0;
@@ -546,6 +584,102 @@ async function enter(session) {
   });
   setConn("connecting", "Connecting\u2026");
   app.socket.start();
+}
+
+// ---- peer review and tabs -------------------------------------------------------------
+
+function setUpReviews(user, tenantSites) {
+  const coordinator = user.roles.includes("coordinator") || user.roles.includes("admin");
+  const reader = user.roles.includes("radiologist");
+  // What is not this user's is not on the page at all.
+  if (!coordinator) for (const node of [$("#board-view"), $("#tab-board")]) node.remove();
+  if (!reader) for (const node of [$("#mine-view"), $("#tab-mine")]) node.remove();
+  app.reviews = new ReviewDesk({
+    me: user,
+    board: coordinator ? $("#board-view") : null,
+    mine: reader ? $("#mine-view") : null,
+    sites: tenantSites,
+    send: (frame, meta) => request(frame, { ...meta, review: true, background: true }),
+    notify,
+    onChange: updateTabs,
+  });
+  if (coordinator) loadRadiologists(user);
+
+  const wanted = Object.keys(TAB_PATH).find((t) => TAB_PATH[t] === location.pathname);
+  if (coordinator) $("#tab-board").hidden = false;
+  for (const name of Object.keys(TAB_PATH)) {
+    const tab = $(`#tab-${name}`);
+    if (!tab) continue;
+    tab.onclick = () => showTab(name);
+    tab.onkeydown = onTabKey;
+  }
+  if (wanted === "board" && coordinator) showTab("board");
+  else if (wanted === "mine" && reader) app.wantTab = "mine"; // once its reviews are in
+  updateTabs({ loaded: false, todo: 0, mine: 0, arbitration: 0 });
+}
+
+/** The reviewer choices: the tenant's radiologists (the server has the last word). */
+async function loadRadiologists(user) {
+  try {
+    const users = await (await fetch("/api/demo-users")).json();
+    app.reviews.setRadiologists(
+      users.filter((u) => u.tenant === user.tenant && u.roles.includes("radiologist")),
+    );
+  } catch {
+    // Without the list, "Suggest" still assigns (the server picks).
+  }
+}
+
+function updateTabs(summary) {
+  const mineTab = $("#tab-mine");
+  const hasMine = !!mineTab && summary.mine > 0;
+  if (mineTab) mineTab.hidden = !hasMine;
+  badge($("#mine-badge"), summary.todo, `${summary.todo} to review`);
+  badge($("#board-badge"), summary.arbitration, `${summary.arbitration} awaiting arbitration`);
+  $("#tabs").hidden = [...$("#tabs").children].filter((t) => !t.hidden).length < 2;
+  if (summary.loaded && app.wantTab) {
+    const want = app.wantTab;
+    app.wantTab = null;
+    if (want === "mine" && hasMine) showTab("mine");
+    else history.replaceState(null, "", address());
+  }
+  if (app.tab === "mine" && !hasMine && summary.loaded) showTab("worklist");
+}
+
+function badge(node, n, title) {
+  if (!node) return;
+  node.hidden = !n;
+  node.textContent = String(n);
+  node.title = title;
+  node.classList.toggle("hot", n > 0);
+}
+
+function showTab(name) {
+  app.tab = name;
+  for (const t of Object.keys(TAB_PATH)) {
+    const tab = $(`#tab-${t}`);
+    if (!tab) continue;
+    const on = t === name;
+    tab.setAttribute("aria-selected", String(on));
+    tab.tabIndex = on ? 0 : -1;
+    $(`#${t}-view`).hidden = !on;
+  }
+  if (app.filters) history.replaceState(null, "", address());
+}
+
+/** Arrow keys move between tabs (the WAI-ARIA tabs pattern). */
+function onTabKey(ev) {
+  const tabs = [...$("#tabs").querySelectorAll('[role="tab"]:not([hidden])')];
+  const at = tabs.indexOf(ev.currentTarget);
+  const step = { ArrowRight: 1, ArrowLeft: -1 }[ev.key];
+  let next = null;
+  if (step) next = tabs[(at + step + tabs.length) % tabs.length];
+  else if (ev.key === "Home") next = tabs[0];
+  else if (ev.key === "End") next = tabs[tabs.length - 1];
+  if (!next) return;
+  ev.preventDefault();
+  next.focus();
+  next.click();
 }
 
 function initTheme() {

@@ -70,3 +70,20 @@ export function el(tag, cls, text) {
   if (text !== undefined && text !== null) node.textContent = text;
   return node;
 }
+
+/** "Tue 14:05": a deadline a few days away, in the reader's own clock. */
+export function dayTime(ms) {
+  return new Date(ms).toLocaleString([], { weekday: "short", hour: "2-digit", minute: "2-digit" });
+}
+
+/** How far a deadline is: "in 2d 23h", "in 4h 10m", "in 3m"; past it, "5m overdue". */
+export function dueIn(ms, now) {
+  const left = ms - now;
+  let m = Math.floor(Math.abs(left) / 60_000);
+  const d = Math.floor(m / 1440);
+  m -= d * 1440;
+  const h = Math.floor(m / 60);
+  m -= h * 60;
+  const text = d ? `${d}d ${h}h` : h ? `${h}h ${String(m).padStart(2, "0")}m` : `${m}m`;
+  return left < 0 ? `${text} overdue` : `in ${text}`;
+}
