@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import random
+import socket
 import time
 from typing import Any
 
@@ -29,6 +30,7 @@ from gevent.event import AsyncResult
 from locust import LoadTestShape, User, between, constant_pacing, task
 
 from gateway.auth import mint_token
+from hl7_ingest.mllp import FrameDecoder, wrap
 from loadtest.syncwriter import SyncExamWriter
 
 GATEWAY = os.environ.get("LOADTEST_GATEWAY", "ws://127.0.0.1:8080/ws")
@@ -270,6 +272,98 @@ class ExamWriter(User):
         )
 
 
+class Hl7Sender(User):
+    """A RIS sending exam bursts as HL7 over MLLP: a new order, then its status moves,
+    each acknowledged (ACK latency reported as type "HL7")."""
+
+    fixed_count = _env_int("LOADTEST_HL7_SENDERS", 2)
+    wait_time = constant_pacing(0.5)
+
+    def on_start(self) -> None:
+        from hl7_ingest.builder import MessageBuilder
+        from hl7_ingest.mapping import load_mappings
+
+        n = next(_users)
+        mapping = load_mappings().for_site(TENANT, "NW-GEN")
+        assert mapping is not None
+        self.builder = MessageBuilder(mapping)
+        self.prefix = f"H{n:03d}"
+        self.count = itertools.count(1)
+        self.exam: Any = None
+        self.steps: list[Any] = []
+        self.sock = socket.create_connection(
+            (os.environ.get("LOADTEST_HL7_HOST", "127.0.0.1"), _env_int("LOADTEST_HL7_PORT", 2575)),
+            timeout=30,
+        )
+        self.decoder = FrameDecoder()
+
+    def on_stop(self) -> None:
+        self.sock.close()
+
+    @task
+    def send(self) -> None:
+        from dynamo.states import ExamStatus
+
+        if not self.steps:
+            self.exam = planned_exam(self.prefix, next(self.count))
+            message: str | None = self.builder.new_order(self.exam)
+            name = "ORM NW"
+            self.steps = [ExamStatus.ARRIVED, ExamStatus.IN_PROGRESS, ExamStatus.COMPLETED]
+        else:
+            status = self.steps.pop(0)
+            message = self.builder.status_update(self.exam, status)
+            name = "ORM SC"
+        if message is None:
+            return
+        started = time.perf_counter()
+        error: Exception | None = None
+        try:
+            self.sock.sendall(wrap(message))
+            ack = self._ack()
+            if "MSA|AA" not in ack:
+                error = RuntimeError("not AA")
+        except Exception as exc:
+            error = exc
+        self.environment.events.request.fire(
+            request_type="HL7",
+            name=name,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=0,
+            exception=error,
+            context={},
+        )
+
+    def _ack(self) -> str:
+        while True:
+            frames = self.decoder.feed(self.sock.recv(65536))
+            if frames:
+                return bytes(frames[0]).decode(errors="replace")
+
+
+def planned_exam(prefix: str, n: int) -> Any:
+    from dynamo.sites import DEMO_TENANTS
+    from dynamo.states import Modality, Priority
+    from loadtest import catalog
+    from loadtest.simulator import MINUTE, PlannedExam, synthetic_patient
+
+    tenant = next(t for t in DEMO_TENANTS if t.code == TENANT)
+    now = int(time.time() * 1000)
+    return PlannedExam(
+        tenant=TENANT,
+        site="NW-GEN",
+        accession=f"{prefix}{n:07d}",
+        patient=synthetic_patient(tenant, n, random.Random(f"{prefix}{n}")),
+        modality=Modality.CT,
+        procedure=catalog.PROCEDURES[Modality.CT][0],
+        priority=Priority.STAT,
+        provider=catalog.PROVIDERS[0],
+        ordered_at=now,
+        scheduled_at=now,
+        tat_due_at=now + 60 * MINUTE,
+        steps=(),
+    )
+
+
 class ExamSpike(LoadTestShape):
     """A normal day, then a spike of `LOADTEST_SPIKE_FACTOR` times the writers (a
     trauma night, a backlog flush after an RIS outage), then back to normal."""
@@ -279,7 +373,12 @@ class ExamSpike(LoadTestShape):
         factor = _env_int("LOADTEST_SPIKE_FACTOR", 20)
         normal_s = _env_int("LOADTEST_NORMAL_S", 30)
         spike_s = _env_int("LOADTEST_SPIKE_S", 60)
-        fixed = Radiologist.fixed_count + Coordinator.fixed_count + Reconnector.fixed_count
+        fixed = (
+            Radiologist.fixed_count
+            + Coordinator.fixed_count
+            + Reconnector.fixed_count
+            + Hl7Sender.fixed_count
+        )
         t = self.get_run_time()  # type: ignore[no-untyped-call]
         if t < normal_s:
             writers = normal

@@ -76,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **demo.env,
             "LOADTEST_GATEWAY": ws,
             "LOADTEST_JWT_SECRET": secret,
+            "LOADTEST_HL7_PORT": demo.env["HL7_PORT"],
         }
         print(f"gateway {url}; running locust ({'web UI' if args.ui else 'headless'})", flush=True)
         locust = subprocess.Popen(locust_command(ws, args.ui, None), env=env, cwd=ROOT)

@@ -42,7 +42,13 @@ async def test_a_tiny_spike_runs_and_reports_each_frame_type() -> None:
     assert proc.returncode == 0, text[-3000:]
     with (ROOT / "loadtest" / "results" / "loadtest_stats.csv").open() as f:
         stats = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
-    for key in [("WS", "auth"), ("WS", "subscribe"), ("DELTA", "e2e"), ("DYNAMO", "create")]:
+    for key in [
+        ("WS", "auth"),
+        ("WS", "subscribe"),
+        ("DELTA", "e2e"),
+        ("DYNAMO", "create"),
+        ("HL7", "ORM NW"),
+    ]:
         assert key in stats, f"{key} missing from {sorted(stats)}"
         assert int(stats[key]["Request Count"]) > 0
         assert int(stats[key]["Failure Count"]) == 0
