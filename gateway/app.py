@@ -24,11 +24,13 @@ from starlette.websockets import WebSocket
 
 from dynamo.claims import Claims
 from dynamo.client import dynamodb_client
+from dynamo.models import now_ms
 from dynamo.review import ReviewStore
 from dynamo.settings import DynamoSettings
 from dynamo.sites import DEMO_TENANTS
 from dynamo.store import ExamStore
 from frontend_stub import INDEX_HTML, STATIC_DIR
+from gateway import claiming
 from gateway.auth import JwksVerifier, SecretVerifier, Verifier, mint_token
 from gateway.demo_users import BY_SUB, DEMO_USERS
 from gateway.hub import Hub
@@ -40,6 +42,11 @@ from gateway.settings import GatewaySettings
 from worklist_cache import CacheSettings, FeedSubscriber, WorklistFeed, connect
 
 log = logging.getLogger("gateway")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 class ConfigurationError(RuntimeError):
@@ -129,6 +136,22 @@ class Gateway:
         while self.sessions and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
+    async def housekeeping(self) -> None:
+        """One loop for every session: expired tokens end their sessions, and live
+        sessions' claims are renewed every `claim_renew_seconds`."""
+        loop = asyncio.get_running_loop()
+        last_renewal = loop.time()
+        while True:
+            await asyncio.sleep(0.25)
+            now = now_ms()
+            for session in list(self.sessions):
+                session.check_expiry(now)
+            if loop.time() - last_renewal >= self.claim_renew_seconds:
+                last_renewal = loop.time()
+                holders = [s for s in self.sessions if s.claims]
+                for session in holders:
+                    session.spawn(claiming.renew_session(session), "ws-renew")
+
     async def aclose(self) -> None:
         await self.presence.aclose()
         await self.subscriber.aclose()
@@ -154,6 +177,8 @@ def create_app(
             stack.push_async_callback(gw.aclose)
             await stack.enter_async_context(gw.subscriber)
             await stack.enter_async_context(gw.presence)
+            housekeeping = asyncio.create_task(gw.housekeeping(), name="housekeeping")
+            stack.push_async_callback(_cancel, housekeeping)
             app.state.gw = gw
             log.info("gateway %s ready (demo=%s)", gw.node, settings.demo)
             yield

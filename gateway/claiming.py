@@ -9,7 +9,6 @@ stream relay; the relay's copy carries the same version and is dropped as a repe
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
@@ -231,31 +230,25 @@ async def break_lock(session: Session, frame: BreakLock) -> None:
         )
 
 
-async def renew_forever(session: Session) -> None:
-    """Renew this connection's claims while it lives; tell the client of any it lost."""
+async def renew_session(session: Session) -> None:
+    """Renew this connection's claims (the gateway's housekeeping calls this every
+    `claim_renew_seconds`); tell the client of any it lost."""
     gw = session.gw
-    while True:
-        await asyncio.sleep(gw.claim_renew_seconds)
-        principal = session.principal
-        if principal is None:
-            continue
-        for exam_id, token in list(session.claims.items()):
-            try:
-                patient_id = await gw.store.locate(principal.tenant, exam_id)
-                await gw.claims.renew(patient_id, exam_id, principal.sub, token)
-            except StaleToken:
-                session.claims.pop(exam_id, None)
-                holder = None
-                with contextlib.suppress(StoreError):
-                    holder = (await gw.store.find_exam(principal.tenant, exam_id)).claimed_by
-                # Still ours: the user claimed it again elsewhere (another tab).
-                reason = "superseded" if holder == principal.sub else "expired"
-                session.send({"type": "claim_lost", "exam_id": exam_id, "reason": reason})
-                await gw.presence.update(session)
-            except StoreError as exc:
-                log.warning("renewing a claim failed (%s); retrying next round", exc.code)
-
-
-def forget_claim(session: Session, exam_id: str) -> None:
-    """A notice said this claim is gone (broken by an admin)."""
-    session.claims.pop(exam_id, None)
+    principal = session.principal
+    if principal is None:
+        return
+    for exam_id, token in list(session.claims.items()):
+        try:
+            patient_id = await gw.store.locate(principal.tenant, exam_id)
+            await gw.claims.renew(patient_id, exam_id, principal.sub, token)
+        except StaleToken:
+            session.claims.pop(exam_id, None)
+            holder = None
+            with contextlib.suppress(StoreError):
+                holder = (await gw.store.find_exam(principal.tenant, exam_id)).claimed_by
+            # Still ours: the user claimed it again elsewhere (another tab).
+            reason = "superseded" if holder == principal.sub else "expired"
+            session.send({"type": "claim_lost", "exam_id": exam_id, "reason": reason})
+            await gw.presence.update(session)
+        except StoreError as exc:
+            log.warning("renewing a claim failed (%s); retrying next round", exc.code)

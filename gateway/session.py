@@ -94,6 +94,7 @@ class Session:
         self._close_after_flush: tuple[int, str] = (CloseCode.NORMAL, "")
         self._bucket = TokenBucket(gw.settings.rate_limit, gw.settings.rate_burst)
         self._strikes = 0
+        self._expired = False
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -341,18 +342,16 @@ class Session:
             }
         )
         if first:
-            self.spawn(self._expiry_watch(), "ws-expiry")
-            self.spawn(claiming.renew_forever(self), "ws-renew")
             await self.gw.presence.join(self)
 
-    async def _expiry_watch(self) -> None:
-        while self.principal is not None:
-            left = self.principal.expires_at_ms - now_ms()
-            if left <= 0:
+    def check_expiry(self, now: int) -> None:
+        """Called by the gateway's housekeeping (one timer for every session, rather than
+        a task each: idle connections stay small)."""
+        if self.principal is not None and self.principal.expires_at_ms <= now:
+            if not self._expired:
+                self._expired = True
                 self.error(None, ErrorCode.TOKEN_EXPIRED, "the token expired; log in again")
                 self.request_close(CloseCode.TOKEN_EXPIRED, "token expired")
-                return
-            await asyncio.sleep(min(left / 1000 + 0.05, 60))
 
     # ---- feed problems -------------------------------------------------------------------
 

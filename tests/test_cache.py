@@ -266,3 +266,32 @@ async def test_after_redis_restarts_empty_the_epoch_changes_and_dynamodb_refills
     finally:
         await redis.aclose()
         proc2.stop()
+
+
+async def test_a_burst_of_first_subscriptions_all_get_their_messages(redis: Redis) -> None:
+    """Many tenants' first clients at once (a cold-start storm): every channel is
+    confirmed and delivers (redis-py's PubSub alone can lose all but one)."""
+    got: dict[str, list[bytes]] = {}
+
+    async def on_gap() -> None:
+        pass
+
+    fresh = Redis.from_url(_url(redis))  # a new client: its PubSub has not connected yet
+    async with FeedSubscriber(fresh, on_gap) as sub:
+        channels = [keys.channel(f"storm{i}") for i in range(10)]
+        await asyncio.gather(
+            *(sub.subscribe(c, got.setdefault(c, []).append, timeout=5.0) for c in channels)
+        )
+        for c in channels:
+            await redis.publish(c, b"x")
+        for _ in range(100):
+            if all(got[c] for c in channels):
+                break
+            await asyncio.sleep(0.02)
+    await fresh.aclose()
+    assert all(got[c] == [b"x"] for c in channels)
+
+
+def _url(redis: Redis) -> str:
+    kw = redis.get_connection_kwargs()
+    return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"

@@ -386,3 +386,18 @@ async def test_coordinators_watch_but_never_claim(stack: Stack, store: ExamStore
     refused = await coordinator.request({"type": "claim", "exam_id": exam.accession})
     assert refused["code"] == "forbidden"
     assert (await store.get_exam(exam.patient_id, exam.accession)).claimed_by is None
+
+
+async def test_a_live_session_keeps_renewing_its_claims(stack: Stack, store: ExamStore) -> None:
+    gw = stack.app.state.gw
+    gw.claims.lease_ms = 1_000  # a one-second lease ...
+    gw.claim_renew_seconds = 0.3  # ... renewed three times a second
+    ana = await WsClient.open(stack.ws_url, token("t-ana"))
+    exam = await exam_in(store, S.COMPLETED)
+    claimed = await ana.request({"type": "claim", "exam_id": exam.accession})
+    await asyncio.sleep(2.5)  # well past the first lease
+    held = await store.get_exam(exam.patient_id, exam.accession)
+    assert held.claimed_by == "t-ana"
+    assert (held.lease_expires_at or 0) > claimed["lease_expires_at"]
+    ben = await WsClient.open(stack.ws_url, token("t-ben"))
+    assert (await ben.request({"type": "claim", "exam_id": exam.accession}))["code"] == "conflict"

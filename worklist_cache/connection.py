@@ -8,17 +8,22 @@ costs a pause, not a crash.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
-def connect(url: str) -> Redis:
-    return Redis.from_url(
+def connect(url: str, *, max_connections: int = 256) -> Redis:
+    """A client whose pool waits (up to 10 s) for a free connection when a burst of
+    requests needs more than `max_connections`, rather than failing them."""
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=10,
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=6),
         retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
         health_check_interval=15,
     )
+    return Redis.from_pool(pool)  # closing the client closes its pool

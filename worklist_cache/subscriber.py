@@ -30,6 +30,7 @@ class FeedSubscriber:
         # Set when Redis confirms a SUBSCRIBE: only then is no message missed.
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
         self._ready = asyncio.Event()
 
     async def __aenter__(self) -> FeedSubscriber:
@@ -53,9 +54,19 @@ class FeedSubscriber:
         if confirmed is None:
             confirmed = self._confirmed[channel] = asyncio.Event()
             self._channels[channel] = handler
-            await self._subscribe(channel)
+            # redis-py's PubSub connects lazily and not safely under concurrency: two
+            # first SUBSCRIBEs at once can go out on two connections, one never read.
+            async with self._lock:
+                await self._subscribe(channel)
             self._ready.set()
-        await asyncio.wait_for(confirmed.wait(), timeout)
+        try:
+            await asyncio.wait_for(confirmed.wait(), timeout)
+        except TimeoutError:
+            # Forget it, so the next caller subscribes afresh instead of waiting forever.
+            if self._confirmed.get(channel) is confirmed and not confirmed.is_set():
+                self._confirmed.pop(channel, None)
+                self._channels.pop(channel, None)
+            raise
 
     async def unsubscribe(self, channel: str) -> None:
         if self._channels.pop(channel, None) is not None:
@@ -117,7 +128,8 @@ class FeedSubscriber:
                 try:
                     # Re-subscribing reconnects; what was published meanwhile is lost.
                     if self._channels:
-                        await self._subscribe(*self._channels)
+                        async with self._lock:
+                            await self._subscribe(*self._channels)
                     await self._on_gap()
                 except (RedisConnectionError, RedisTimeoutError, OSError):
                     continue
