@@ -196,7 +196,7 @@ class Radiologist(User):
 
 
 class Coordinator(User):
-    """Watches the whole tenant and who is online."""
+    """Watches the whole tenant, the peer-review board and who is online."""
 
     fixed_count = _env_int("LOADTEST_COORDINATORS", 2)
     wait_time = between(5, 10)
@@ -206,6 +206,7 @@ class Coordinator(User):
         self.ws = WsSession(self, f"lt-coord-{n}", f"Load Coordinator {n}", ("coordinator",))
         self.ws.open()
         self.ws.subscribe({"statuses": []})
+        self.ws.request({"type": "review_list"}, "review_list", expect="reviews")
 
     def on_stop(self) -> None:
         self.ws.close()
@@ -213,6 +214,10 @@ class Coordinator(User):
     @task
     def presence(self) -> None:
         self.ws.request({"type": "presence"}, "presence", expect="presence_state")
+
+    @task
+    def review_board(self) -> None:
+        self.ws.request({"type": "review_list"}, "review_list", expect="reviews")
 
 
 class Reconnector(User):
