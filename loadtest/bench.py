@@ -62,6 +62,7 @@ from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import ExamStore
 from dynamo.table import ensure_table
+from loadtest.hl7bench import hl7_phase
 from loadtest.loadclients import (
     ClientPool,
     LoadClientProcess,
@@ -105,6 +106,7 @@ class Scale:
     store_claim_rounds: int  # the same rounds at the store, for comparison
     drain_cap_s: float  # the longest a phase waits for its last deliveries
     writer_concurrency: int = 16
+    hl7_messages: int = 400  # HL7 orders and status changes sent over MLLP
 
 
 SCALES = {
@@ -121,6 +123,7 @@ SCALES = {
         claim_rounds=1000,
         store_claim_rounds=100,
         drain_cap_s=40,
+        hl7_messages=2000,
     ),
     "quick": Scale(
         name="quick",
@@ -149,6 +152,7 @@ SCALES = {
         claim_rounds=10,
         store_claim_rounds=5,
         drain_cap_s=10,
+        hl7_messages=40,
     ),
 }
 
@@ -1333,6 +1337,22 @@ def _lt(value: float | None, limit: float) -> bool | None:
 
 def verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     """(figure, measured, target, verdict) rows of the summary table."""
+    return [
+        *_verdicts(r),
+        (
+            f"HL7 over MLLP: messages/s, ACK p50 / p99 ({r.get('hl7_messages')} messages, "
+            f"{r.get('hl7_connections')} connections)",
+            f"{_fmt(r.get('hl7_messages_per_s'), '/s')}, "
+            f"{_fmt(r.get('hl7_ack_p50_ms'))} / {_fmt(r.get('hl7_ack_p99_ms'), 'ms')}",
+            "every message acknowledged AA once",
+            "PASS"
+            if r.get("hl7_refused") == 0 and r.get("hl7_accepted") == r.get("hl7_messages")
+            else "MISS",
+        ),
+    ]
+
+
+def _verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     scale = r["scale"]
     e2e_ok = _lt(r["e2e_p99_ms"], 150)
     if e2e_ok is not None:
@@ -1692,7 +1712,10 @@ async def run_bench(scale: Scale, stack: Stack, out: Path, profile: bool) -> dic
             store = ExamStore(client, main.table)
             rounds = scale.store_claim_rounds if ws_claims_available() else scale.claim_rounds
             await bench.claims(StoreClaimers(store), rounds)
-        lap("store_claims", t)
+        t = lap("store_claims", t)
+        _say(f"HL7: {scale.hl7_messages} messages over 10 MLLP connections")
+        bench.results.update(await hl7_phase(bench.env, scale.hl7_messages, 10, bench.stack.logs))
+        lap("hl7", t)
     finally:
         shutil.rmtree(bench.tmp, ignore_errors=True)
     return finish(bench, started)

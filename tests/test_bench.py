@@ -102,6 +102,10 @@ async def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert isinstance(results["kb_per_connection"], float)
     assert isinstance(results["client_limited"], bool)
     assert results["machine"]["cores"] >= 1 and results["machine"]["python"]
+    # HL7 over MLLP: every message acknowledged AA, once.
+    assert results["hl7_messages"] == results["hl7_accepted"] > 0
+    assert results["hl7_refused"] == 0
+    assert 0 < results["hl7_ack_p50_ms"] <= results["hl7_ack_p99_ms"]
 
     markdown = (tmp_path / "bench.md").read_text()
     assert "| figure | measured | target | verdict |" in markdown
