@@ -37,9 +37,9 @@ from dynamo.exceptions import (
     VersionConflict,
 )
 from dynamo.models import Exam, exam_from_item, now_ms
-from dynamo.serde import from_attrs, to_attr, to_attrs
+from dynamo.serde import to_attr, to_attrs
 from dynamo.states import CLAIMABLE_STATES, READING_STATES, ExamStatus, can_transition
-from dynamo.store import CLAIM_FIELDS, ExamStore
+from dynamo.store import CLAIM_FIELDS, ConditionFailed, ExamStore
 
 __all__ = ["Claim", "Claims", "parse_token"]
 
@@ -77,20 +77,11 @@ class Claims:
 
     async def _update_raw(self, patient_id: str, accession: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            resp = await self.store.call(
-                "update_item",
-                TableName=self.store.table,
-                Key=self.store.key(patient_id, accession),
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                **kwargs,
-            )
-        except self.store.condition_failed as exc:
-            old = exc.response.get("Item")  # type: ignore[attr-defined]
-            if not old:
+            return await self.store.update(self.store.key(patient_id, accession), **kwargs)
+        except ConditionFailed as failed:
+            if failed.old is None:
                 raise ExamNotFound(accession) from None
-            raise _Refused(exam_from_item(from_attrs(old))) from None
-        return from_attrs(resp["Attributes"])
+            raise _Refused(exam_from_item(failed.old)) from None
 
     async def claim(
         self,
@@ -266,7 +257,7 @@ class Claims:
             ]
             try:
                 await self.store.call("transact_write_items", TransactItems=items)
-            except self.store._client.exceptions.TransactionCanceledException:
+            except self.store.transaction_cancelled:
                 continue  # the exam changed under us: read again
             return await self.store.get_exam(patient_id, accession), current.claimed_by
         raise VersionConflict(accession, -1, None)

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from dynamo.models import Exam
+from dynamo.review import Review
 from dynamo.states import ExamStatus, Modality, Priority
 
 
@@ -66,34 +67,11 @@ class ExamDelta(BaseModel):
         )
 
 
-class ReviewDelta(BaseModel):
-    """A peer review changed. Carries everything a coordinator sees; the gateway strips
-    what a reviewer or a reader must not see (blinding) before it leaves."""
-
-    model_config = ConfigDict(frozen=True)
+class ReviewDelta(Review):
+    """A peer review changed: the review as stored, named by `exam_id` like an exam's
+    delta. Carries everything a coordinator sees; the gateway strips what a reviewer or a
+    reader must not see (blinding) before it leaves."""
 
     kind: Literal["review"] = "review"
     op: Literal["upsert", "remove"] = "upsert"
-    tenant: str
     exam_id: str
-    version: int
-    state: str
-    site: str
-    modality: str
-    subspecialty: str
-    procedure: str
-    source: str
-    original_reader: str
-    original_reader_name: str | None = None
-    reviewer: str | None = None
-    reviewer_name: str | None = None
-    reviewer_id: int | None = None
-    due_at: int | None = None
-    score: str | None = None
-    review_comment: str | None = None
-    final_score: str | None = None
-    arbiter: str | None = None
-    claimed_by: str | None = None
-    lease_expires_at: int | None = None
-    created_at: int
-    updated_at: int

@@ -29,7 +29,7 @@ from dynamo.exceptions import ExamNotFound, InvalidTransition, VersionConflict
 from dynamo.models import Exam, PatientProfile, exam_from_item, exam_keys, now_ms
 from dynamo.serde import from_attrs, to_attr, to_attrs
 from dynamo.states import OPEN_STATES, ExamStatus
-from dynamo.store import ExamStore
+from dynamo.store import ConditionFailed, ExamStore
 
 __all__ = [
     "REVISABLE_STATES",
@@ -151,21 +151,19 @@ async def update_patient(
 
 async def _set_name(store: ExamStore, exam: Exam, name: str) -> Exam:
     try:
-        resp = await store.call(
-            "update_item",
-            TableName=store.table,
-            Key=store.key(exam.patient_id, exam.accession),
+        item = await store.update(
+            store.key(exam.patient_id, exam.accession),
             UpdateExpression="SET patient_name = :name, #v = :next, updated_at = :now",
             ConditionExpression="#v = :v",
             ExpressionAttributeNames={"#v": "version"},
             ExpressionAttributeValues=to_attrs(
                 {":name": name, ":v": exam.version, ":next": exam.version + 1, ":now": now_ms()}
             ),
-            ReturnValues="ALL_NEW",
         )
-    except store.condition_failed:
-        raise VersionConflict(exam.accession, exam.version, None) from None
-    return exam_from_item(from_attrs(resp["Attributes"]))
+    except ConditionFailed as failed:
+        seen = failed.old["version"] if failed.old else None
+        raise VersionConflict(exam.accession, exam.version, seen) from None
+    return exam_from_item(item)
 
 
 async def merge_patients(
@@ -227,7 +225,7 @@ async def merge_patients(
 async def _move_study(
     store: ExamStore, raw: dict[str, Any], survivor: PatientProfile
 ) -> Exam | None:
-    cancelled = store._client.exceptions.TransactionCanceledException
+    cancelled = store.transaction_cancelled
     current: dict[str, Any] | None = raw
     for _ in range(_RACE_RETRIES):
         if current is None:
@@ -384,7 +382,7 @@ async def revise_exam(store: ExamStore, current: Exam, **changes: Any) -> Exam:
             )
     try:
         await store.call("transact_write_items", TransactItems=items)
-    except store._client.exceptions.TransactionCanceledException:
+    except store.transaction_cancelled:
         seen = await _raw_study(store, current.patient_id, current.accession)
         if seen is None:
             raise ExamNotFound(current.accession) from None

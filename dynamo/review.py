@@ -34,7 +34,7 @@ from dynamo.exceptions import (
 )
 from dynamo.models import now_ms
 from dynamo.serde import from_attrs, to_attr, to_attrs
-from dynamo.store import ExamStore
+from dynamo.store import ConditionFailed, ExamStore
 
 __all__ = [
     "RADPEER",
@@ -227,30 +227,24 @@ class ReviewStore:
         condition: str,
         values: dict[str, Any],
         removes: str = "",
-    ) -> Review:
-        """A conditional update that bumps the version; on a false condition, raise with
-        the review as it was."""
+    ) -> dict[str, Any]:
+        """A conditional update that bumps the version; the item as written (fencing
+        attributes included), or `_Refused` with the review as it was."""
         expression = f"SET {sets}, #v = #v + :one, updated_at = :now"
         if removes:
             expression += f" REMOVE {removes}"
         try:
-            resp = await self.store.call(
-                "update_item",
-                TableName=self.store.table,
-                Key=self._key(tenant, accession),
+            return await self.store.update(
+                self._key(tenant, accession),
                 UpdateExpression=expression,
                 ConditionExpression="attribute_exists(PK) AND " + condition,
                 ExpressionAttributeNames={"#v": "version", "#s": "state"},
                 ExpressionAttributeValues=to_attrs({**values, ":one": 1, ":now": now_ms()}),
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except self.store.condition_failed as exc:
-            old = exc.response.get("Item")  # type: ignore[attr-defined]
-            if not old:
+        except ConditionFailed as failed:
+            if failed.old is None:
                 raise ExamNotFound(accession) from None
-            raise _Refused(review_from_item(from_attrs(old))) from None
-        return review_from_item(from_attrs(resp["Attributes"]))
+            raise _Refused(review_from_item(failed.old)) from None
 
     async def assign(
         self, tenant: str, accession: str, reviewer: str, reviewer_name: str, due_at: int
@@ -258,23 +252,25 @@ class ReviewStore:
         """Give a pooled (or re-give an assigned, unclaimed) review to a reviewer who is
         not the exam's reader."""
         try:
-            return await self._update(
-                tenant,
-                accession,
-                "#s = :assigned, reviewer = :r, reviewer_name = :n, reviewer_id = :rid,"
-                " due_at = :due",
-                "original_reader <> :r AND #s IN (:pooled, :assigned)"
-                " AND (attribute_not_exists(claimed_by) OR lease_expires_at < :t)",
-                {
-                    ":assigned": ReviewState.ASSIGNED.value,
-                    ":pooled": ReviewState.POOLED.value,
-                    ":r": reviewer,
-                    ":n": reviewer_name,
-                    ":rid": reviewer_id(reviewer),
-                    ":due": due_at,
-                    ":t": now_ms(),
-                },
-                removes=_CLAIM_FIELDS,  # a lapsed claim of the previous reviewer ends
+            return review_from_item(
+                await self._update(
+                    tenant,
+                    accession,
+                    "#s = :assigned, reviewer = :r, reviewer_name = :n, reviewer_id = :rid,"
+                    " due_at = :due",
+                    "original_reader <> :r AND #s IN (:pooled, :assigned)"
+                    " AND (attribute_not_exists(claimed_by) OR lease_expires_at < :t)",
+                    {
+                        ":assigned": ReviewState.ASSIGNED.value,
+                        ":pooled": ReviewState.POOLED.value,
+                        ":r": reviewer,
+                        ":n": reviewer_name,
+                        ":rid": reviewer_id(reviewer),
+                        ":due": due_at,
+                        ":t": now_ms(),
+                    },
+                    removes=_CLAIM_FIELDS,  # a lapsed claim of the previous reviewer ends
+                )
             )
         except _Refused as refused:
             seen = refused.review
@@ -289,7 +285,7 @@ class ReviewStore:
         now = now_ms()
         secret = secrets.token_hex(16)
         try:
-            review = await self._update(
+            item = await self._update(
                 tenant,
                 accession,
                 "claimed_by = :r, lease_expires_at = :exp, lock_token = :secret,"
@@ -310,18 +306,7 @@ class ReviewStore:
             if seen.reviewer != reviewer:
                 raise InvalidTransition(accession, "assigned to someone else", "claimed") from None
             raise InvalidTransition(accession, seen.state, "claimed") from None
-        lock_version = await self._lock_version(tenant, accession)
-        return review, f"{lock_version}.{secret}"
-
-    async def _lock_version(self, tenant: str, accession: str) -> int:
-        resp = await self.store.call(
-            "get_item",
-            TableName=self.store.table,
-            Key=self._key(tenant, accession),
-            ConsistentRead=True,
-            ProjectionExpression="lock_version",
-        )
-        return int(from_attrs(resp["Item"])["lock_version"])
+        return review_from_item(item), f"{item['lock_version']}.{secret}"
 
     async def score(
         self, tenant: str, accession: str, reviewer: str, token: str, score: str, comment: str
@@ -335,23 +320,25 @@ class ReviewStore:
         lock_version, secret = parse_token(accession, token)
         target = ReviewState.ARBITRATION if score in DISCREPANT else ReviewState.DONE
         try:
-            return await self._update(
-                tenant,
-                accession,
-                "#s = :to, score = :score, review_comment = :comment, final_score = :final",
-                "#s = :assigned AND claimed_by = :r"
-                " AND lock_version = :lv AND lock_token = :secret",
-                {
-                    ":to": target.value,
-                    ":score": score,
-                    ":comment": comment,
-                    ":final": score if target is ReviewState.DONE else "",
-                    ":assigned": ReviewState.ASSIGNED.value,
-                    ":r": reviewer,
-                    ":lv": lock_version,
-                    ":secret": secret,
-                },
-                removes=_CLAIM_FIELDS,  # a score ends the reviewer's claim
+            return review_from_item(
+                await self._update(
+                    tenant,
+                    accession,
+                    "#s = :to, score = :score, review_comment = :comment, final_score = :final",
+                    "#s = :assigned AND claimed_by = :r"
+                    " AND lock_version = :lv AND lock_token = :secret",
+                    {
+                        ":to": target.value,
+                        ":score": score,
+                        ":comment": comment,
+                        ":final": score if target is ReviewState.DONE else "",
+                        ":assigned": ReviewState.ASSIGNED.value,
+                        ":r": reviewer,
+                        ":lv": lock_version,
+                        ":secret": secret,
+                    },
+                    removes=_CLAIM_FIELDS,  # a score ends the reviewer's claim
+                )
             )
         except _Refused:
             raise StaleToken(accession) from None
@@ -376,7 +363,9 @@ class ReviewStore:
         else:
             raise InvalidTransition(accession, "arbitration", decision)
         try:
-            return await self._update(tenant, accession, sets, "#s = :arb", values)
+            return review_from_item(
+                await self._update(tenant, accession, sets, "#s = :arb", values)
+            )
         except _Refused as refused:
             raise InvalidTransition(accession, refused.review.state, decision) from None
 

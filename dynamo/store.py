@@ -43,7 +43,17 @@ from dynamo.states import (
     can_transition,
 )
 
-__all__ = ["CLAIM_FIELDS", "ExamStore"]
+__all__ = ["CLAIM_FIELDS", "ConditionFailed", "ExamStore"]
+
+
+class ConditionFailed(Exception):
+    """An update's condition was false; `old` is the item as it was (None: no item).
+    Internal to the package: callers turn it into a typed `StoreError`."""
+
+    def __init__(self, old: dict[str, Any] | None) -> None:
+        super().__init__("condition failed")
+        self.old = old
+
 
 # How often a transition without an expected version re-reads after losing a race.
 _RACE_RETRIES = 5
@@ -69,6 +79,28 @@ class ExamStore:
         fn = getattr(self._client, operation)
         return await self.retry(operation, fn, **kwargs)
 
+    async def update(self, key: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """A conditional UpdateItem; the item as written (plain values, fencing
+        attributes included), or `ConditionFailed` carrying the item as it was (None when
+        there was no item)."""
+        try:
+            resp = await self.call(
+                "update_item",
+                TableName=self.table,
+                Key=key,
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **kwargs,
+            )
+        except self.condition_failed as exc:
+            old = exc.response.get("Item")  # type: ignore[attr-defined]
+            raise ConditionFailed(from_attrs(old) if old else None) from None
+        return from_attrs(resp["Attributes"])
+
+    @property
+    def transaction_cancelled(self) -> type[Exception]:
+        return self._client.exceptions.TransactionCanceledException  # type: ignore[no-any-return]
+
     @property
     def condition_failed(self) -> type[Exception]:
         return self._client.exceptions.ConditionalCheckFailedException  # type: ignore[no-any-return]
@@ -92,8 +124,8 @@ class ExamStore:
         items = create_items(self.table, exam, order, profile)
         try:
             await self.call("transact_write_items", TransactItems=items)
-        except self._client.exceptions.TransactionCanceledException as exc:
-            reasons = exc.response.get("CancellationReasons", [])
+        except self.transaction_cancelled as exc:
+            reasons = exc.response.get("CancellationReasons", [])  # type: ignore[attr-defined]
             if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
                 raise ExamAlreadyExists(exam.accession) from None
             raise
@@ -255,24 +287,14 @@ class ExamStore:
         `condition` and `values` add to the version-and-state condition (claims use
         them to require the claim's token); `sets` adds assignments.
         """
+        request = transition_update(
+            current, target, now=now, condition=condition, values=values, sets=sets
+        )
         try:
-            resp = await self.call(
-                "update_item",
-                **transition_update(
-                    self.table,
-                    current,
-                    target,
-                    now=now,
-                    condition=condition,
-                    values=values,
-                    sets=sets,
-                ),
-            )
-        except self.condition_failed as exc:
-            old = exc.response.get("Item")  # type: ignore[attr-defined]
-            seen = from_attrs(old)["version"] if old else None
+            return exam_from_item(await self.update(request.pop("Key"), **request))
+        except ConditionFailed as failed:
+            seen = failed.old["version"] if failed.old else None
             raise VersionConflict(current.accession, current.version, seen) from None
-        return exam_from_item(from_attrs(resp["Attributes"]))
 
 
 # ---- request builders, shared by the async store and synchronous writers (load tests) --
@@ -301,7 +323,6 @@ def create_items(
 
 
 def transition_update(
-    table: str,
     current: Exam,
     target: ExamStatus,
     *,
@@ -340,7 +361,6 @@ def transition_update(
         expression += " REMOVE " + ", ".join(CLAIM_FIELDS)
     cond = "#v = :v AND #s = :from" + (f" AND ({condition})" if condition else "")
     return {
-        "TableName": table,
         "Key": {
             "PK": to_attr(keys.patient_pk(current.patient_id)),
             "SK": to_attr(keys.study_sk(current.accession)),
@@ -349,6 +369,4 @@ def transition_update(
         "ConditionExpression": cond,
         "ExpressionAttributeNames": names,
         "ExpressionAttributeValues": attrs,
-        "ReturnValues": "ALL_NEW",
-        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
     }

@@ -86,7 +86,6 @@ class Gateway:
         ddb: Any,
     ) -> None:
         self.settings = settings
-        self.log = log
         self.node = settings.node_name or f"{socket.gethostname()}:{os.getpid()}"
         self.verifier, self.signing_secret = build_verifier(settings)
         self.hub = Hub()

@@ -39,17 +39,13 @@ class Subscription:
     pending: list[tuple[str, dict[str, Any], str]] | None = field(default_factory=list)
     prefix: str = ""
     leave_prefix: str = ""
+    key_prefix: str = ""  # coalescing keys: one per (subscription, exam)
 
     def __post_init__(self) -> None:
         # sub_id is validated against ^[A-Za-z0-9_.:-]+$, so it needs no JSON escaping.
         self.prefix = '{"type":"delta","sub":"' + self.sub_id + '",'
         self.leave_prefix = self.prefix + '"leave":true,'
-
-
-def offset_key(offset: str) -> tuple[int, int]:
-    """Redis stream IDs ("ms-seq") in feed order."""
-    ms, _, seq = offset.partition("-")
-    return int(ms), int(seq or 0)
+        self.key_prefix = self.sub_id + "\x00"
 
 
 class Client:
@@ -90,13 +86,12 @@ class Client:
                 self._on_epoch_change(sub)
             return
         exam_id = row["exam_id"]
-        key = sub.sub_id + "\x00" + exam_id
         if row["op"] != "remove" and sub.matcher(row):
             sub.in_view.add(exam_id)
-            self.send(sub.prefix + raw[1:], key)
+            self.send(sub.prefix + raw[1:], sub.key_prefix + exam_id)
         elif exam_id in sub.in_view:
             sub.in_view.discard(exam_id)
-            self.send(sub.leave_prefix + raw[1:], key)
+            self.send(sub.leave_prefix + raw[1:], sub.key_prefix + exam_id)
 
 
 def coalesce(items: list[Queued]) -> list[str]:
@@ -130,9 +125,6 @@ class Hub:
         self.deltas_in = 0
         self.frames_out = 0
 
-    def tenants(self) -> list[str]:
-        return [t for t, clients in self._by_tenant.items() if clients]
-
     def attach(self, client: Client, tenant: str) -> bool:
         """Returns True when this is the tenant's first client on this node."""
         first = not self._by_tenant[tenant]
@@ -146,9 +138,6 @@ class Hub:
     def refresh(self, client: Client, tenant: str) -> None:
         if not any(s.tenant == tenant for s in client.subs.values()):
             self._by_tenant[tenant].discard(client)
-
-    def clients(self) -> set[Client]:
-        return {c for clients in self._by_tenant.values() for c in clients}
 
     def on_message(self, tenant: str, raw: bytes) -> None:
         """Called by the feed subscriber for every published delta."""

@@ -7,17 +7,21 @@ by the same matcher.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import orjson
 
-from gateway.hub import Subscription, offset_key
+from gateway.hub import Subscription
 from gateway.protocol import ErrorCode, Subscribe, Unsubscribe
 from worklist_cache import keys
+from worklist_cache.feed import offset_key
 from worklist_cache.views import OutOfScope, scope_view
 
 if TYPE_CHECKING:
     from gateway.session import Session
+
+log = logging.getLogger("gateway.worklists")
 
 
 async def subscribe(session: Session, frame: Subscribe) -> None:
@@ -50,7 +54,7 @@ async def subscribe(session: Session, frame: Subscribe) -> None:
         else:
             await send_snapshot(session, sub, frame.id, limit)
     except Exception:
-        gw.log.exception("subscribe failed")
+        log.exception("subscribe failed")
         subs.pop(frame.id, None)
         gw.hub.refresh(session.client, tenant)
         session.error(frame.id, ErrorCode.INTERNAL, "could not read the worklist; retry")

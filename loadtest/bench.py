@@ -59,6 +59,7 @@ from dynamo.deltas import ExamDelta
 from dynamo.exceptions import ClaimError, StoreError
 from dynamo.models import Exam, Order, PatientProfile, now_ms
 from dynamo.settings import DynamoSettings
+from dynamo.sites import DEMO_TENANTS
 from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import ExamStore
 from dynamo.table import ensure_table
@@ -71,6 +72,7 @@ from loadtest.loadclients import (
     open_session,
     raise_nofile_limit,
 )
+from loadtest.simulator import exam_now, to_records
 from worklist_cache import WorklistFeed, keys
 
 RESULTS = ROOT / "loadtest" / "results"
@@ -322,46 +324,10 @@ STEPS: tuple[ExamStatus | None, ...] = (
 STRIDE = 8  # keys per exam in a phase's delivery map: key = n * STRIDE + version - 1
 
 
-def synthetic_exam(prefix: str, n: int, tenant: str = TENANT) -> tuple[Exam, Order, PatientProfile]:
-    """A made-up exam; no real patient, ever."""
-    now = now_ms()
-    accession = f"{prefix}{n:07d}"
-    profile = PatientProfile(
-        patient_id=f"{prefix}P{n:07d}",
-        tenant=tenant,
-        mrn=f"BM{n:08d}",
-        name="BENCHMARK^PATIENT",
-        birth_date="1970-01-01",
-        sex="O",
-    )
-    order = Order(
-        order_id=f"{accession}-O",
-        patient_id=profile.patient_id,
-        tenant=tenant,
-        accession=accession,
-        ordering_provider="BENCH^ORDERING",
-        procedure_code="70450",
-        priority=Priority.ROUTINE,
-        ordered_at=now,
-    )
-    exam = Exam(
-        tenant=tenant,
-        site="NW-GEN",
-        accession=accession,
-        patient_id=profile.patient_id,
-        order_id=order.order_id,
-        mrn=profile.mrn,
-        patient_name=profile.name,
-        modality=Modality.CT,
-        procedure_code="70450",
-        procedure="CT head without contrast",
-        body_part="HEAD",
-        subspecialty="neuro",
-        priority=Priority.ROUTINE,
-        scheduled_at=now,
-        tat_due_at=now + 3_600_000,
-    )
-    return exam, order, profile
+def synthetic_exam(prefix: str, n: int) -> tuple[Exam, Order, PatientProfile]:
+    """A made-up exam of the benchmark's tenant, ordered now; no real patient, ever."""
+    tenant = next(t for t in DEMO_TENANTS if t.code == TENANT)
+    return to_records(exam_now(tenant, "NW-GEN", f"{prefix}{n:07d}", n))
 
 
 def synthetic_delta(prefix: str, n: int, now: int, tenant: str = TENANT) -> ExamDelta:

@@ -9,7 +9,6 @@ latency is send -> ACK received, which includes the durable DynamoDB write.
 from __future__ import annotations
 
 import asyncio
-import random
 import sys
 import time
 from collections.abc import Mapping
@@ -19,33 +18,17 @@ import numpy as np
 
 from devstack.procs import ManagedProcess, free_port, wait_for_port
 from dynamo.sites import DEMO_TENANTS
-from dynamo.states import ExamStatus, Modality, Priority
+from dynamo.states import ExamStatus
 from hl7_ingest.builder import MessageBuilder
 from hl7_ingest.client import MllpClient
 from hl7_ingest.mapping import load_mappings
-from loadtest import catalog
-from loadtest.simulator import MINUTE, PlannedExam, synthetic_patient
+from loadtest.simulator import PlannedExam, exam_now
 
 _MOVES = (ExamStatus.ARRIVED, ExamStatus.IN_PROGRESS, ExamStatus.COMPLETED)
 
 
 def _exam(n: int) -> PlannedExam:
-    tenant = DEMO_TENANTS[0]
-    now = int(time.time() * 1000)
-    return PlannedExam(
-        tenant=tenant.code,
-        site="NW-GEN",
-        accession=f"HB{n:08d}",
-        patient=synthetic_patient(tenant, 900_000 + n, random.Random(n)),
-        modality=Modality.CT,
-        procedure=catalog.PROCEDURES[Modality.CT][0],
-        priority=Priority.ROUTINE,
-        provider=catalog.PROVIDERS[0],
-        ordered_at=now,
-        scheduled_at=now,
-        tat_due_at=now + 24 * 60 * MINUTE,
-        steps=(),
-    )
+    return exam_now(DEMO_TENANTS[0], "NW-GEN", f"HB{n:08d}", 900_000 + n)
 
 
 async def _connection(

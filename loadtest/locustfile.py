@@ -347,26 +347,11 @@ class Hl7Sender(User):
 
 def planned_exam(prefix: str, n: int) -> Any:
     from dynamo.sites import DEMO_TENANTS
-    from dynamo.states import Modality, Priority
-    from loadtest import catalog
-    from loadtest.simulator import MINUTE, PlannedExam, synthetic_patient
+    from dynamo.states import Priority
+    from loadtest.simulator import exam_now
 
     tenant = next(t for t in DEMO_TENANTS if t.code == TENANT)
-    now = int(time.time() * 1000)
-    return PlannedExam(
-        tenant=TENANT,
-        site="NW-GEN",
-        accession=f"{prefix}{n:07d}",
-        patient=synthetic_patient(tenant, n, random.Random(f"{prefix}{n}")),
-        modality=Modality.CT,
-        procedure=catalog.PROCEDURES[Modality.CT][0],
-        priority=Priority.STAT,
-        provider=catalog.PROVIDERS[0],
-        ordered_at=now,
-        scheduled_at=now,
-        tat_due_at=now + 60 * MINUTE,
-        steps=(),
-    )
+    return exam_now(tenant, "NW-GEN", f"{prefix}{n:07d}", n, priority=Priority.STAT)
 
 
 class ExamSpike(LoadTestShape):

@@ -247,6 +247,37 @@ def sim_reader(exam: PlannedExam) -> tuple[str, str]:
     return f"sim-{exam.tenant}-{index}", names[index]
 
 
+def exam_now(
+    tenant: Tenant,
+    site: str,
+    accession: str,
+    patient_index: int,
+    *,
+    modality: Modality = Modality.CT,
+    procedure: catalog.Procedure | None = None,
+    priority: Priority = Priority.ROUTINE,
+    provider: str = catalog.PROVIDERS[0],
+    rng: random.Random | None = None,
+) -> PlannedExam:
+    """A synthetic exam ordered and scheduled now, with no planned steps (the load
+    tests' writers and HL7 senders); times are real epoch ms (see `REAL_TIME`)."""
+    now = time.time_ns() // 1_000_000
+    return PlannedExam(
+        tenant=tenant.code,
+        site=site,
+        accession=accession,
+        patient=synthetic_patient(tenant, patient_index, rng or random.Random(accession)),
+        modality=modality,
+        procedure=procedure or catalog.PROCEDURES[modality][0],
+        priority=priority,
+        provider=provider,
+        ordered_at=now,
+        scheduled_at=now,
+        tat_due_at=now + catalog.TAT_MINUTES[priority] * MINUTE,
+        steps=(),
+    )
+
+
 class Clock:
     """Maps simulated ms (since the simulation's start) to real epoch ms and back."""
 
@@ -262,7 +293,11 @@ class Clock:
         return int((time.time_ns() // 1_000_000 - self.origin) * self.speed)
 
 
-def to_records(exam: PlannedExam, clock: Clock) -> tuple[Exam, Order, PatientProfile]:
+# A clock at speed 1 from epoch 0: planned times that are real epoch ms stay as they are.
+REAL_TIME = Clock(1.0, 0, now_ms=0)
+
+
+def to_records(exam: PlannedExam, clock: Clock = REAL_TIME) -> tuple[Exam, Order, PatientProfile]:
     """The store's items for a planned exam, its times on the real clock."""
     order = Order(
         order_id=f"{exam.accession}-O",
@@ -314,9 +349,9 @@ class Simulator:
         self.claims = Claims(store)
         # accession -> (reader, reader's name, claim token)
         self._tokens: dict[str, tuple[str, str, str]] = {}
-        self._hl7: Hl7Sender | None = None
+        self.hl7: Hl7Sender | None = None
         if settings.transport == "hl7":
-            self._hl7 = Hl7Sender(settings, self.clock)
+            self.hl7 = Hl7Sender(settings, self.clock)
 
     def _plan_next_day(self) -> bool:
         days = self.settings.days
@@ -393,7 +428,7 @@ class Simulator:
                 )
                 if event.status is not ExamStatus.PRELIMINARY:
                     self._tokens.pop(exam.accession, None)
-            elif self._hl7 is not None and await self._hl7.send(event):
+            elif self.hl7 is not None and await self.hl7.send(event):
                 pass
             elif event.status is None:
                 await self.store.create_exam(*to_records(exam, self.clock))
@@ -477,7 +512,7 @@ async def run_simulator(settings: SimSettings, dynamo: DynamoSettings) -> None:
     async with dynamodb_client(dynamo) as client:
         await wait_for_table(client, dynamo.table)
         sim = Simulator(ExamStore(client, dynamo.table), settings)
-        if sim._hl7 is not None:
+        if sim.hl7 is not None:
             await wait_for_listener(settings.hl7_host, settings.hl7_port)
         log.info(
             "playing seed %d at %gx, %d exams/day for %s",
@@ -489,8 +524,8 @@ async def run_simulator(settings: SimSettings, dynamo: DynamoSettings) -> None:
         try:
             await sim.run()
         finally:
-            if sim._hl7 is not None:
-                await sim._hl7.aclose()
+            if sim.hl7 is not None:
+                await sim.hl7.aclose()
 
 
 async def wait_for_listener(host: str, port: int, timeout: float = 60.0) -> None:

@@ -20,7 +20,7 @@ from dynamo.sites import DEMO_TENANTS
 from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import create_items, transition_update
 from loadtest import catalog
-from loadtest.simulator import MINUTE, Clock, PlannedExam, synthetic_patient, to_records
+from loadtest.simulator import exam_now, to_records
 
 _PATH = (ExamStatus.ARRIVED, ExamStatus.IN_PROGRESS, ExamStatus.COMPLETED)
 
@@ -66,7 +66,9 @@ class SyncExamWriter:
         current = self._current
         target = _PATH[_PATH.index(current.status) + 1] if current.status in _PATH else _PATH[0]
         resp = self._client.update_item(
-            **transition_update(self._table, current, target, now=now_ms())
+            TableName=self._table,
+            ReturnValues="ALL_NEW",
+            **transition_update(current, target, now=now_ms()),
         )
         self._current = exam_from_item(from_attrs(resp["Attributes"]))
         self.writes += 1
@@ -79,23 +81,19 @@ class SyncExamWriter:
         modality = rng.choice(list(Modality))
         procedure = rng.choice(catalog.PROCEDURES[modality])
         priority = rng.choices(list(Priority), weights=(15, 25, 60))[0]
-        now = now_ms()
-        planned = PlannedExam(
-            tenant=self._tenant.code,
-            site=site.code,
-            accession=f"{self._prefix}{n:06d}",
-            patient=synthetic_patient(self._tenant, n, rng),
+        planned = exam_now(
+            self._tenant,
+            site.code,
+            f"{self._prefix}{n:06d}",
+            n,
             modality=modality,
             procedure=procedure,
             priority=priority,
             provider=rng.choice(catalog.PROVIDERS),
-            ordered_at=now,
-            scheduled_at=now,
-            tat_due_at=now + catalog.TAT_MINUTES[priority] * MINUTE,
-            steps=(),
+            rng=rng,
         )
-        # A clock at speed 1 from epoch 0 keeps the planned times as they are.
-        exam, order, profile = to_records(planned, Clock(1.0, 0, now_ms=0))
+        exam, order, profile = to_records(planned)
+        now = now_ms()
         exam = exam.model_copy(update={"version": 1, "updated_at": now})
         self._client.transact_write_items(
             TransactItems=create_items(self._table, exam, order, profile)

@@ -23,9 +23,22 @@ from dynamo.worker import rebuild
 from tests.factories import exam_bundle
 from tests.test_store import exam_in
 from worklist_cache import FeedSubscriber, WorklistFeed, keys
-from worklist_cache.views import View, select_rows
+from worklist_cache.feed import urgency_score
+from worklist_cache.views import RowMatcher, View
 
 _tenants = itertools.count(1)
+
+
+def select_rows(
+    rows: list[dict[str, Any]], match: RowMatcher, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The reference the Lua snapshot must equal: filter every row in Python, most
+    urgent first, at most `limit`; and how many matched in all."""
+    chosen = [r for r in rows if match(r)]
+    chosen.sort(key=lambda r: (urgency_score(r["priority"], r["tat_due_at"]), r["exam_id"]))
+    return chosen[:limit], len(chosen)
+
+
 SITES = ["NW-GEN", "NW-ORT", "NW-IMG"]
 
 

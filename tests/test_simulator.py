@@ -156,11 +156,11 @@ async def test_a_day_sent_as_hl7_over_mllp_lands_like_one_written_directly(
         )
         sim = Simulator(store, settings)
         await asyncio.wait_for(sim.run(), 120 * UNIT)
-        assert sim._hl7 is not None
-        await sim._hl7.aclose()
+        assert sim.hl7 is not None
+        await sim.hl7.aclose()
     plan = plan_day(12, 0, 10, sim.tenants)
     assert sim.skipped == 0
-    assert sim._hl7.sent >= len(plan), "orders and status changes went over MLLP"
+    assert sim.hl7.sent >= len(plan), "orders and status changes went over MLLP"
     for exam in plan:
         stored = await store.find_exam("lakeside", exam.accession)
         assert stored.status == exam.final_status, exam.accession

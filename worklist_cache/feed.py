@@ -158,7 +158,8 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _offset_key(offset: str) -> tuple[int, int]:
+def offset_key(offset: str) -> tuple[int, int]:
+    """Redis stream IDs (\"ms-seq\") in feed order."""
     ms, _, seq = offset.partition("-")
     return int(ms), int(seq or 0)
 
@@ -300,11 +301,11 @@ class WorklistFeed:
         """
         info = await self._redis.xinfo_stream(feed)
         deleted = _text(info.get("max-deleted-entry-id") or "0-0")
-        if _offset_key(deleted) > _offset_key(offset):
+        if offset_key(deleted) > offset_key(offset):
             return True
         trimmed = int(info.get("entries-added", 0)) > int(info.get("length", 0))
         first = _text(info.get("recorded-first-entry-id") or "0-0")
-        return trimmed and _offset_key(first) > _offset_key(offset)
+        return trimmed and offset_key(first) > offset_key(offset)
 
     async def is_built(self, tenant: str) -> bool:
         """Whether this Redis holds a tenant's worklists rebuilt since it last started."""

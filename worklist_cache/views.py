@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dynamo.states import OPEN_STATES, PRIORITY_RANK, ExamStatus, Modality, Priority
+from dynamo.states import OPEN_STATES, ExamStatus, Modality, Priority
 
 DEFAULT_STATUSES: tuple[ExamStatus, ...] = tuple(s for s in ExamStatus if s in OPEN_STATES)
 
@@ -50,23 +50,6 @@ class RowMatcher:
             and (not self.subspecialties or row["subspecialty"] in self.subspecialties)
             and (self.me is None or row.get("claimed_by") == self.me)
         )
-
-
-_RANK = {p.value: r for p, r in PRIORITY_RANK.items()}
-
-
-def urgency_key(row: dict[str, Any]) -> tuple[int, int, str]:
-    """STAT first, then the nearest turnaround deadline."""
-    return (_RANK.get(row["priority"], 9), row["tat_due_at"], row["exam_id"])
-
-
-def select_rows(
-    rows: list[dict[str, Any]], match: RowMatcher, limit: int
-) -> tuple[list[dict[str, Any]], int]:
-    """The view's rows, most urgent first, at most `limit`; and how many matched in all."""
-    chosen = [r for r in rows if match(r)]
-    chosen.sort(key=urgency_key)
-    return chosen[:limit], len(chosen)
 
 
 class OutOfScope(Exception):
