@@ -17,6 +17,8 @@ from typing import Any, Protocol
 import jwt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from worklist_cache.views import Scope
+
 __all__ = [
     "AuthError",
     "JwksVerifier",
@@ -53,6 +55,11 @@ class Principal(BaseModel):
 
     def has(self, role: Role) -> bool:
         return role in self.roles
+
+    @property
+    def scope(self) -> Scope:
+        """What this principal may see (the one rule every path applies)."""
+        return Scope(self.tenant, frozenset(self.sites), frozenset(self.subspecialties))
 
     @property
     def expires_at_ms(self) -> int:

@@ -33,16 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.claims")
 
 
-def _may_read(session: Session, row: dict[str, Any]) -> bool:
-    p = session.principal
-    assert p is not None
-    return (
-        row.get("tenant") == p.tenant
-        and (not p.sites or row.get("site") in p.sites)
-        and (not p.subspecialties or row.get("subspecialty") in p.subspecialties)
-    )
-
-
 async def _locate(session: Session, request_id: str, exam_id: str) -> str | None:
     """The exam's patient partition, if the user may see the exam at all.
 
@@ -62,7 +52,8 @@ async def _locate(session: Session, request_id: str, exam_id: str) -> str | None
             patient_id = await gw.store.locate(tenant, exam_id)
     except ExamNotFound:
         patient_id = None
-    if patient_id is None or row is None or not _may_read(session, row):
+    assert session.principal is not None
+    if patient_id is None or row is None or not session.principal.scope.allows(row):
         session.error(request_id, ErrorCode.NOT_FOUND, f"no exam {exam_id} on your worklist")
         return None
     return patient_id

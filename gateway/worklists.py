@@ -33,7 +33,7 @@ async def subscribe(session: Session, frame: Subscribe) -> None:
         session.error(frame.id, ErrorCode.FORBIDDEN, "that tenant is not yours")
         return
     try:
-        view = scope_view(frame.view, principal.sites, principal.subspecialties)
+        view = scope_view(frame.view, principal.scope)
     except OutOfScope as exc:
         session.error(frame.id, ErrorCode.FORBIDDEN, str(exc))
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,25 +53,42 @@ class RowMatcher:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What one principal may see: a tenant, and within it some sites and subspecialties
+    (empty means every one). The one definition of "may this principal see this row",
+    used by every path (snapshot, delta, resume, presence, reviews, claims, errors);
+    `scope_view` narrows views with it, so a view's matcher never admits more than it."""
+
+    tenant: str
+    sites: frozenset[str] = frozenset()
+    subspecialties: frozenset[str] = frozenset()
+
+    def allows(self, row: dict[str, Any]) -> bool:
+        return (
+            row.get("tenant") == self.tenant
+            and (not self.sites or row.get("site") in self.sites)
+            and (not self.subspecialties or row.get("subspecialty") in self.subspecialties)
+        )
+
+
 class OutOfScope(Exception):
     """A view asks for sites or subspecialties its user may not read."""
 
 
-def scope_view(
-    view: View, sites: tuple[str, ...] | list[str], subspecialties: tuple[str, ...] | list[str]
-) -> View:
+def scope_view(view: View, scope: Scope) -> View:
     """The view narrowed to what a user may see (empty scope lists mean "any").
 
     A view that names something outside the scope is refused rather than silently
     narrowed, so a client never mistakes a forbidden filter for an empty worklist.
     """
     update: dict[str, Any] = {}
-    for field_name, allowed in (("sites", sites), ("subspecialties", subspecialties)):
+    for field_name, allowed in (("sites", scope.sites), ("subspecialties", scope.subspecialties)):
         if not allowed:
             continue
         asked = getattr(view, field_name)
         outside = sorted(set(asked) - set(allowed))
         if outside:
             raise OutOfScope(f"{field_name} not yours: {', '.join(outside)}")
-        update[field_name] = list(asked) if asked else list(allowed)
+        update[field_name] = list(asked) if asked else sorted(allowed)
     return view.model_copy(update=update) if update else view
