@@ -16,7 +16,7 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
-from gateway.app import ConfigurationError, create_app
+from gateway.app import ConfigurationError, bind, create_app
 from gateway.settings import GatewaySettings
 from service.logs import configure_logging
 
@@ -61,12 +61,14 @@ def main() -> int:
         loop="auto",
         log_config=None,
         access_log=False,
-        ws_max_size=settings.max_frame_bytes,
+        # Frames up to 4x the limit reach the app, which answers `too_large` before it
+        # closes (1009); bigger ones are cut by the protocol layer (1009, no error frame).
+        ws_max_size=4 * settings.max_frame_bytes,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=5,
     )
-    DrainingServer(config, app).run()
+    DrainingServer(config, app).run(sockets=[bind(settings)])
     return 0
 
 

@@ -39,14 +39,23 @@ from gateway.protocol import CloseCode, schema
 from gateway.reviewing import ReviewBoard
 from gateway.session import Session
 from gateway.settings import GatewaySettings
-from worklist_cache import CacheSettings, FeedSubscriber, WorklistFeed, connect
+from service.supervise import Supervisor
+from worklist_cache import CacheSettings, FeedSubscriber, WorklistFeed, connect, keys
 
 log = logging.getLogger("gateway")
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+def bind(settings: GatewaySettings) -> socket.socket:
+    """The listening socket, with `send_buffer_bytes` as every connection's kernel send
+    buffer (accepted sockets inherit it): what a client that stops reading can absorb
+    before the gateway notices is then this plus `client_queue_bytes`."""
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if settings.send_buffer_bytes:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_bytes)
+    sock.bind((settings.host, settings.port))
+    sock.set_inheritable(True)
+    return sock
 
 
 class ConfigurationError(RuntimeError):
@@ -91,14 +100,28 @@ class Gateway:
         self.hub = Hub()
         self.sessions: set[Session] = set()
         self.metrics: Counter[str] = Counter()
+        # Every long-lived task (housekeeping, presence heartbeat, feed subscriber, its
+        # probe) runs under this: a crash is logged, counted and restarted.
+        self.supervisor = Supervisor()
         self.redis: Redis = connect(cache.redis_url)
         sharded = cache.pubsub == "sharded"
         self.feed = WorklistFeed(self.redis, maxlen=cache.feed_maxlen, sharded=sharded)
         # The pub/sub connection must fail loudly, not reconnect on its own: a silent
         # reconnect would hide the messages lost meanwhile. Its own client, no retries.
         self.pubsub_redis: Redis = Redis.from_url(cache.redis_url)
-        self.subscriber = FeedSubscriber(self.pubsub_redis, self._on_gap, sharded=sharded)
-        self.presence = Presence(self.redis, self.subscriber, self.node, sharded=sharded)
+        self.subscriber = FeedSubscriber(
+            self.pubsub_redis,
+            self._on_gap,
+            sharded=sharded,
+            supervisor=self.supervisor,
+            probe_channel=keys.probe_channel(self.node),
+            probe_interval=settings.pubsub_probe_seconds,
+        )
+        self.presence = Presence(
+            self.redis, self.subscriber, self.node, sharded=sharded, supervisor=self.supervisor
+        )
+        self._idle_tenants: dict[str, asyncio.TimerHandle] = {}
+        self._unsubscribing: set[asyncio.Task[None]] = set()
         self.ddb = ddb
         self.table = dynamo.table
         self.store = ExamStore(ddb, dynamo.table)
@@ -115,6 +138,31 @@ class Gateway:
         log.warning("feed gap: resyncing %d sessions", len(self.sessions))
         for session in list(self.sessions):
             session.resync()
+
+    def tenants_idle(self, tenants: list[str]) -> None:
+        """The node's last local subscriber of these tenants left: drop their channels
+        after `channel_linger_seconds`, unless someone subscribes again meanwhile."""
+        loop = asyncio.get_running_loop()
+        for tenant in tenants:
+            if tenant in self._idle_tenants:
+                continue
+            self._idle_tenants[tenant] = loop.call_later(
+                self.settings.channel_linger_seconds, self._drop_channel, tenant
+            )
+
+    def tenant_active(self, tenant: str) -> None:
+        handle = self._idle_tenants.pop(tenant, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _drop_channel(self, tenant: str) -> None:
+        self._idle_tenants.pop(tenant, None)
+        if self.hub.has_clients(tenant):
+            return
+        channel = keys.channel(tenant)
+        task = asyncio.create_task(self.subscriber.unsubscribe(channel), name="unsubscribe")
+        self._unsubscribing.add(task)
+        task.add_done_callback(self._unsubscribing.discard)
 
     def origin_allowed(self, websocket: WebSocket) -> bool:
         origin = websocket.headers.get("origin")
@@ -151,7 +199,15 @@ class Gateway:
                 for session in holders:
                     session.spawn(claiming.renew_session(session), "ws-renew")
 
+    @property
+    def healthy(self) -> bool:
+        """Every background task runs and pub/sub delivers (the probe came back)."""
+        return self.supervisor.healthy and not self.subscriber.stalled
+
     async def aclose(self) -> None:
+        for handle in self._idle_tenants.values():
+            handle.cancel()
+        await self.supervisor.aclose()
         await self.presence.aclose()
         await self.subscriber.aclose()
         await self.pubsub_redis.aclose()
@@ -176,8 +232,7 @@ def create_app(
             stack.push_async_callback(gw.aclose)
             await stack.enter_async_context(gw.subscriber)
             await stack.enter_async_context(gw.presence)
-            housekeeping = asyncio.create_task(gw.housekeeping(), name="housekeeping")
-            stack.push_async_callback(_cancel, housekeeping)
+            gw.supervisor.start("housekeeping", gw.housekeeping)
             app.state.gw = gw
             log.info("gateway %s ready (demo=%s)", gw.node, settings.demo)
             yield
@@ -185,7 +240,15 @@ def create_app(
     async def websocket_endpoint(websocket: WebSocket) -> None:
         gw: Gateway = websocket.app.state.gw
         if gw.draining:
-            await websocket.close(CloseCode.TRY_AGAIN)
+            # 503, not 403: a client must tell "try another node" from "refused".
+            gw.metrics["handshakes_refused_draining"] += 1
+            refusal = PlainTextResponse(
+                "draining: reconnect", status_code=503, headers={"Retry-After": "1"}
+            )
+            if "websocket.http.response" in websocket.scope.get("extensions", {}):
+                await websocket.send_denial_response(refusal)
+            else:
+                await websocket.close(CloseCode.TRY_AGAIN)
             return
         if not gw.origin_allowed(websocket):
             gw.metrics["origin_refused"] += 1
@@ -210,7 +273,9 @@ def create_app(
         except Exception:
             checks["dynamodb"] = False
         checks["relay"] = await gw.feed.relay_alive()
-        ready = checks["redis"] and checks["dynamodb"] and checks["relay"] and not gw.draining
+        checks["tasks"] = gw.supervisor.healthy
+        checks["pubsub"] = not gw.subscriber.stalled
+        ready = all(v for k, v in checks.items() if k != "draining") and not gw.draining
         return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
@@ -223,6 +288,14 @@ def create_app(
             f"gateway_deltas_in_total {gw.hub.deltas_in}",
             f"gateway_frames_out_total {gw.hub.frames_out}",
             f"gateway_draining {int(gw.draining)}",
+            f"gateway_pubsub_channels {len(gw.subscriber.channels)}",
+            f"gateway_pubsub_probe_failures_total {gw.subscriber.probe_failures}",
+            f"gateway_feed_gaps_confirmed_total {gw.subscriber.gaps}",
+            f"gateway_healthy {int(gw.healthy)}",
+            *(
+                f'gateway_task_failures_total{{task="{name}"}} {value}'
+                for name, value in sorted(gw.supervisor.failures.items())
+            ),
             *(f"gateway_{name}_total {value}" for name, value in sorted(gw.metrics.items())),
         ]
         return PlainTextResponse("\n".join(lines) + "\n")

@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.claims")
 
 
-async def _locate(session: Session, request_id: str, exam_id: str) -> str | None:
+async def _locate(
+    session: Session, request_id: str, exam_id: str, into: dict[str, Any] | None = None
+) -> str | None:
     """The exam's patient partition, if the user may see the exam at all.
 
     Eligibility is read from the cache (a worklist row); an exam the cache does not hold
@@ -56,6 +58,8 @@ async def _locate(session: Session, request_id: str, exam_id: str) -> str | None
     if patient_id is None or row is None or not session.principal.scope.allows(row):
         session.error(request_id, ErrorCode.NOT_FOUND, f"no exam {exam_id} on your worklist")
         return None
+    if into is not None:
+        into.update(site=row.get("site"), subspecialty=row.get("subspecialty"))
     return patient_id
 
 
@@ -99,7 +103,8 @@ async def claim(session: Session, frame: ClaimRequest) -> None:
     if not _reads(session, frame.id):
         return
     gw = session.gw
-    patient_id = await _locate(session, frame.id, frame.exam_id)
+    where: dict[str, Any] = {}
+    patient_id = await _locate(session, frame.id, frame.exam_id, where)
     if patient_id is None:
         return
     try:
@@ -109,6 +114,7 @@ async def claim(session: Session, frame: ClaimRequest) -> None:
         return
     gw.metrics["claims_won"] += 1
     session.claims[frame.exam_id] = result.token
+    session.claim_rows[frame.exam_id] = where
     session.send(
         {
             "type": "claimed",
@@ -233,6 +239,8 @@ async def renew_session(session: Session) -> None:
             patient_id = await gw.store.locate(principal.tenant, exam_id)
             await gw.claims.renew(patient_id, exam_id, principal.sub, token)
         except StaleToken:
+            if session.claims.get(exam_id) != token:
+                continue  # claimed again on this connection meanwhile: that token stands
             session.claims.pop(exam_id, None)
             holder = None
             with contextlib.suppress(StoreError):

@@ -1,11 +1,15 @@
 """Fan-out: one Redis subscription per process, one bounded queue per client.
 
-A feed message is parsed once; for each subscription of its tenant whose view the exam
-matches (or just left), a frame is built by splicing bytes, never re-serialized, and
-queued with `put_nowait`. When a client's queue backs up, its writer sends what waits as
-one `batch` frame, keeping only the newest frame per exam and subscription. A client
-whose queue is full is closed with 4001 ("too slow") and resumes on reconnect: it never
-delays the others.
+A feed message is parsed once; for each subscription of its tenant, `route` decides
+what that subscription's client gets: the delta (the exam matches the view; built by
+splicing bytes, never re-serialized), a `leave` placeholder (the exam was in the view
+and no longer matches: only its id, version and offset, never its row), or nothing.
+`route` is the one rule for live delivery, the replay after a snapshot and resume.
+
+Frames are queued with `put_nowait`. When a client's queue backs up, its writer sends
+what waits as one `batch` frame, keeping only the newest frame per exam and
+subscription. A client whose queue is full (in frames or in bytes) is closed with 4001
+("too slow") and resumes on reconnect: it never delays the others.
 """
 
 from __future__ import annotations
@@ -19,12 +23,18 @@ from typing import Any
 
 import orjson
 
-from worklist_cache.views import RowMatcher, View
+from worklist_cache.feed import offset_key
+from worklist_cache.views import RowMatcher, Scope, View
 
 log = logging.getLogger("gateway.hub")
 
 # A queued frame: (coalescing key or None for frames that are never merged, text).
 Queued = tuple[str | None, str]
+
+
+# A feed message held back while a subscription's snapshot or resume is read:
+# (offset, row, raw message text, epoch).
+Pending = tuple[str, dict[str, Any], str, str]
 
 
 @dataclass(eq=False)
@@ -33,10 +43,15 @@ class Subscription:
     tenant: str
     view: View
     matcher: RowMatcher
+    scope: Scope
     epoch: str = ""
+    # The exams the client may hold in this view: only these get a `leave`.
     in_view: set[str] = field(default_factory=set)
-    # Until its snapshot is queued, the feed's messages wait here (offset, row, raw).
-    pending: list[tuple[str, dict[str, Any], str]] | None = field(default_factory=list)
+    # Until its snapshot (or resume) is queued, the feed's messages wait here.
+    pending: list[Pending] | None = field(default_factory=list)
+    # The position announced to the client: messages at or before it are not sent again
+    # (pub/sub may deliver one after the snapshot that already holds it).
+    floor: tuple[int, int] | None = None
     prefix: str = ""
     leave_prefix: str = ""
     key_prefix: str = ""  # coalescing keys: one per (subscription, exam)
@@ -48,6 +63,39 @@ class Subscription:
         self.key_prefix = self.sub_id + "\x00"
 
 
+def leave_frame(sub: Subscription, epoch: str, offset: str, exam_id: str, version: int) -> str:
+    """An offset-only placeholder: enough to drop the row, nothing of the row itself."""
+    delta = orjson.dumps({"exam_id": exam_id, "version": version}).decode()
+    return (
+        sub.leave_prefix
+        + '"epoch":"'
+        + epoch
+        + '","offset":"'
+        + offset
+        + '","delta":'
+        + delta
+        + "}"
+    )
+
+
+def route(sub: Subscription, offset: str, row: dict[str, Any], raw: str, epoch: str) -> str | None:
+    """The frame one feed message makes for one subscription, or None.
+
+    `raw` is the feed message's text, `{"epoch":..,"offset":..,"delta":{..}}`. The one
+    rule for live delivery, the replay after a snapshot and resume: a row that matches
+    the (scoped) view goes out whole; an exam that was in the view and no longer matches
+    gets a `leave` placeholder; anything else gets nothing.
+    """
+    exam_id = row["exam_id"]
+    if row["op"] != "remove" and sub.matcher(row):
+        sub.in_view.add(exam_id)
+        return sub.prefix + raw[1:]
+    if exam_id in sub.in_view:
+        sub.in_view.discard(exam_id)
+        return leave_frame(sub, epoch, offset, exam_id, row["version"])
+    return None
+
+
 class Client:
     """What the hub knows of one WebSocket connection."""
 
@@ -56,8 +104,13 @@ class Client:
         queue_size: int,
         on_overflow: Callable[[Client], None],
         on_epoch_change: Callable[[Subscription], None] | None = None,
+        *,
+        max_bytes: int = 0,
     ) -> None:
         self.queue: asyncio.Queue[Queued] = asyncio.Queue(queue_size)
+        # Characters queued and not yet taken by the writer (0 = no bound).
+        self.queued_bytes = 0
+        self.max_bytes = max_bytes
         self.subs: dict[str, Subscription] = {}
         self.user: str | None = None  # the principal's sub, once authenticated
         self._on_overflow = on_overflow
@@ -67,31 +120,44 @@ class Client:
     def send(self, frame: str, key: str | None = None) -> None:
         if self.overflowed:
             return
+        size = len(frame)
+        if self.max_bytes and self.queued_bytes + size > self.max_bytes and self.queued_bytes:
+            self._overflow()
+            return
         try:
             self.queue.put_nowait((key, frame))
         except asyncio.QueueFull:
-            self.overflowed = True
-            self._on_overflow(self)
+            self._overflow()
+            return
+        self.queued_bytes += size
+
+    def taken(self, items: list[Queued]) -> None:
+        """The writer took these frames off the queue."""
+        self.queued_bytes = max(0, self.queued_bytes - sum(len(f) for _, f in items))
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        self._on_overflow(self)
 
     def offer(
-        self, sub: Subscription, offset: str, row: dict[str, Any], raw: str, epoch: str = ""
+        self, sub: Subscription, offset: str, row: dict[str, Any], raw: str, epoch: str
     ) -> None:
-        """Route one feed message (`raw`, its `row` parsed) through one subscription."""
+        """Route one live feed message (`raw`, its `row` parsed) through one subscription."""
         if sub.pending is not None:
-            sub.pending.append((offset, row, raw))
+            sub.pending.append((offset, row, raw, epoch))
             return
-        if epoch and sub.epoch and epoch != sub.epoch:
+        if epoch != sub.epoch:
             # The feed was reset under this subscription (Redis restarted empty).
             if self._on_epoch_change is not None:
                 self._on_epoch_change(sub)
             return
-        exam_id = row["exam_id"]
-        if row["op"] != "remove" and sub.matcher(row):
-            sub.in_view.add(exam_id)
-            self.send(sub.prefix + raw[1:], sub.key_prefix + exam_id)
-        elif exam_id in sub.in_view:
-            sub.in_view.discard(exam_id)
-            self.send(sub.leave_prefix + raw[1:], sub.key_prefix + exam_id)
+        if sub.floor is not None:
+            if offset_key(offset) <= sub.floor:
+                return  # already in the snapshot or resume the client was sent
+            sub.floor = None  # pub/sub is ordered: every later message is newer
+        frame = route(sub, offset, row, raw, epoch)
+        if frame is not None:
+            self.send(frame, sub.key_prefix + row["exam_id"])
 
 
 def coalesce(items: list[Queued]) -> list[str]:
@@ -131,13 +197,29 @@ class Hub:
         self._by_tenant[tenant].add(client)
         return first
 
-    def detach(self, client: Client) -> None:
-        for clients in self._by_tenant.values():
-            clients.discard(client)
+    def has_clients(self, tenant: str) -> bool:
+        return bool(self._by_tenant.get(tenant))
 
-    def refresh(self, client: Client, tenant: str) -> None:
+    def detach(self, client: Client) -> list[str]:
+        """Forget a client; returns the tenants that have no client left here."""
+        emptied = []
+        for tenant, clients in list(self._by_tenant.items()):
+            if client in clients:
+                clients.discard(client)
+                if not clients:
+                    del self._by_tenant[tenant]
+                    emptied.append(tenant)
+        return emptied
+
+    def refresh(self, client: Client, tenant: str) -> bool:
+        """After an unsubscribe; True when the tenant has no client left here."""
         if not any(s.tenant == tenant for s in client.subs.values()):
-            self._by_tenant[tenant].discard(client)
+            clients = self._by_tenant.get(tenant, set())
+            clients.discard(client)
+            if not clients:
+                self._by_tenant.pop(tenant, None)
+                return True
+        return False
 
     def on_message(self, tenant: str, raw: bytes) -> None:
         """Called by the feed subscriber for every published delta."""

@@ -7,6 +7,9 @@ announced on the tenant's presence channel; every node then re-reads the hash, f
 connections into users (two tabs are one presence), and sends its sessions the
 difference (`presence_diff`), as Phoenix Presence does. Notices to one user (a broken
 lock) travel on the same channel.
+
+What each viewer is shown of `reading` passes the viewer's own scope (the rule every
+path uses): an exam at a site or subspecialty the viewer may not read never appears.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.asyncio import Redis
 
+from service.supervise import Supervisor
 from worklist_cache import FeedSubscriber, keys
+from worklist_cache.views import Scope
 
 if TYPE_CHECKING:
     from gateway.session import Session
@@ -39,9 +44,16 @@ def _now_ms() -> int:
 
 class Presence:
     def __init__(
-        self, redis: Redis, subscriber: FeedSubscriber, node: str, *, sharded: bool = False
+        self,
+        redis: Redis,
+        subscriber: FeedSubscriber,
+        node: str,
+        *,
+        sharded: bool = False,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._redis = redis
+        self._supervisor = supervisor
         self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
         self._subscriber = subscriber
         self._node = node
@@ -52,7 +64,10 @@ class Presence:
         self._beat: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Presence:
-        self._beat = asyncio.create_task(self._heartbeat(), name="presence-heartbeat")
+        if self._supervisor is not None:
+            self._beat = self._supervisor.start("presence-heartbeat", self._heartbeat)
+        else:
+            self._beat = asyncio.create_task(self._heartbeat(), name="presence-heartbeat")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -70,10 +85,15 @@ class Presence:
     def _entry(self, session: Session) -> bytes:
         p = session.principal
         assert p is not None
+        # Each exam with what a viewer's scope is checked against (site, subspecialty).
+        reading = [
+            {"tenant": p.tenant, "exam_id": exam_id, **session.claim_rows.get(exam_id, {})}
+            for exam_id in sorted(session.claims)
+        ]
         return orjson.dumps(
             {
                 **p.public(),
-                "reading": sorted(session.claims),
+                "reading": reading,
                 "node": self._node,
                 "seen": _now_ms(),
             }
@@ -165,17 +185,24 @@ class Presence:
                 },
             )
             user["connections"] += 1
-            user["reading"] = sorted(set(user["reading"]) | set(entry.get("reading", [])))
+            reading = {r["exam_id"]: r for r in user["reading"]}
+            for row in entry.get("reading", []):
+                if isinstance(row, dict) and "exam_id" in row:
+                    reading[row["exam_id"]] = row
+            user["reading"] = [reading[k] for k in sorted(reading)]
         return users
 
     async def send_state(self, session: Session, request_id: str | None) -> None:
-        tenant = session.principal.tenant if session.principal else ""
-        users = await self.users(tenant)
+        p = session.principal
+        users = await self.users(p.tenant if p else "")
+        scope = p.scope if p else Scope("")
         session.send(
             {
                 "type": "presence_state",
                 "id": request_id,
-                "users": sorted(users.values(), key=lambda u: u["name"]),
+                "users": [
+                    _shown(u, scope) for u in sorted(users.values(), key=lambda u: u["name"])
+                ],
             }
         )
 
@@ -209,4 +236,14 @@ class Presence:
             if not joins and not leaves:
                 continue
             for session in list(self._local.get(tenant, ())):
-                session.send({"type": "presence_diff", "joins": joins, "leaves": leaves})
+                if session.principal is None:
+                    continue
+                scope = session.principal.scope
+                shown = [_shown(u, scope) for u in joins]
+                session.send({"type": "presence_diff", "joins": shown, "leaves": leaves})
+
+
+def _shown(user: dict[str, Any], scope: Scope) -> dict[str, Any]:
+    """A user as one viewer may see them: only the exams the viewer may read."""
+    reading = [r["exam_id"] for r in user["reading"] if scope.allows(r)]
+    return {**user, "reading": reading}

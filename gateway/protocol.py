@@ -57,7 +57,9 @@ class CloseCode(IntEnum):
 
 
 class _Frame(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a wire value of the wrong JSON type is refused, never coerced ("500" is
+    # not an integer, 0 is not a boolean), so the served schema is the whole truth.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # ---- client -> server -------------------------------------------------------------
@@ -278,19 +280,34 @@ class Resumed(_Frame):
     id: RequestId
     sub: RequestId
     epoch: str
+    offset: str  # the feed position the missed frames bring the client to
     missed: int
+
+
+class Left(_Frame):
+    """What a `leave` carries: enough to drop the row, nothing of the row itself."""
+
+    exam_id: str
+    version: int
 
 
 class DeltaFrame(_Frame):
     """One exam changed. Apply it only if `delta.version` is newer than the row's.
-    `leave` is true when the exam no longer matches the view: drop the row."""
+    `leave` is true when the exam no longer matches the view: drop the row; its
+    `delta` is then only `exam_id` and `version` (an exam you do not hold: ignore it)."""
 
     type: Literal["delta"] = "delta"
     sub: RequestId
     leave: bool = False
     epoch: str
     offset: str
-    delta: ExamDelta
+    delta: ExamDelta | Left
+
+    @model_validator(mode="after")
+    def _a_leave_carries_no_row(self) -> DeltaFrame:
+        if self.leave != isinstance(self.delta, Left):
+            raise ValueError("a leave carries only exam_id and version; a delta the whole row")
+        return self
 
 
 class Batch(_Frame):

@@ -85,9 +85,16 @@ class Session:
         self.gw = gw
         self.ws = websocket
         self.conn_id = uuid.uuid4().hex
-        self.client = Client(gw.settings.client_queue, self._overflowed, self._epoch_changed)
+        self.client = Client(
+            gw.settings.client_queue,
+            self._overflowed,
+            self._epoch_changed,
+            max_bytes=gw.settings.client_queue_bytes,
+        )
         self.principal: Principal | None = None
         self.claims: dict[str, str] = {}  # exam_id -> claim token (this connection's)
+        # exam_id -> its site and subspecialty, for scoping what presence shows of it
+        self.claim_rows: dict[str, dict[str, Any]] = {}
         self.review_tokens: dict[str, str] = {}  # exam_id -> peer-review claim token
         self._closing: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -95,6 +102,7 @@ class Session:
         self._bucket = TokenBucket(gw.settings.rate_limit, gw.settings.rate_burst)
         self._strikes = 0
         self._expired = False
+        self._close_requested = False
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -116,6 +124,12 @@ class Session:
         try:
             waiters: set[asyncio.Future[Any]] = {reader, writer, self._closing}
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done and self._close_requested and not self._closing.done():
+                # The reader asked to close after an error frame (too large, bad
+                # token): let the writer send what is queued first, within a bound.
+                more: set[asyncio.Future[Any]] = {writer, self._closing}
+                await asyncio.wait(more, timeout=2.0, return_when=asyncio.FIRST_COMPLETED)
+                done = {t for t in (reader, writer) if t.done()}
             for task in (reader, writer):
                 if task in done and not task.cancelled() and task.exception() is not None:
                     log.error("session task failed", exc_info=task.exception())
@@ -127,7 +141,7 @@ class Session:
             for task in (reader, writer, *self._tasks):
                 task.cancel()
             await asyncio.gather(reader, writer, *self._tasks, return_exceptions=True)
-            self.gw.hub.detach(self.client)
+            self.gw.tenants_idle(self.gw.hub.detach(self.client))
             self.gw.reviews_board.forget(self)
             self.gw.sessions.discard(self)
             if self.principal is not None:
@@ -147,8 +161,9 @@ class Session:
 
     def request_close(self, code: int, reason: str, *, flush: bool = True) -> None:
         """Close the connection; with `flush`, after the frames already queued."""
-        if self._closing.done():
+        if self._closing.done() or (flush and self._close_requested):
             return
+        self._close_requested = True
         if flush:
             try:
                 self.client.queue.put_nowait(_CLOSE)
@@ -196,6 +211,7 @@ class Session:
             items = [await queue.get()]
             while len(items) < _MAX_BATCH and not queue.empty():
                 items.append(queue.get_nowait())
+            self.client.taken(items)
             closing = _CLOSE in items
             if closing:
                 items = items[: items.index(_CLOSE)]
@@ -232,6 +248,9 @@ class Session:
             await self._handle(data)
 
     async def _handle(self, data: str | bytes) -> None:
+        # Every frame counts against the rate limit: auth and invalid frames too.
+        if not self._allowed(data):
+            return
         try:
             frame = client_frame.validate_json(data)
         except ValidationError as exc:
@@ -250,19 +269,6 @@ class Session:
             self.error(frame.id, ErrorCode.UNAUTHORIZED, "authenticate first")
             self.request_close(CloseCode.UNAUTHORIZED, "authenticate first")
             return
-        wait = self._bucket.take()
-        if wait > 0:
-            self._strikes += 1
-            self.error(
-                frame.id,
-                ErrorCode.RATE_LIMITED,
-                "too many requests",
-                {"retry_after_ms": int(wait * 1000) + 1},
-            )
-            if self._strikes > self.gw.settings.rate_burst * 4:
-                self.request_close(CloseCode.POLICY, "request flood")
-            return
-        self._strikes = 0
         self.gw.metrics[f"requests_{frame.type}"] += 1
         try:
             await self._dispatch(frame)
@@ -273,6 +279,22 @@ class Session:
             # the session. No frame content is logged: it may hold patient data.
             log.exception("request %s failed", frame.type)
             self.error(frame.id, ErrorCode.INTERNAL, "the request failed; retry shortly")
+
+    def _allowed(self, data: str | bytes) -> bool:
+        wait = self._bucket.take()
+        if wait <= 0:
+            self._strikes = 0
+            return True
+        self._strikes += 1
+        self.error(
+            _request_id(data),
+            ErrorCode.RATE_LIMITED,
+            "too many requests",
+            {"retry_after_ms": int(wait * 1000) + 1},
+        )
+        if self._strikes > self.gw.settings.rate_burst * 4:
+            self.request_close(CloseCode.POLICY, "request flood")
+        return False
 
     async def _dispatch(self, frame: Any) -> None:
         if isinstance(frame, Subscribe):
@@ -313,20 +335,31 @@ class Session:
             self.request_close(CloseCode.UNAUTHORIZED, "authenticate first")
 
     async def _auth(self, frame: Auth) -> None:
+        """The first `auth` opens the session; a later one refreshes its token.
+
+        A refresh must name the same user with the same tenant, roles, sites and
+        subspecialties: a session is never re-scoped in place (its subscriptions,
+        presence and claims were granted under the old scope). Any failed auth, first
+        or refresh, ends the session with 4003 after its error: `forbidden` for another
+        user or scope, `unauthorized` or `token_expired` for a bad token.
+        """
         try:
             principal = await self.gw.verifier.verify(frame.token)
         except AuthError as exc:
             self.gw.metrics["auth_failures"] += 1
             code = ErrorCode(exc.code)
             self.error(frame.id, code, exc.reason)
-            if self.principal is None:
-                self.request_close(CloseCode.UNAUTHORIZED, exc.reason)
+            self.request_close(CloseCode.UNAUTHORIZED, exc.reason)
             return
-        if self.principal is not None and principal.sub != self.principal.sub:
-            self.error(frame.id, ErrorCode.FORBIDDEN, "a session cannot change its user")
+        if self.principal is not None and _scope_of(principal) != _scope_of(self.principal):
+            self.gw.metrics["auth_rescope_refused"] += 1
+            message = "a session cannot change its user or scope: log in again"
+            self.error(frame.id, ErrorCode.FORBIDDEN, message)
+            self.request_close(CloseCode.UNAUTHORIZED, "user or scope changed: log in again")
             return
         first = self.principal is None
         self.principal = principal
+        self._expired = False
         self.client.user = principal.sub
         self.send(
             {
@@ -385,6 +418,11 @@ class Session:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 3.0)
         self.request_close(CloseCode.INTERNAL, "worklist unavailable: reconnect", flush=False)
+
+
+def _scope_of(p: Principal) -> tuple[Any, ...]:
+    """What a token refresh may not change."""
+    return (p.sub, p.tenant, frozenset(p.roles), p.scope)
 
 
 def _request_id(data: str | bytes) -> str | None:

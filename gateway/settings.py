@@ -31,6 +31,11 @@ class GatewaySettings(BaseSettings):
     rate_burst: int = 40
     # Frames waiting for one client; a client that lets more pile up is closed (4001).
     client_queue: int = 2000
+    # ... and the same bound in bytes (characters) of frames waiting for one client.
+    client_queue_bytes: int = 1024 * 1024
+    # The kernel's send buffer per connection (SO_SNDBUF, bytes; 0 = the kernel's own
+    # autotuning, which lets a client that stopped reading absorb megabytes unseen).
+    send_buffer_bytes: int = 256 * 1024
     max_subscriptions: int = 8
     max_frame_bytes: int = 64 * 1024
     snapshot_limit: int = 500
@@ -39,5 +44,10 @@ class GatewaySettings(BaseSettings):
     # After SIGTERM: seconds of draining (readiness false, open connections still
     # served) before every connection is closed with 1012 and the process exits.
     drain_seconds: float = 2.0
+    # Seconds between pub/sub liveness probes (a probe not back within as long again
+    # cuts the connection: a gap, resynced like any other; readiness is false meanwhile).
+    pubsub_probe_seconds: float = 5.0
+    # Seconds a tenant's feed channel stays subscribed after its last local client left.
+    channel_linger_seconds: float = 30.0
     log_level: str = "INFO"
     node_name: str = ""

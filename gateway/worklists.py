@@ -8,11 +8,11 @@ by the same matcher.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.hub import Subscription
+from gateway.hub import Subscription, route
 from gateway.protocol import ErrorCode, Subscribe, Unsubscribe
 from worklist_cache import keys
 from worklist_cache.feed import offset_key
@@ -43,9 +43,10 @@ async def subscribe(session: Session, frame: Subscribe) -> None:
             frame.id, ErrorCode.TOO_MANY, f"at most {gw.settings.max_subscriptions} subscriptions"
         )
         return
-    sub = Subscription(frame.id, tenant, view, view.matcher(principal.sub))
+    sub = Subscription(frame.id, tenant, view, view.matcher(principal.sub), principal.scope)
     subs[frame.id] = sub
     gw.hub.attach(session.client, tenant)
+    gw.tenant_active(tenant)
     limit = min(frame.limit, gw.settings.snapshot_limit)
     try:
         await ensure_feed(session, tenant)
@@ -56,7 +57,8 @@ async def subscribe(session: Session, frame: Subscribe) -> None:
     except Exception:
         log.exception("subscribe failed")
         subs.pop(frame.id, None)
-        gw.hub.refresh(session.client, tenant)
+        if gw.hub.refresh(session.client, tenant):
+            gw.tenants_idle([tenant])
         session.error(frame.id, ErrorCode.INTERNAL, "could not read the worklist; retry")
 
 
@@ -76,7 +78,7 @@ async def send_snapshot(
 
     The subscription collects feed messages (`pending`) from before the snapshot is
     read until it is queued; those at or before the snapshot's offset are already in
-    it, the rest are replayed after it: nothing falls between the two.
+    it, the rest are routed after it: nothing falls between the two, nothing repeats.
     """
     sub.pending = []
     await ensure_feed(session, sub.tenant)
@@ -103,62 +105,76 @@ async def send_snapshot(
 async def resume(
     session: Session, sub: Subscription, request_id: str, epoch: str, offset: str, limit: int
 ) -> None:
-    """Send exactly what the client missed after (`epoch`, `offset`), or a reset snapshot.
+    """Send what the client missed after (`epoch`, `offset`), or a reset snapshot.
 
-    Deltas of exams that left the view meanwhile go out as `leave`; the view's rows are
-    then known from the cache, so later deltas are routed as after a snapshot.
+    The history and the view's membership at its end are read in one atomic step, and
+    every missed message goes through `route`, the live path's rule. Only the last frame
+    per exam is sent (it leaves the client where the live path would have). An exam
+    the client may hold from before the drop (any of its missed rows is in the user's
+    scope) gets a `leave` placeholder if it no longer matches; nothing outside the
+    user's scope is ever sent. When more frames are due than the client's queue can
+    take at once, the answer is a reset snapshot instead: a resume never evicts.
     """
     sub.pending = []
     gw = session.gw
-    missed = await gw.feed.since(sub.tenant, epoch, offset)
+    me = session.principal.sub if session.principal else ""
+    got = await gw.feed.recover(sub.tenant, sub.view, epoch, offset, me=me)
+    missed = got.missed
     if missed.reset:
         gw.metrics["resume_resets"] += 1
         await send_snapshot(session, sub, request_id, limit, reset=True)
         return
-    gw.metrics["resumes"] += 1
-    me = session.principal.sub if session.principal else ""
-    snap = await gw.feed.snapshot(sub.tenant, sub.view, me=me, limit=limit)
-    sub.in_view = {r["exam_id"] for r in snap.rows}
-    sub.epoch = missed.epoch
-    frames: list[str] = []
-    sent_leave: set[str] = set()
+    # exam_id -> its last missed (row, offset, message text), in order of last change
+    last: dict[str, tuple[dict[str, Any], str, str]] = {}
+    maybe_held: set[str] = set()
     for entry_offset, raw_delta in missed.entries:
         row = orjson.loads(raw_delta)
-        body = (
-            '{"epoch":"'
-            + missed.epoch
-            + '","offset":"'
-            + entry_offset
-            + '","delta":'
-            + raw_delta.decode()
-            + "}"
-        )
-        if row["op"] != "remove" and sub.matcher(row):
-            frames.append(sub.prefix + body[1:])
-        elif row["exam_id"] not in sent_leave:
-            sent_leave.add(row["exam_id"])
-            frames.append(sub.leave_prefix + body[1:])
+        exam_id = row["exam_id"]
+        if sub.scope.allows(row):
+            maybe_held.add(exam_id)
+        last.pop(exam_id, None)
+        last[exam_id] = (row, entry_offset, _message(missed.epoch, entry_offset, raw_delta))
+    # Untouched exams are held iff they match now; a touched one may be held if the
+    # user could ever see it, and `route` decides from its last row.
+    sub.in_view = got.members | maybe_held
+    sub.epoch = missed.epoch
+    frames: list[tuple[str, str]] = []
+    for exam_id, (row, entry_offset, text) in last.items():
+        frame = route(sub, entry_offset, row, text, missed.epoch)
+        if frame is not None:
+            frames.append((exam_id, frame))
+    if len(frames) > gw.settings.client_queue // 2:
+        gw.metrics["resume_resets"] += 1
+        await send_snapshot(session, sub, request_id, limit, reset=True)
+        return
+    gw.metrics["resumes"] += 1
     session.send(
         {
             "type": "resumed",
             "id": request_id,
             "sub": sub.sub_id,
             "epoch": missed.epoch,
+            "offset": got.offset,
             "missed": len(frames),
         }
     )
-    for text in frames:
-        session.client.send(text)
-    last = missed.entries[-1][0] if missed.entries else offset
-    _replay_pending(session, sub, last)
+    for exam_id, text in frames:
+        session.client.send(text, sub.key_prefix + exam_id)
+    _replay_pending(session, sub, got.offset)
+
+
+def _message(epoch: str, offset: str, raw_delta: bytes) -> str:
+    """A history entry as the feed's live message text (what `route` takes)."""
+    return '{"epoch":"' + epoch + '","offset":"' + offset + '","delta":' + raw_delta.decode() + "}"
 
 
 def _replay_pending(session: Session, sub: Subscription, after_offset: str) -> None:
+    """Route what arrived while the snapshot or resume was read, after its position;
+    later live messages at or before that position are dropped too (`floor`)."""
     pending, sub.pending = sub.pending or [], None
-    after = offset_key(after_offset)
-    for offset, row, raw in pending:
-        if offset_key(offset) > after:
-            session.client.offer(sub, offset, row, raw)
+    sub.floor = offset_key(after_offset)
+    for offset, row, raw, epoch in pending:
+        session.client.offer(sub, offset, row, raw, epoch)
 
 
 def unsubscribe(session: Session, frame: Unsubscribe) -> None:
@@ -166,5 +182,6 @@ def unsubscribe(session: Session, frame: Unsubscribe) -> None:
     if sub is None:
         session.error(frame.id, ErrorCode.NOT_FOUND, f"no subscription {frame.sub}")
         return
-    session.gw.hub.refresh(session.client, sub.tenant)
+    if session.gw.hub.refresh(session.client, sub.tenant):
+        session.gw.tenants_idle([sub.tenant])
     session.send({"type": "unsubscribed", "id": frame.id, "sub": frame.sub})

@@ -24,7 +24,7 @@ from dynamo.relay import StreamRelay
 from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
 from dynamo.table import ensure_table
-from gateway.app import create_app
+from gateway.app import bind, create_app
 from gateway.auth import mint_token
 from gateway.settings import GatewaySettings
 from worklist_cache import CacheSettings, RedisCheckpoints, WorklistFeed
@@ -131,7 +131,9 @@ class Stack:
     app: Any = None
 
 
-async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+async def _serve(
+    app: Any, port: int, settings: GatewaySettings | None = None
+) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -142,7 +144,8 @@ async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None
         access_log=False,
     )
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    sock = bind(settings or GatewaySettings(port=port))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     for _ in range(int(200 * UNIT)):
         if server.started:
             break
@@ -170,20 +173,17 @@ async def stack(
         relay = StreamRelay(streams, arn, WorklistFeed(redis), RedisCheckpoints(redis, arn))
         relay_task = asyncio.create_task(relay.run())
         port = free_port()
-        app = create_app(
-            GatewaySettings(
-                **{
-                    "port": port,
-                    "jwt_secret": SECRET,
-                    "demo": True,
-                    "drain_seconds": 0.2,
-                    **gateway_overrides,
-                }
-            ),
-            CacheSettings(redis_url=redis_url),
-            dynamo_settings,
+        settings = GatewaySettings(
+            **{
+                "port": port,
+                "jwt_secret": SECRET,
+                "demo": True,
+                "drain_seconds": 0.2,
+                **gateway_overrides,
+            }
         )
-        server, server_task = await _serve(app, port)
+        app = create_app(settings, CacheSettings(redis_url=redis_url), dynamo_settings)
+        server, server_task = await _serve(app, port, settings)
         try:
             yield Stack(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", relay, app)
         finally:

@@ -30,7 +30,7 @@ async def test_gateway_serves_the_schema(stack: Stack) -> None:
 def test_spliced_delta_frames_are_valid_protocol_frames() -> None:
     """The hub builds delta frames from bytes; they must parse as the documented model."""
     from gateway.hub import Client, Subscription
-    from worklist_cache.views import View
+    from worklist_cache.views import Scope, View
 
     raw = (
         '{"epoch":"e1","offset":"5-0","delta":{"op":"upsert","tenant":"northwind",'
@@ -42,10 +42,13 @@ def test_spliced_delta_frames_are_valid_protocol_frames() -> None:
     sent: list[str] = []
     client = Client(10, lambda c: None)
     client.send = lambda frame, key=None: sent.append(frame)  # type: ignore[method-assign]
-    sub = Subscription("s-1", "northwind", View(), View().matcher(), pending=None)
-    client.offer(sub, "5-0", row, raw)
-    client.offer(sub, "6-0", {**row, "status": "FINAL", "version": 4}, raw)  # leaves the view
+    sub = Subscription(
+        "s-1", "northwind", View(), View().matcher(), Scope("northwind"), "e1", pending=None
+    )
+    client.offer(sub, "5-0", row, raw, "e1")
+    client.offer(sub, "6-0", {**row, "status": "FINAL", "version": 4}, raw, "e1")  # leaves
     parsed = [server_frame.validate_json(frame) for frame in sent]
     assert [type(f) for f in parsed] == [DeltaFrame, DeltaFrame]
     assert parsed[0].sub == "s-1" and not parsed[0].leave
     assert parsed[1].leave
+    assert json.loads(sent[1])["delta"] == {"exam_id": "A1", "version": 4}, "no row in a leave"

@@ -59,8 +59,9 @@ return id
 # order, each row checked against the rest of the view, at most `limit` rows returned.
 # KEYS: exams, epoch, feed, sites
 # ARGV: candidate_epoch, prefix, limit, statuses, sites, modalities, priorities,
-#       subspecialties (each comma-separated, empty = any), me ("" = not "my reads")
-# Returns {epoch, offset, total, rows...}.
+#       subspecialties (each comma-separated, empty = any), me ("" = not "my reads"),
+#       ids_only ("1": exam ids instead of rows)
+# Returns {epoch, offset, total, rows (or ids)...}.
 _SNAPSHOT = """
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -111,7 +112,9 @@ for _, candidate in ipairs(candidates) do
       and (not subspecialties or subspecialties[row['subspecialty']])
       and (me == '' or row['claimed_by'] == me) then
       total = total + 1
-      if #rows < limit then table.insert(rows, raw) end
+      if #rows < limit then
+        if ARGV[10] == '1' then table.insert(rows, candidate[2]) else table.insert(rows, raw) end
+      end
     end
   end
 end
@@ -170,6 +173,17 @@ class Snapshot:
     offset: str
     total: int  # rows matching the view, also those beyond the limit
     rows: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What a resume needs, read in one atomic step: the deltas after the client's
+    position (`missed`), and which exams match the view at the end of them (`members`,
+    at most `limit`), at feed position `offset`."""
+
+    missed: Missed
+    offset: str
+    members: set[str]
 
 
 class WorklistFeed:
@@ -241,9 +255,20 @@ class WorklistFeed:
 
         Only the (status, site) indexes the view names are read, never every exam.
         """
-        view = view or View()
+        result = await self._snapshot_call(tenant, view or View(), me, limit, ids_only=False)
+        epoch, offset, total, *rows = result
+        return Snapshot(
+            epoch=_text(epoch),
+            offset=_text(offset),
+            total=int(total),
+            rows=[orjson.loads(r) for r in rows],
+        )
+
+    def _snapshot_call(
+        self, tenant: str, view: View, me: str, limit: int, *, ids_only: bool, client: Any = None
+    ) -> Any:
         statuses = view.statuses or list(ExamStatus)
-        result = await self._snapshot(
+        return self._snapshot(
             keys=[keys.exams(tenant), keys.epoch(tenant), keys.feed(tenant), keys.sites(tenant)],
             args=[
                 new_epoch(),
@@ -255,15 +280,34 @@ class WorklistFeed:
                 ",".join(p.value for p in view.priorities),
                 ",".join(view.subspecialties),
                 me if view.claimed_by_me else "",
+                "1" if ids_only else "0",
             ],
+            client=client,
         )
-        epoch, offset, total, *rows = result
-        return Snapshot(
-            epoch=_text(epoch),
-            offset=_text(offset),
-            total=int(total),
-            rows=[orjson.loads(r) for r in rows],
-        )
+
+    async def recover(
+        self,
+        tenant: str,
+        view: View,
+        epoch: str,
+        offset: str,
+        *,
+        me: str = "",
+        limit: int = 10_000,
+        members: int = 5_000,
+    ) -> Recovery:
+        """The deltas after (`epoch`, `offset`) and the view's members after them, in one
+        MULTI: no change can fall between the history and the membership it ends in."""
+        feed = keys.feed(tenant)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(keys.epoch(tenant))
+            pipe.exists(feed)
+            pipe.xrange(feed, min=f"({offset}", max="+", count=limit + 1)
+            await self._snapshot_call(tenant, view, me, members, ids_only=True, client=pipe)
+            current, exists, entries, snap = await pipe.execute()
+        missed = await self._missed(feed, epoch, offset, limit, current, exists, entries)
+        _epoch, at, _total, *ids = snap
+        return Recovery(missed, _text(at), {_text(i) for i in ids})
 
     async def since(self, tenant: str, epoch: str, offset: str, limit: int = 10_000) -> Missed:
         """Exactly the deltas after (`epoch`, `offset`), or a reset.
@@ -278,6 +322,18 @@ class WorklistFeed:
             pipe.exists(feed)
             pipe.xrange(feed, min=f"({offset}", max="+", count=limit + 1)
             current, exists, entries = await pipe.execute()
+        return await self._missed(feed, epoch, offset, limit, current, exists, entries)
+
+    async def _missed(
+        self,
+        feed: str,
+        epoch: str,
+        offset: str,
+        limit: int,
+        current: Any,
+        exists: Any,
+        entries: Any,
+    ) -> Missed:
         current = current.decode() if isinstance(current, bytes) else current
         if current is None or current != epoch:
             return Missed(True, current or "", [])

@@ -83,6 +83,11 @@ def review_channel(tenant: str) -> str:
     return f"{_t(tenant)}:reviews:live"
 
 
+def probe_channel(node: str) -> str:
+    """Pub/sub channel: one gateway node's liveness probe of its own subscription."""
+    return f"{PREFIX}:probe:{node}"
+
+
 def relay_checkpoint(stream_arn: str) -> str:
     """Hash: shard_id -> last sequence number published (or SHARD_END)."""
     return f"{PREFIX}:relay:{stream_arn}:checkpoints"

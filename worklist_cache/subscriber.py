@@ -1,6 +1,11 @@
 """The gateway's one pub/sub connection: channels are subscribed on demand, each with
 its own callback, and a lost connection is retried with backoff and reported as a gap
-(the caller resyncs its clients, since messages may have been lost).
+(the caller resyncs its clients, since messages may have been lost) once Redis has
+confirmed every re-subscription, so the resync cannot miss what comes in between.
+
+A liveness probe (`probe`) publishes to a channel of its own every few seconds and
+expects it back: a connection that stays open but stops delivering (centrifugo#1189)
+is cut, which makes it a gap like any other, and `stalled` reports it meanwhile.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.supervise import Supervisor
+
 log = logging.getLogger("worklist_cache.subscriber")
 
 MessageHandler = Callable[[bytes], None]
@@ -20,8 +27,26 @@ GapHandler = Callable[[], Awaitable[None]]
 
 
 class FeedSubscriber:
-    def __init__(self, redis: Redis, on_gap: GapHandler, *, sharded: bool = False) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        on_gap: GapHandler,
+        *,
+        sharded: bool = False,
+        supervisor: Supervisor | None = None,
+        probe_channel: str = "",
+        probe_interval: float = 5.0,
+    ) -> None:
         self._redis = redis
+        self._supervisor = supervisor
+        self._probe_channel = probe_channel
+        self._probe_interval = probe_interval
+        self._probe_seen = asyncio.Event()
+        self._probe_task: asyncio.Task[None] | None = None
+        self._gap_due = False
+        self.stalled = False  # the last probe did not come back
+        self.probe_failures = 0
+        self.gaps = 0
         self._on_gap = on_gap
         # Sharded pub/sub (SSUBSCRIBE, Redis 7): what the feed uses with SPUBLISH.
         self._sharded = sharded
@@ -34,17 +59,27 @@ class FeedSubscriber:
         self._ready = asyncio.Event()
 
     async def __aenter__(self) -> FeedSubscriber:
-        self._task = asyncio.create_task(self._run(), name="feed-subscriber")
+        if self._supervisor is not None:
+            self._task = self._supervisor.start("feed-subscriber", self._run)
+        else:
+            self._task = asyncio.create_task(self._run(), name="feed-subscriber")
+        if self._probe_channel:
+            await self.subscribe(self._probe_channel, self._probe_arrived)
+            if self._supervisor is not None:
+                self._probe_task = self._supervisor.start("pubsub-probe", self.probe)
+            else:
+                self._probe_task = asyncio.create_task(self.probe(), name="pubsub-probe")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in (self._probe_task, self._task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._probe_task = None
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def subscribe(self, channel: str, handler: MessageHandler, timeout: float = 5.0) -> None:
@@ -86,6 +121,30 @@ class FeedSubscriber:
     def channels(self) -> list[str]:
         return list(self._channels)
 
+    def _probe_arrived(self, _raw: bytes) -> None:
+        self._probe_seen.set()
+
+    async def probe(self) -> None:
+        """Every `probe_interval`, publish to the probe channel and wait (as long again)
+        for it to come back; when it does not, cut the connection (a gap)."""
+        while True:
+            await asyncio.sleep(self._probe_interval)
+            self._probe_seen.clear()
+            try:
+                await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                    "SPUBLISH" if self._sharded else "PUBLISH", self._probe_channel, b"probe"
+                )
+                await asyncio.wait_for(self._probe_seen.wait(), self._probe_interval)
+            except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.probe_failures += 1
+                self.stalled = True
+                log.warning("pub/sub probe failed (%s): reconnecting", type(exc).__name__)
+                connection = self._pubsub.connection
+                if connection is not None:
+                    await connection.disconnect()
+                continue
+            self.stalled = False
+
     async def _run(self) -> None:
         backoff = 0.1
         while True:
@@ -102,6 +161,12 @@ class FeedSubscriber:
                         event = self._confirmed.get(channel)
                         if event is not None:
                             event.set()
+                        if self._gap_due and all(e.is_set() for e in self._confirmed.values()):
+                            # Every channel is live again: only now can a resync read
+                            # a state that no later message will miss.
+                            self._gap_due = False
+                            self.gaps += 1
+                            await self._on_gap()
                         continue
                     if message["type"] not in ("message", "smessage"):
                         continue
@@ -127,10 +192,15 @@ class FeedSubscriber:
                 backoff = min(backoff * 2, 5.0)
                 try:
                     # Re-subscribing reconnects; what was published meanwhile is lost.
+                    # The gap is reported once Redis confirms every channel again.
                     if self._channels:
+                        for event in self._confirmed.values():
+                            event.clear()
+                        self._gap_due = True
                         async with self._lock:
                             await self._subscribe(*self._channels)
-                    await self._on_gap()
+                    else:
+                        await self._on_gap()
                 except (RedisConnectionError, RedisTimeoutError, OSError):
                     continue
             except Exception:

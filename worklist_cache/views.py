@@ -15,7 +15,7 @@ DEFAULT_STATUSES: tuple[ExamStatus, ...] = tuple(s for s in ExamStatus if s in O
 class View(BaseModel):
     """Empty lists mean "any"; `statuses` defaults to the open (unreported) states."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     sites: list[str] = Field(default_factory=list, max_length=50)
     modalities: list[Modality] = Field(default_factory=list)
