@@ -65,11 +65,30 @@ class ConfigurationError(RuntimeError):
 def build_verifier(settings: GatewaySettings) -> tuple[Verifier, str]:
     """The token verifier, and the secret the demo login signs with ("" when none)."""
     if settings.jwks_url:
-        verifier = JwksVerifier(
-            settings.jwks_url,
-            audience=settings.jwt_audience or None,
-            issuer=settings.jwt_issuer or None,
-        )
+        # Without both, any token the provider signs for any of its clients would do.
+        missing = [
+            env
+            for env, value in (
+                ("GATEWAY_JWT_ISSUER", settings.jwt_issuer),
+                ("GATEWAY_JWT_AUDIENCE", settings.jwt_audience),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"GATEWAY_JWKS_URL is set: set {' and '.join(missing)} too (the `iss` and "
+                "`aud` the provider puts in this gateway's tokens)"
+            )
+        try:
+            verifier = JwksVerifier(
+                settings.jwks_url,
+                audience=settings.jwt_audience,
+                issuer=settings.jwt_issuer,
+                cache_seconds=settings.jwks_cache_seconds,
+                cooldown_seconds=settings.jwks_cooldown_seconds,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"GATEWAY_JWKS_URL: {exc}") from None
         return verifier, ""
     secret = settings.jwt_secret
     if not secret:

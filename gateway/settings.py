@@ -15,10 +15,15 @@ class GatewaySettings(BaseSettings):
     demo: bool = False
     # HS256 signing secret (at least 32 characters) ...
     jwt_secret: str = ""
-    # ... or an OIDC provider's JWKS URL (RS256/ES256), with optional audience and issuer.
+    # ... or an OIDC provider's JWKS URL (RS256/ES256); then the tokens' issuer and
+    # audience are required. The audience is also checked on HS256 tokens when set.
     jwks_url: str = ""
     jwt_audience: str = ""
     jwt_issuer: str = ""
+    # JWKS mode: seconds the provider's key set is kept before it is fetched again, and
+    # the least seconds between two fetches (an unknown `kid` asks for one).
+    jwks_cache_seconds: float = 300.0
+    jwks_cooldown_seconds: float = 30.0
     # Lifetime of the tokens the demo login issues (seconds).
     token_ttl: int = 3600
     # Browser origins allowed to open a WebSocket, comma-separated. The gateway's own
