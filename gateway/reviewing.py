@@ -5,12 +5,12 @@ Who sees what of a review (`visible`, the one rule every review path applies: th
 `reviews` list, live `review` frames, `review_ok` replies and errors):
 - nobody sees a review outside their scope (`Principal.scope`: tenant, sites,
   subspecialties), whatever their role: it is `not_found` to them;
-- anyone the review was ever assigned to: the exam and the review's work (an allow-list),
-  never the original reader;
+- the assigned reviewer: the exam and the review's work (an allow-list), never the
+  original reader; someone it was assigned to before: nothing;
 - the original reader: the exam, the outcome and the reviewer's random number (an
   allow-list), never the reviewer;
 - these two rules win over any role: an admin or coordinator who is the reader or a
-  reviewer sees only that, and may not add, assign or arbitrate it (`forbidden`);
+  reviewer sees only that, and may not assign or arbitrate it (`forbidden`);
 - other coordinators and admins: everything, names included;
 - anyone else: nothing.
 """
