@@ -11,14 +11,19 @@ Life of a review:
 
 Every write is conditional and bumps `version`, like an exam's. The original reader is
 stored (`original_reader`) but never leaves the gateway towards a reviewer; a reviewer
-is shown to the reader only by `reviewer_id`, a number. A reviewer claims a review like a
-read: a lease and a secret fencing token (`dynamo.claims` semantics), required to score.
+is shown to the reader only by `reviewer_id`, a random number drawn when the review is
+assigned and stored on the item, so nothing about the reviewer (their `sub`, which
+presence shows) yields it. `assignees` keeps everyone the review was ever assigned to,
+so a reviewer stays blinded after a reassignment, whatever their role. A reviewer claims
+a review like a read: a lease and a secret fencing token (`dynamo.claims` semantics),
+required to score.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -42,7 +47,7 @@ __all__ = [
     "ReviewState",
     "ReviewStore",
     "SelfReview",
-    "reviewer_id",
+    "new_reviewer_id",
     "sampled",
 ]
 
@@ -92,6 +97,8 @@ class Review(BaseModel):
     reviewer: str | None = None
     reviewer_name: str | None = None
     reviewer_id: int | None = None
+    # Everyone ever assigned this review (the current reviewer included), in order.
+    assignees: tuple[str, ...] = ()
     due_at: int | None = None
     score: str | None = None
     review_comment: str | None = None
@@ -119,12 +126,11 @@ def sampled(seed: int | str, tenant: str, accession: str, rate: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
-def reviewer_id(sub: str) -> int:
-    """The number a reader sees instead of a reviewer's name (stable per reviewer)."""
-    return (
-        int.from_bytes(hashlib.sha256(f"reviewer:{sub}".encode()).digest()[:4], "big") % 90000
-        + 10000
-    )
+def new_reviewer_id() -> int:
+    """The number a reader sees instead of a reviewer's name: drawn at random for each
+    assignment, so it is no function of who the reviewer is (an unkeyed hash of the
+    `sub` was: every `sub` is in presence, so a reader could hash them all)."""
+    return 10000 + secrets.randbelow(90000)
 
 
 def review_from_item(item: dict[str, Any]) -> Review:
@@ -142,11 +148,20 @@ class ReviewStore:
     def _key(self, tenant: str, accession: str) -> dict[str, Any]:
         return {"PK": to_attr(review_pk(tenant)), "SK": to_attr(review_sk(accession))}
 
-    async def pool(self, tenant: str, accession: str, *, source: str = "random") -> Review | None:
+    async def pool(
+        self,
+        tenant: str,
+        accession: str,
+        *,
+        source: str = "random",
+        allowed: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> Review | None:
         """Put a FINAL exam in the review pool; None when it is already there.
 
         The exam's reader comes from the study item (`reported_by`, set when the final
-        report was signed under a claim).
+        report was signed under a claim). An exam `allowed` refuses (the caller may not
+        see it) is `ExamNotFound`, exactly like one that does not exist, and is checked
+        before anything else about it is told.
         """
         patient_id = await self.store.locate(tenant, accession)
         resp = await self.store.call(
@@ -158,6 +173,8 @@ class ReviewStore:
         if "Item" not in resp:
             raise ExamNotFound(accession)
         exam = from_attrs(resp["Item"])
+        if allowed is not None and not allowed(exam):
+            raise ExamNotFound(accession)
         if exam.get("status") not in ("FINAL", "AMENDED"):
             raise InvalidTransition(accession, str(exam.get("status")), "review")
         now = now_ms()
@@ -227,6 +244,7 @@ class ReviewStore:
         condition: str,
         values: dict[str, Any],
         removes: str = "",
+        names: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """A conditional update that bumps the version; the item as written (fencing
         attributes included), or `_Refused` with the review as it was."""
@@ -238,7 +256,7 @@ class ReviewStore:
                 self._key(tenant, accession),
                 UpdateExpression=expression,
                 ConditionExpression="attribute_exists(PK) AND " + condition,
-                ExpressionAttributeNames={"#v": "version", "#s": "state"},
+                ExpressionAttributeNames={"#v": "version", "#s": "state", **(names or {})},
                 ExpressionAttributeValues=to_attrs({**values, ":one": 1, ":now": now_ms()}),
             )
         except ConditionFailed as failed:
@@ -250,14 +268,14 @@ class ReviewStore:
         self, tenant: str, accession: str, reviewer: str, reviewer_name: str, due_at: int
     ) -> Review:
         """Give a pooled (or re-give an assigned, unclaimed) review to a reviewer who is
-        not the exam's reader."""
+        not the exam's reader, under a fresh random `reviewer_id`."""
         try:
             return review_from_item(
                 await self._update(
                     tenant,
                     accession,
                     "#s = :assigned, reviewer = :r, reviewer_name = :n, reviewer_id = :rid,"
-                    " due_at = :due",
+                    " due_at = :due, #a = list_append(if_not_exists(#a, :none), :me)",
                     "original_reader <> :r AND #s IN (:pooled, :assigned)"
                     " AND (attribute_not_exists(claimed_by) OR lease_expires_at < :t)",
                     {
@@ -265,11 +283,14 @@ class ReviewStore:
                         ":pooled": ReviewState.POOLED.value,
                         ":r": reviewer,
                         ":n": reviewer_name,
-                        ":rid": reviewer_id(reviewer),
+                        ":rid": new_reviewer_id(),
                         ":due": due_at,
                         ":t": now_ms(),
+                        ":none": [],
+                        ":me": [reviewer],
                     },
                     removes=_CLAIM_FIELDS,  # a lapsed claim of the previous reviewer ends
+                    names={"#a": "assignees"},
                 )
             )
         except _Refused as refused:

@@ -1,10 +1,17 @@
 """Peer review over the WebSocket: the coordinator's board, the reviewer's queue, the
 reader's feedback, each blinded as RADPEER practice asks.
 
-Who sees what of a review (`visible`):
-- coordinators and admins: everything, names included;
-- the assigned reviewer: the exam and their own work, never the original reader;
-- the original reader: the outcome and the reviewer's number, never the reviewer's name;
+Who sees what of a review (`visible`, the one rule every review path applies: the
+`reviews` list, live `review` frames, `review_ok` replies and errors):
+- nobody sees a review outside their scope (`Principal.scope`: tenant, sites,
+  subspecialties), whatever their role: it is `not_found` to them;
+- the assigned reviewer: the exam and the review's work (an allow-list), never the
+  original reader; someone it was assigned to before: nothing;
+- the original reader: the exam, the outcome and the reviewer's random number (an
+  allow-list), never the reviewer;
+- these two rules win over any role: an admin or coordinator who is the reader or a
+  reviewer sees only that, and may not assign or arbitrate it (`forbidden`);
+- other coordinators and admins: everything, names included;
 - anyone else: nothing.
 """
 
@@ -15,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from dynamo.exceptions import StoreError
+from dynamo.exceptions import ExamNotFound, StoreError
 from dynamo.models import now_ms
-from dynamo.review import ReviewState
+from dynamo.review import Review, ReviewState
 from gateway.auth import Principal, Role
 from gateway.claiming import store_error
 from gateway.demo_users import DEMO_USERS
@@ -38,8 +45,32 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.reviews")
 
-_READER_HIDDEN = ("reviewer", "reviewer_name", "claimed_by", "arbiter", "lease_expires_at")
-_REVIEWER_HIDDEN = ("original_reader", "original_reader_name", "arbiter")
+# What the two parties of a review may see of it: allow-lists, so a field added to a
+# review later stays with the coordinators until someone decides otherwise.
+_EXAM_FIELDS = frozenset(
+    {
+        "kind",
+        "op",
+        "exam_id",
+        "accession",
+        "tenant",
+        "site",
+        "modality",
+        "subspecialty",
+        "procedure",
+        "state",
+        "source",
+        "due_at",
+        "score",
+        "review_comment",
+        "final_score",
+        "created_at",
+        "updated_at",
+        "version",
+    }
+)
+_READER_SEES = _EXAM_FIELDS | {"original_reader", "original_reader_name", "reviewer_id"}
+_REVIEWER_SEES = _EXAM_FIELDS | {"reviewer", "reviewer_name", "claimed_by", "lease_expires_at"}
 OPEN = (ReviewState.ASSIGNED.value, ReviewState.ARBITRATION.value)
 
 
@@ -47,21 +78,33 @@ def is_coordinator(p: Principal) -> bool:
     return p.has(Role.COORDINATOR) or p.has(Role.ADMIN)
 
 
+def _is_reviewer(review: dict[str, Any], p: Principal) -> bool:
+    """The review is, or was, assigned to this user."""
+    return review.get("reviewer") == p.sub or p.sub in (review.get("assignees") or ())
+
+
+def _is_reader(review: dict[str, Any], p: Principal) -> bool:
+    return bool(review.get("original_reader")) and review.get("original_reader") == p.sub
+
+
 def visible(review: dict[str, Any], p: Principal) -> dict[str, Any] | None:
     """What of `review` this user may see (None: nothing)."""
-    if review.get("tenant") != p.tenant:
+    if not p.scope.allows(review):
         return None
-    if is_coordinator(p):
-        return review
-    if review.get("reviewer") == p.sub:
-        return {k: v for k, v in review.items() if k not in _REVIEWER_HIDDEN}
-    if review.get("original_reader") == p.sub:
-        shown = {k: v for k, v in review.items() if k not in _READER_HIDDEN}
+    # The parties first: blinding wins over any role.
+    if _is_reviewer(review, p):
+        if review.get("reviewer") != p.sub:
+            return None  # reassigned away: no longer theirs to see
+        return {k: v for k, v in review.items() if k in _REVIEWER_SEES}
+    if _is_reader(review, p):
+        shown = {k: v for k, v in review.items() if k in _READER_SEES}
         if review.get("state") != ReviewState.DONE.value:
             # A score is not an outcome until arbitration is over.
             for key in ("score", "review_comment", "final_score"):
                 shown.pop(key, None)
         return shown
+    if is_coordinator(p):
+        return review
     return None
 
 
@@ -132,17 +175,64 @@ def _require_coordinator(session: Session, request_id: str) -> Principal | None:
     return p
 
 
-def _reply(session: Session, request_id: str, action: str, review: Any, **extra: Any) -> None:
+def _row(review: Review) -> dict[str, Any]:
+    row = review.model_dump(mode="json")
+    return {**row, "exam_id": row["accession"]}
+
+
+def _not_found(session: Session, request_id: str, exam_id: str) -> None:
+    session.error(request_id, ErrorCode.NOT_FOUND, f"no review of exam {exam_id} for you")
+
+
+async def _review_for(session: Session, request_id: str, exam_id: str) -> Review | None:
+    """The review, if this user may see it at all; else `not_found`, worded the same
+    whether it does not exist or is not theirs, so its existence does not leak."""
     p = session.principal
     assert p is not None
-    row = review.model_dump(mode="json") if hasattr(review, "model_dump") else review
-    row = {**row, "exam_id": row.get("accession", row.get("exam_id"))}
+    try:
+        review = await session.gw.reviews.get(p.tenant, exam_id)
+    except ExamNotFound:
+        review = None
+    except StoreError as exc:
+        store_error(session, request_id, exc)
+        return None
+    if review is None or visible(_row(review), p) is None:
+        _not_found(session, request_id, exam_id)
+        return None
+    return review
+
+
+async def _managed(
+    session: Session, request_id: str, exam_id: str
+) -> tuple[Principal, Review] | None:
+    """A coordinator may manage this review: in their scope, and not one they read or
+    review (a party managing it would learn the other side)."""
+    p = _require_coordinator(session, request_id)
+    if p is None:
+        return None
+    review = await _review_for(session, request_id, exam_id)
+    if review is None:
+        return None
+    row = _row(review)
+    if _is_reader(row, p) or _is_reviewer(row, p):
+        session.error(
+            request_id,
+            ErrorCode.FORBIDDEN,
+            "you read or review this exam: another coordinator manages its review",
+        )
+        return None
+    return p, review
+
+
+def _reply(session: Session, request_id: str, action: str, review: Review, **extra: Any) -> None:
+    p = session.principal
+    assert p is not None
     session.send(
         {
             "type": "review_ok",
             "id": request_id,
             "action": action,
-            "review": visible(row, p),
+            "review": visible(_row(review), p),
             **extra,
         }
     )
@@ -164,7 +254,9 @@ async def add(session: Session, frame: ReviewAdd) -> None:
     if p is None:
         return
     try:
-        review = await session.gw.reviews.pool(p.tenant, frame.exam_id, source="manual")
+        review = await session.gw.reviews.pool(
+            p.tenant, frame.exam_id, source="manual", allowed=p.scope.allows
+        )
     except StoreError as exc:
         store_error(session, frame.id, exc)
         return
@@ -175,22 +267,19 @@ async def add(session: Session, frame: ReviewAdd) -> None:
 
 
 async def assign(session: Session, frame: ReviewAssign) -> None:
-    p = _require_coordinator(session, frame.id)
-    if p is None:
+    managed = await _managed(session, frame.id, frame.exam_id)
+    if managed is None:
         return
+    p, current = managed
     gw = session.gw
-    try:
-        current = (await gw.reviews.get(p.tenant, frame.exam_id)).model_dump(mode="json")
-    except StoreError as exc:
-        store_error(session, frame.id, exc)
-        return
     # Open reviews per reviewer, from the cache: a count that may lag a moment behind.
     rows = await gw.feed.reviews(p.tenant)
     open_counts: dict[str, int] = {}
     for row in rows:
         if row.get("state") in OPEN and row.get("reviewer"):
             open_counts[row["reviewer"]] = open_counts.get(row["reviewer"], 0) + 1
-    candidates = eligible(current, p.tenant, open_counts)
+    # Not the coordinator assigning it: they have seen who read it.
+    candidates = [u for u in eligible(_row(current), p.tenant, open_counts) if u.sub != p.sub]
     chosen = (
         next((u for u in candidates if u.sub == frame.reviewer), None)
         if frame.reviewer
@@ -200,9 +289,10 @@ async def assign(session: Session, frame: ReviewAssign) -> None:
         session.error(
             frame.id,
             ErrorCode.FORBIDDEN,
-            "not an eligible reviewer (the reader, or not credentialed for this site "
-            "and subspecialty)",
-            {"eligible": [u.sub for u in candidates]},
+            "not an eligible reviewer (the reader, yourself, or not credentialed for this"
+            " site and subspecialty)",
+            # Sorted by sub: the load order counts reviews the coordinator may not see.
+            {"eligible": sorted(u.sub for u in candidates)},
         )
         return
     due = now_ms() + int(frame.due_in_hours * 3_600_000)
@@ -217,6 +307,8 @@ async def assign(session: Session, frame: ReviewAssign) -> None:
 async def claim(session: Session, frame: ReviewClaim) -> None:
     p = session.principal
     assert p is not None
+    if await _review_for(session, frame.id, frame.exam_id) is None:
+        return
     try:
         review, token = await session.gw.reviews.claim(p.tenant, frame.exam_id, p.sub)
     except StoreError as exc:
@@ -229,6 +321,8 @@ async def claim(session: Session, frame: ReviewClaim) -> None:
 async def score(session: Session, frame: ReviewScore) -> None:
     p = session.principal
     assert p is not None
+    if await _review_for(session, frame.id, frame.exam_id) is None:
+        return
     token = frame.token or session.review_tokens.get(frame.exam_id)
     if token is None:
         session.error(frame.id, ErrorCode.STALE_TOKEN, "claim the review first")
@@ -245,9 +339,10 @@ async def score(session: Session, frame: ReviewScore) -> None:
 
 
 async def arbitrate(session: Session, frame: ReviewArbitrate) -> None:
-    p = _require_coordinator(session, frame.id)
-    if p is None:
+    managed = await _managed(session, frame.id, frame.exam_id)
+    if managed is None:
         return
+    p, _ = managed
     try:
         review = await session.gw.reviews.arbitrate(
             p.tenant, frame.exam_id, p.sub, frame.decision, frame.score

@@ -6,14 +6,13 @@ from __future__ import annotations
 import pytest
 
 from dynamo.claims import Claims
-from dynamo.exceptions import InvalidTransition, StaleToken
+from dynamo.exceptions import ExamNotFound, InvalidTransition, StaleToken
 from dynamo.models import Exam
 from dynamo.review import (
     CommentRequired,
     ReviewState,
     ReviewStore,
     SelfReview,
-    reviewer_id,
     sampled,
 )
 from dynamo.serde import from_attrs
@@ -33,12 +32,6 @@ def test_sampling_hits_the_rate_and_is_reproducible() -> None:
     assert picked != [a for a in accessions if sampled(8, "northwind", a, 0.05)]
     assert not any(sampled(7, "northwind", a, 0.0) for a in accessions)
     assert all(sampled(7, "northwind", a, 1.0) for a in accessions)
-
-
-def test_reviewer_ids_are_numbers_that_do_not_name_anyone() -> None:
-    assert reviewer_id("nw-rivera") == reviewer_id("nw-rivera")
-    assert reviewer_id("nw-rivera") != reviewer_id("nw-okafor")
-    assert 10000 <= reviewer_id("nw-rivera") < 100000
 
 
 async def read_by(store: ExamStore, user: str, name: str) -> Exam:
@@ -88,7 +81,7 @@ async def test_a_reader_can_never_review_their_own_exam(store: ExamStore) -> Non
         "u-ben",
         123,
     )
-    assert assigned.reviewer_id == reviewer_id("u-ben")
+    assert assigned.assignees == ("u-ben",)
     with pytest.raises(SelfReview):  # not even by re-assignment
         await reviews.assign("northwind", exam.accession, "u-ana", "Dr. Ana", 0)
 
@@ -143,3 +136,47 @@ async def test_arbitration_confirms_changes_or_returns(store: ExamStore) -> None
     assert again.state is ReviewState.DONE
     with pytest.raises(InvalidTransition):
         await reviews.arbitrate("northwind", a, "u-coord", "confirm", None)
+
+
+async def test_reviewer_ids_are_random_and_stored_on_the_review(store: ExamStore) -> None:
+    """The number a reader sees is drawn per assignment and kept on the item: the same
+    reviewer on five exams gets numbers that are no function of their `sub`."""
+    reviews = ReviewStore(store)
+    ids = []
+    for _ in range(5):
+        exam = await read_by(store, "u-ana", "Dr. Ana")
+        await reviews.pool("northwind", exam.accession)
+        assigned = await reviews.assign("northwind", exam.accession, "u-ben", "Dr. Ben", 0)
+        assert assigned.reviewer_id is not None and 10000 <= assigned.reviewer_id < 100000
+        assert (await reviews.get("northwind", exam.accession)).reviewer_id == assigned.reviewer_id
+        ids.append(assigned.reviewer_id)
+    # Five draws from 90,000 all equal by chance: about 1.5e-20.
+    assert len(set(ids)) > 1
+
+
+async def test_a_reassignment_draws_a_new_number_and_remembers_every_assignee(
+    store: ExamStore,
+) -> None:
+    reviews = ReviewStore(store)
+    exam = await read_by(store, "u-ana", "Dr. Ana")
+    await reviews.pool("northwind", exam.accession)
+    first = await reviews.assign("northwind", exam.accession, "u-ben", "Dr. Ben", 0)
+    second = await reviews.assign("northwind", exam.accession, "u-cy", "Dr. Cy", 0)
+    assert second.assignees == ("u-ben", "u-cy") and second.reviewer == "u-cy"
+    assert second.reviewer_id is not None and first.reviewer_id is not None
+
+
+async def test_pool_refuses_an_exam_the_caller_may_not_see_as_not_found(
+    store: ExamStore,
+) -> None:
+    reviews = ReviewStore(store)
+    exam = await read_by(store, "u-ana", "Dr. Ana")
+    with pytest.raises(ExamNotFound) as hidden:
+        await reviews.pool("northwind", exam.accession, allowed=lambda row: False)
+    with pytest.raises(ExamNotFound) as missing:
+        await reviews.pool("northwind", "TNO9999999", allowed=lambda row: False)
+    assert hidden.value.code == missing.value.code
+    assert await reviews.all("northwind") == []
+    site = {"NW-GEN"}
+    pooled = await reviews.pool("northwind", exam.accession, allowed=lambda r: r["site"] in site)
+    assert pooled is not None and pooled.site == "NW-GEN"

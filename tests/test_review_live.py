@@ -4,11 +4,12 @@ reviewer's name."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
-from tests.conftest import Stack, token
+from tests.conftest import UNIT, Stack, token
 from tests.test_store import exam_in
 from tests.wsclient import WsClient
 
@@ -22,6 +23,21 @@ async def open_as(stack: Stack, who: tuple[str, str, tuple[str, ...]]) -> WsClie
     return await WsClient.open(stack.ws_url, token(sub, name=name, roles=roles))
 
 
+async def reading_settled(client: WsClient, accession: str) -> None:
+    """Presence no longer lists `accession` as being read, and the diff that says so has
+    gone out: a session opened now cannot be sent the read in progress (which the whole
+    worklist saw while it lasted, before any review existed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5 * UNIT
+    while True:
+        state = await client.request({"type": "presence"})
+        if not any(accession in u["reading"] for u in state["users"]):
+            break
+        assert loop.time() < deadline, state
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2 * UNIT)  # past the presence debounce (50 ms)
+
+
 async def test_a_blinded_review_from_pool_to_arbitration(stack: Stack, store: ExamStore) -> None:
     coordinator = await open_as(stack, COORD)
     reader = await open_as(stack, READER)
@@ -31,6 +47,7 @@ async def test_a_blinded_review_from_pool_to_arbitration(stack: Stack, store: Ex
     )
     signed = await reader.request({"type": "sign", "exam_id": exam.accession, "status": "FINAL"})
     assert signed["type"] == "signed"
+    await reading_settled(reader, exam.accession)
     reviewer = await open_as(stack, REVIEWER)  # reviews come after the read
 
     board = await coordinator.request({"type": "review_list"})
