@@ -108,7 +108,10 @@ class WsSession:
 
     def _on_frame(self, f: dict[str, Any]) -> None:
         kind = f.get("type")
-        if kind == "delta":
+        if kind == "delta" and f.get("leave"):
+            self.position = {"epoch": f["epoch"], "offset": f["offset"]}
+            self.rows.pop(f["delta"]["exam_id"], None)  # a leave names only the exam
+        elif kind == "delta":
             d = f["delta"]
             self.position = {"epoch": f["epoch"], "offset": f["offset"]}
             now_ms = time.time() * 1000
@@ -120,7 +123,7 @@ class WsSession:
                 exception=None,
                 context={},
             )
-            if f.get("leave") or d["op"] == "remove":
+            if d["op"] == "remove":
                 self.rows.pop(d["exam_id"], None)
             elif d["version"] > self.rows.get(d["exam_id"], {}).get("version", 0):
                 self.rows[d["exam_id"]] = d

@@ -11,7 +11,7 @@
 // Tabs: Worklist, My reviews (radiologists, shown once they have any), Peer review
 // (coordinators); each tab has its own address (/worklist, /my-reviews, /peer-review).
 
-import { CLAIMABLE, el } from "./format.js";
+import { el } from "./format.js";
 import { fillForm, parseQuery, readChecks, toQuery, toView, viewKey } from "./filters.js";
 import { notify } from "./notice.js";
 import { PresencePanel } from "./presence.js";
@@ -178,7 +178,7 @@ function onFrame(f) {
       break;
     case "resumed":
       app.inflight.shift();
-      app.position = { ...app.position, epoch: f.epoch };
+      app.position = { epoch: f.epoch, offset: f.offset };
       caughtUp(`Resumed: ${f.missed} missed change${f.missed === 1 ? "" : "s"}`);
       break;
     case "delta":
@@ -290,7 +290,8 @@ function onDelta(f) {
   if (!row || !app.held.has(row.exam_id)) return;
   // Someone else holds it now (a broken lock, then a new claim), or it was reported.
   const now = Date.now();
-  if ((leaseLive(row, now) && row.claimed_by !== app.user.sub) || (f.leave && !CLAIMABLE.has(row.status))) {
+  // A leave of a held exam from this (open-states) view means it is no longer readable.
+  if ((leaseLive(row, now) && row.claimed_by !== app.user.sub) || f.leave) {
     forget(row.exam_id);
   }
 }

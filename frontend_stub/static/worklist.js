@@ -115,6 +115,9 @@ export class Worklist {
       if (!known) return null;
       this.rows.delete(d.exam_id);
       this.total = Math.max(0, this.total - 1);
+      this.schedule(d.exam_id, false);
+      // A leave names only the exam: what the row was is what this list knew.
+      return { ...known, version: d.version };
     } else {
       if (!known) this.total += 1;
       this.rows.set(d.exam_id, d);
