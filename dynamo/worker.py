@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -127,6 +127,26 @@ async def known_tenants(
         found.update(await store.backfill_tenants())
     found.update(await feed.build_requests())
     return sorted(found)
+
+
+def gap_handler(
+    store: ExamStore, feed: WorklistFeed, line: Pipeline
+) -> Callable[[str], Awaitable[None]]:
+    """What the relay does on a gap in the stream: every tenant's epoch is bumped (its
+    clients reset) and its cache rebuilt from DynamoDB, readers held meanwhile."""
+
+    async def on_gap(shard_id: str) -> None:
+        # The registry may lack tenants whose first exams fell into the gap.
+        tenants = await known_tenants(store, feed, backfill=True)
+        changed = await line.rebuilder.after_gap(tenants)
+        log.warning(
+            "after the gap in shard %s: %d tenants reset and rebuilt, %d rows changed",
+            shard_id,
+            len(tenants),
+            changed,
+        )
+
+    return on_gap
 
 
 class Metrics:
@@ -282,17 +302,6 @@ async def run_relay(
             store = ExamStore(ddb, dynamo.table)
             line = pipeline(store, feed, relay_settings)
 
-            async def on_gap(shard_id: str) -> None:
-                # The registry may lack tenants whose first exams fell into the gap.
-                tenants = await known_tenants(store, feed, backfill=True)
-                changed = await line.rebuilder.after_gap(tenants)
-                log.warning(
-                    "after the gap in shard %s: %d tenants reset and rebuilt, %d rows changed",
-                    shard_id,
-                    len(tenants),
-                    changed,
-                )
-
             relay = StreamRelay(
                 streams,
                 arn,
@@ -301,7 +310,7 @@ async def run_relay(
                 poll_interval=relay_settings.poll_interval,
                 discover_interval=relay_settings.discover_interval,
                 lease_interval=relay_settings.lease_seconds / 3,
-                on_gap=on_gap,
+                on_gap=gap_handler(store, feed, line),
                 dead_letters=line.dead_letters,
             )
             metrics = Metrics(relay, line)
