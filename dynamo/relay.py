@@ -177,10 +177,15 @@ class StreamRelay:
         A reader that fails is logged and restarted from its checkpoint.
         """
         loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
         next_discovery = 0.0
         backoff = 0.2
         try:
             while True:
+                # A cancel that botocore's retries swallowed (see `_read_shard`) still
+                # stops the loop, or `run` would outlive its caller's cancel.
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError()
                 self._reap_readers()
                 try:
                     if loop.time() >= next_discovery:
