@@ -358,9 +358,7 @@ async def test_lambda_handler_applies_a_recorded_event(
     assert len(await _feed_entries(redis)) == 2
 
 
-def _lambda_env(
-    redis_url: str, dynamo_settings: DynamoSettings, **extra: str
-) -> dict[str, str]:
+def _lambda_env(redis_url: str, dynamo_settings: DynamoSettings, **extra: str) -> dict[str, str]:
     """The function's configuration: where Redis and the table are."""
     return {
         "REDIS_URL": redis_url,
