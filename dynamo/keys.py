@@ -58,3 +58,21 @@ def gsi2_pk(tenant: str, modality: str) -> str:
 
 def gsi2_sk(scheduled_ms: int, accession: str) -> str:
     return f"{scheduled_ms:013d}#{accession}"
+
+
+# ---- the tenant registry and the relay's dead records -------------------------------
+#    tenant registry  TENANTS              TENANT#{tenant}      (written by the relay)
+#    registry filled  TENANTS              BACKFILLED           (the one-off Scan ran)
+#    dead record      RELAYDEAD            REC#{shardId}#{sequenceNumber}
+
+TENANTS_PK = "TENANTS"
+TENANTS_BACKFILLED_SK = "BACKFILLED"
+RELAY_DEAD_PK = "RELAYDEAD"
+
+
+def tenant_sk(tenant: str) -> str:
+    return f"TENANT#{tenant}"
+
+
+def relay_dead_sk(source: str, sequence_number: str) -> str:
+    return f"REC#{source}#{sequence_number}"

@@ -1,10 +1,13 @@
 """The relay as an AWS Lambda function (DynamoDB Streams event source mapping).
 
-Same normalizer and same feed as the worker: `handler(event, context)` turns the
-batch's records into deltas and applies them to the Redis feed. Configure the mapping
-with `FunctionResponseTypes: ["ReportBatchItemFailures"]`: on a failure the handler names
-the first record it could not publish, so Lambda retries from there and nothing is lost
-(what was already published comes again with the same versions and is dropped).
+The worker's very path (`dynamo.worker.pipeline` and `dynamo.relay.deliver`): records are
+normalized, those that do not normalize are parked as dead records, the rest are applied
+to the Redis feed once the tenant's cache is built, and sampled FINAL exams are pooled
+for peer review. Configure the mapping with `FunctionResponseTypes:
+["ReportBatchItemFailures"]`: when the batch cannot be delivered the handler names its
+first record, so Lambda retries it whole and nothing is lost (what was already applied
+comes again with the same versions and is dropped). Settings come from the same
+environment variables as the worker's (`REDIS_URL`, `DYNAMO_*`, `RELAY_*`).
 """
 
 from __future__ import annotations
@@ -13,30 +16,49 @@ import asyncio
 import logging
 from typing import Any
 
-from dynamo.normalize import record_to_delta
+from dynamo.client import dynamodb_client
+from dynamo.relay import deliver
+from dynamo.settings import DynamoSettings
+from dynamo.store import ExamStore
+from dynamo.worker import RelaySettings, pipeline
 from worklist_cache import CacheSettings, WorklistFeed, connect
 
 log = logging.getLogger("dynamo.lambda")
 
 
-async def _publish(records: list[dict[str, Any]], settings: CacheSettings) -> str | None:
-    """Publish in order; return the sequence number of the first record that failed."""
-    redis = connect(settings.redis_url)
-    feed = WorklistFeed(redis, maxlen=settings.feed_maxlen, sharded=settings.pubsub == "sharded")
+async def _deliver(
+    records: list[dict[str, Any]],
+    cache: CacheSettings,
+    dynamo: DynamoSettings,
+    relay: RelaySettings,
+) -> str | None:
+    """Deliver the batch; the sequence number of its first record if that failed."""
+    if not records:
+        return None
+    redis = connect(cache.redis_url)
+    feed = WorklistFeed(redis, maxlen=cache.feed_maxlen, sharded=cache.pubsub == "sharded")
     try:
-        for record in records:
+        async with dynamodb_client(dynamo) as ddb:
+            line = pipeline(ExamStore(ddb, dynamo.table), feed, relay)
             try:
-                delta = record_to_delta(record)
-                if delta is not None:
-                    await feed.publish([delta])
-            except Exception:
-                log.exception("record %s failed", record.get("eventID"))
-                return str(record["dynamodb"]["SequenceNumber"])
+                published, parked = await deliver(records, line.sink, line.dead_letters, "lambda")
+            except Exception as exc:
+                # The type only: a message may quote a record's values.
+                log.error("batch of %d records failed (%s)", len(records), type(exc).__name__)
+                return str(records[0]["dynamodb"]["SequenceNumber"])
+            log.info(
+                "delivered %d deltas; parked %d records; pooled %d reviews",
+                published,
+                parked,
+                line.sampler.pooled,
+            )
         return None
     finally:
         await redis.aclose()
 
 
 def handler(event: dict[str, Any], context: object = None) -> dict[str, Any]:
-    failed = asyncio.run(_publish(event.get("Records", []), CacheSettings()))
+    failed = asyncio.run(
+        _deliver(event.get("Records", []), CacheSettings(), DynamoSettings(), RelaySettings())
+    )
     return {"batchItemFailures": [] if failed is None else [{"itemIdentifier": failed}]}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+from pydantic import ValidationError
 
 from dynamo import keys
 from dynamo.deltas import ExamDelta, ReviewDelta
@@ -49,3 +52,41 @@ def records_to_deltas(records: list[dict[str, Any]]) -> list[Delta]:
         if delta is not None:
             out.append(delta)
     return out
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A record that does not normalize (an enum value this build does not know, a
+    hand-edited item). `problem` names only error types and field locations, never a
+    value: pydantic's own message carries `input_value`, which can be a patient's name."""
+
+    record: dict[str, Any]
+    problem: str
+
+
+def describe_problem(exc: BaseException) -> str:
+    """What went wrong, without any of the record's values."""
+    if isinstance(exc, ValidationError):
+        parts = [
+            f"{e['type']}@{'.'.join(str(p) for p in e['loc']) or '-'}"
+            for e in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+        return "validation: " + ", ".join(parts[:10])
+    # Other messages (int("..."), KeyError) can quote values: the type alone is logged.
+    return type(exc).__name__
+
+
+def normalize(records: list[dict[str, Any]]) -> tuple[list[Delta], list[Unreadable]]:
+    """Normalize a batch, setting aside the records that fail instead of failing the
+    batch: the worker's shard reader and the Lambda handler both call this."""
+    deltas: list[Delta] = []
+    unreadable: list[Unreadable] = []
+    for record in records:
+        try:
+            delta = record_to_delta(record)
+        except (ValidationError, KeyError, ValueError, TypeError, AttributeError) as exc:
+            unreadable.append(Unreadable(record, describe_problem(exc)))
+            continue
+        if delta is not None:
+            deltas.append(delta)
+    return deltas, unreadable

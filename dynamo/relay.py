@@ -7,6 +7,16 @@ expired iterator is refreshed from the checkpoint.
 
 Delivery is at-least-once: a relay killed between publish and checkpoint publishes
 those records again on restart, with the same versions, which consumers drop.
+
+Two kinds of trouble do not stop a shard:
+- a record that does not normalize (poison) is parked as a dead record (`DeadLetterSink`)
+  and skipped; the log names only the error's type and field, never a value;
+- a checkpoint older than the stream's 24 h (`TrimmedDataAccessException`) is a gap: the
+  relay calls `on_gap` (the worker bumps every tenant's epoch and rebuilds every cache
+  from DynamoDB) before it reads on from the oldest record. If `on_gap` fails, the reader
+  fails and retries from the same checkpoint, so a gap is never skipped.
+
+One reader per shard: only the discovery loop starts readers, one discovery at a time.
 """
 
 from __future__ import annotations
@@ -14,11 +24,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Any, Protocol
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
+from dynamo import keys
 from dynamo.deltas import ExamDelta, ReviewDelta
-from dynamo.normalize import records_to_deltas
+from dynamo.normalize import Unreadable, normalize
+from dynamo.serde import to_attrs
+
+if TYPE_CHECKING:
+    from dynamo.store import ExamStore
 
 log = logging.getLogger("dynamo.relay")
 
@@ -44,8 +60,77 @@ class CheckpointStore(Protocol):
     async def release(self, shard_id: str) -> None: ...
 
 
+class DeadLetterSink(Protocol):
+    async def park(self, source: str, bad: Unreadable) -> None:
+        """Keep a record that does not normalize where an operator finds it."""
+        ...
+
+
 class LeaseLost(Exception):
     """Another relay owns the shard now; this one stops reading it."""
+
+
+class DynamoDeadLetters:
+    """Dead records in the table: `PK = RELAYDEAD`, `SK = REC#{source}#{sequence}`.
+
+    A dead record holds where the item is (its keys), the stream event's IDs and the
+    problem (error types and field names), never the item's image: an operator reads the
+    item itself. `expires_at` (epoch seconds) is for the table's TTL. A replayed record
+    overwrites its own dead record.
+    """
+
+    def __init__(self, store: ExamStore, *, keep_days: float = 14.0) -> None:
+        self._store = store
+        self._keep_s = int(keep_days * 86_400)
+        self.parked = 0
+
+    async def park(self, source: str, bad: Unreadable) -> None:
+        data = bad.record.get("dynamodb", {})
+        seq = str(data.get("SequenceNumber", ""))
+        item_keys = {k: str(next(iter(v.values()))) for k, v in (data.get("Keys") or {}).items()}
+        now = time.time()
+        item: dict[str, Any] = {
+            "PK": keys.RELAY_DEAD_PK,
+            "SK": keys.relay_dead_sk(source, seq),
+            "entity": "RELAYDEAD",
+            "source": source,
+            "sequence_number": seq,
+            "event_id": str(bad.record.get("eventID", "")),
+            "event_name": str(bad.record.get("eventName", "")),
+            "item_keys": item_keys,
+            "problem": bad.problem,
+            "parked_at": int(now * 1000),
+            "expires_at": int(now) + self._keep_s,
+        }
+        await self._store.call("put_item", TableName=self._store.table, Item=to_attrs(item))
+        self.parked += 1
+
+
+async def deliver(
+    records: list[dict[str, Any]],
+    sink: DeltaSink,
+    dead_letters: DeadLetterSink | None,
+    source: str,
+) -> tuple[int, int]:
+    """Normalize a batch, park what does not normalize, publish the rest in order:
+    the one path of the worker's shard readers and of the Lambda handler. Returns
+    (deltas published, records parked). Parking comes first: if it fails, nothing of
+    the batch is acknowledged and the batch is read again."""
+    deltas, unreadable = normalize(records)
+    for bad in unreadable:
+        seq = bad.record.get("dynamodb", {}).get("SequenceNumber")
+        log.error(
+            "parking stream record %s (seq %s) of %s: %s",
+            bad.record.get("eventID"),
+            seq,
+            source,
+            bad.problem,
+        )
+        if dead_letters is not None:
+            await dead_letters.park(source, bad)
+    if deltas:
+        await sink.publish(deltas)
+    return len(deltas), len(unreadable)
 
 
 class StreamRelay:
@@ -59,6 +144,8 @@ class StreamRelay:
         poll_interval: float = 0.05,
         discover_interval: float = 5.0,
         lease_interval: float = 5.0,
+        on_gap: Callable[[str], Awaitable[None]] | None = None,
+        dead_letters: DeadLetterSink | None = None,
     ) -> None:
         self._streams = streams
         self.stream_arn = stream_arn
@@ -72,6 +159,15 @@ class StreamRelay:
         self._done: set[str] = set()
         self.records_seen = 0
         self.deltas_published = 0
+        self.records_parked = 0
+        self.gaps = 0
+        self._on_gap = on_gap
+        self._dead_letters = dead_letters
+        # Readers are started only by `_discover`, one discovery at a time: two
+        # overlapping discoveries could otherwise both start a reader for one shard.
+        self._discovering = asyncio.Lock()
+        # Set by a reader that drained its shard: discover its children now.
+        self._wake = asyncio.Event()
 
     async def run(self) -> None:
         """Read every shard this relay can lease until cancelled.
@@ -81,10 +177,15 @@ class StreamRelay:
         A reader that fails is logged and restarted from its checkpoint.
         """
         loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
         next_discovery = 0.0
         backoff = 0.2
         try:
             while True:
+                # A cancel that botocore's retries swallowed (see `_read_shard`) still
+                # stops the loop, or `run` would outlive its caller's cancel.
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError()
                 self._reap_readers()
                 try:
                     if loop.time() >= next_discovery:
@@ -103,7 +204,13 @@ class StreamRelay:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
-                await asyncio.sleep(min(self._discover_every, self._lease_every))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wake.wait(), min(self._discover_every, self._lease_every)
+                    )
+                if self._wake.is_set():
+                    self._wake.clear()
+                    next_discovery = 0.0  # a shard ended: its children may start now
         finally:
             readers = list(self._readers.items())
             for _, task in readers:
@@ -135,6 +242,10 @@ class StreamRelay:
                 log.warning("lease on shard %s lost; stopping its reader", sid)
 
     async def _discover(self) -> None:
+        async with self._discovering:
+            await self._discover_once()
+
+    async def _discover_once(self) -> None:
         shards = await self._list_shards()
         known = {s["ShardId"] for s in shards}
         for shard in shards:
@@ -150,6 +261,8 @@ class StreamRelay:
                 continue
             if not await self._checkpoints.acquire(sid):
                 continue  # another relay reads it
+            if sid in self._readers:  # defensive: never two readers of one shard
+                continue
             self._readers[sid] = asyncio.create_task(self._read_shard(sid), name=f"shard:{sid}")
 
     async def _list_shards(self) -> list[dict[str, Any]]:
@@ -175,17 +288,23 @@ class StreamRelay:
         try:
             resp = await self._streams.get_shard_iterator(**kwargs)
         except self._streams.exceptions.TrimmedDataAccessException:
-            log.error(
-                "checkpoint of shard %s is older than the stream's 24 h; reading from the "
-                "oldest record (consumers must resync)",
-                shard_id,
-            )
-            kwargs = {
-                "StreamArn": self.stream_arn,
-                "ShardId": shard_id,
-                "ShardIteratorType": "TRIM_HORIZON",
-            }
-            resp = await self._streams.get_shard_iterator(**kwargs)
+            return await self._after_gap(shard_id)
+        return str(resp["ShardIterator"])
+
+    async def _after_gap(self, shard_id: str) -> str:
+        """Records between the checkpoint and the oldest one kept are gone: let the
+        consumers converge from DynamoDB, then read on from the oldest record."""
+        self.gaps += 1
+        log.error(
+            "shard %s: records after the checkpoint were trimmed (the relay was away longer "
+            "than the stream keeps them); treating it as a gap",
+            shard_id,
+        )
+        if self._on_gap is not None:
+            await self._on_gap(shard_id)
+        resp = await self._streams.get_shard_iterator(
+            StreamArn=self.stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+        )
         return str(resp["ShardIterator"])
 
     async def _read_shard(self, shard_id: str) -> None:
@@ -202,13 +321,15 @@ class StreamRelay:
             except self._streams.exceptions.ExpiredIteratorException:
                 iterator = await self._iterator(shard_id)
                 continue
+            except self._streams.exceptions.TrimmedDataAccessException:
+                iterator = await self._after_gap(shard_id)
+                continue
             records = resp.get("Records", [])
             if records:
                 self.records_seen += len(records)
-                deltas = records_to_deltas(records)
-                if deltas:
-                    await self._sink.publish(deltas)
-                    self.deltas_published += len(deltas)
+                published, parked = await deliver(records, self._sink, self._dead_letters, shard_id)
+                self.deltas_published += published
+                self.records_parked += parked
                 last = records[-1]["dynamodb"]["SequenceNumber"]
                 if await self._checkpoints.set(shard_id, last) is False:
                     raise LeaseLost(shard_id)
@@ -220,4 +341,4 @@ class StreamRelay:
             raise LeaseLost(shard_id)
         self._done.add(shard_id)
         log.info("shard %s drained", shard_id)
-        await self._discover()
+        self._wake.set()  # the discovery loop starts its children (never this task)

@@ -8,6 +8,7 @@ reading one exam) live in `dynamo.claims`, on the same items.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from dynamo.exceptions import (
     ExamAlreadyExists,
     ExamNotFound,
     InvalidTransition,
+    StoreUnavailable,
     VersionConflict,
 )
 from dynamo.models import (
@@ -295,6 +297,158 @@ class ExamStore:
         except ConditionFailed as failed:
             seen = failed.old["version"] if failed.old else None
             raise VersionConflict(current.accession, current.version, seen) from None
+
+    # ---- the tenant registry and what a rebuild reads (dynamo/keys.py) -----------------
+
+    async def register_tenant(self, tenant: str) -> None:
+        """Record that a tenant has exams (idempotent; the relay calls it once per tenant
+        and process, so the registry follows the data whoever wrote it)."""
+        await self.call(
+            "put_item",
+            TableName=self.table,
+            Item=to_attrs(
+                {
+                    "PK": keys.TENANTS_PK,
+                    "SK": keys.tenant_sk(tenant),
+                    "entity": "TENANT",
+                    "tenant": tenant,
+                }
+            ),
+        )
+
+    async def tenants(self) -> tuple[list[str], bool]:
+        """Every registered tenant (one Query), and whether the registry was ever
+        backfilled from the exams already in the table (`backfill_tenants`)."""
+        out: list[str] = []
+        backfilled = False
+        start: dict[str, Any] | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "TableName": self.table,
+                "KeyConditionExpression": "PK = :pk",
+                "ExpressionAttributeValues": {":pk": to_attr(keys.TENANTS_PK)},
+                "ConsistentRead": True,
+            }
+            if start:
+                kwargs["ExclusiveStartKey"] = start
+            resp = await self.call("query", **kwargs)
+            for item in resp.get("Items", []):
+                sk = item["SK"]["S"]
+                if sk == keys.TENANTS_BACKFILLED_SK:
+                    backfilled = True
+                elif "tenant" in item:
+                    out.append(str(item["tenant"]["S"]))
+            start = resp.get("LastEvaluatedKey")
+            if not start:
+                return sorted(out), backfilled
+
+    async def backfill_tenants(self) -> list[str]:
+        """Register the tenant of every exam already stored: one Scan of the table, for a
+        table older than the registry or after a gap in the stream (never per change)."""
+        found: set[str] = set()
+        start: dict[str, Any] | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "TableName": self.table,
+                "FilterExpression": "entity = :e",
+                "ProjectionExpression": "tenant",
+                "ExpressionAttributeValues": {":e": to_attr("STUDY")},
+            }
+            if start:
+                kwargs["ExclusiveStartKey"] = start
+            resp = await self.call("scan", **kwargs)
+            found.update(str(i["tenant"]["S"]) for i in resp.get("Items", []) if "tenant" in i)
+            start = resp.get("LastEvaluatedKey")
+            if not start:
+                break
+        for tenant in sorted(found):
+            await self.register_tenant(tenant)
+        await self.call(
+            "put_item",
+            TableName=self.table,
+            Item=to_attrs({"PK": keys.TENANTS_PK, "SK": keys.TENANTS_BACKFILLED_SK}),
+        )
+        return sorted(found)
+
+    async def study_items(self, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+        """Raw items of a paginated Query (plain values), for readers that must survive an
+        item that does not parse (a rebuild skips it rather than failing)."""
+        start: dict[str, Any] | None = None
+        while True:
+            page = dict(kwargs, ExclusiveStartKey=start) if start else kwargs
+            resp = await self.call("query", TableName=self.table, **page)
+            for item in resp.get("Items", []):
+                yield from_attrs(item)
+            start = resp.get("LastEvaluatedKey")
+            if not start:
+                return
+
+    def open_study_items(self, tenant: str, status: ExamStatus) -> AsyncIterator[dict[str, Any]]:
+        """A tenant's study items in one state (GSI1), raw."""
+        return self.study_items(
+            IndexName=keys.GSI1,
+            KeyConditionExpression="GSI1PK = :pk",
+            ExpressionAttributeValues={":pk": to_attr(keys.gsi1_pk(tenant, status))},
+        )
+
+    def scheduled_study_items(
+        self, tenant: str, modality: Modality, since_ms: int, statuses: list[ExamStatus]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A tenant's study items of one modality scheduled at or after `since_ms` and in
+        one of `statuses` (GSI2: bounded by the time window, not by all history), raw."""
+        names = {f":s{i}": to_attr(s.value) for i, s in enumerate(statuses)}
+        return self.study_items(
+            IndexName=keys.GSI2,
+            KeyConditionExpression="GSI2PK = :pk AND GSI2SK >= :lo",
+            FilterExpression=f"#s IN ({', '.join(names)})",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={
+                ":pk": to_attr(keys.gsi2_pk(tenant, modality)),
+                ":lo": to_attr(keys.gsi2_sk(max(since_ms, 0), "")),
+                **names,
+            },
+        )
+
+    async def study_items_consistent(
+        self, wanted: list[tuple[str, str]]
+    ) -> dict[str, dict[str, Any]]:
+        """Strongly consistent reads of study items by (patient_id, accession), raw and
+        keyed by accession; an absent item is left out (BatchGetItem, 100 at a time)."""
+        out: dict[str, dict[str, Any]] = {}
+        pending = [self.key(p, a) for p, a in dict.fromkeys(wanted)]
+        for start in range(0, len(pending), 100):
+            request: dict[str, Any] = {
+                self.table: {"Keys": pending[start : start + 100], "ConsistentRead": True}
+            }
+            for attempt in range(10):
+                if attempt:
+                    await asyncio.sleep(0.05 * attempt)  # DynamoDB throttled part of it
+                resp = await self.call("batch_get_item", RequestItems=request)
+                for item in resp.get("Responses", {}).get(self.table, []):
+                    plain = from_attrs(item)
+                    if "accession" in plain:
+                        out[str(plain["accession"])] = plain
+                request = resp.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+            else:
+                raise StoreUnavailable("batch_get_item", "UnprocessedKeys")
+        return out
+
+    async def study_item_by_accession(self, tenant: str, accession: str) -> dict[str, Any] | None:
+        """A tenant's study item by accession (pointer, then item; both strongly
+        consistent), raw; None when either is gone."""
+        try:
+            patient_id = await self.locate(tenant, accession, fresh=True)
+        except ExamNotFound:
+            return None
+        resp = await self.call(
+            "get_item",
+            TableName=self.table,
+            Key=self.key(patient_id, accession),
+            ConsistentRead=True,
+        )
+        return from_attrs(resp["Item"]) if "Item" in resp else None
 
 
 # ---- request builders, shared by the async store and synchronous writers (load tests) --

@@ -385,3 +385,73 @@ class WorklistFeed:
     async def reviews(self, tenant: str) -> list[dict[str, Any]]:
         """Every cached peer review of a tenant (a few per day: read whole)."""
         return [dict(orjson.loads(v)) for v in await self._redis.hvals(keys.reviews(tenant))]
+
+    # ---- rebuilds: the marker the gateway reads, and what a rebuild compares -----------
+
+    async def begin_rebuild(self, tenant: str) -> str:
+        """Start a rebuild of a tenant's worklists; returns its token for `finish_rebuild`.
+        Does not clear `built` (see `invalidate` for a rebuild that must hold readers)."""
+        token = secrets.token_hex(8)
+        await self._redis.set(keys.rebuilding(tenant), token)
+        return token
+
+    async def finish_rebuild(self, tenant: str, token: str) -> bool:
+        """Mark the tenant built if `token` is still the newest rebuild's: False when Redis
+        restarted meanwhile (it holds only part of the rebuild) or a newer rebuild runs."""
+        done = await self._redis.eval(
+            _FINISH_REBUILD, 2, keys.rebuilding(tenant), keys.built(tenant), token
+        )
+        return bool(done)
+
+    async def invalidate(self, tenant: str) -> str:
+        """History cannot be trusted (a gap in the stream): drop `built`, so readers wait
+        for the rebuild, and start a new epoch, so every client resets. Returns it."""
+        epoch = new_epoch()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.built(tenant))
+            pipe.set(keys.epoch(tenant), epoch)
+            await pipe.execute()
+        return epoch
+
+    async def rebuild_state(self, tenant: str) -> str:
+        """ "built", "rebuilding" (a rebuild was started and has not finished) or
+        "absent" (this Redis never held the tenant's worklists)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.built(tenant))
+            pipe.exists(keys.rebuilding(tenant))
+            built, rebuilding = await pipe.execute()
+        return "built" if built else "rebuilding" if rebuilding else "absent"
+
+    async def request_build(self, tenant: str) -> None:
+        """Ask the worker to build a tenant that is not built (one with no exams yet is
+        built by nothing else); the worker's maintenance takes requests every round."""
+        await self._redis.sadd(keys.build_requests(), tenant)
+
+    async def build_requests(self) -> list[str]:
+        return sorted(_text(t) for t in await self._redis.smembers(keys.build_requests()))
+
+    async def build_request_done(self, tenant: str) -> None:
+        await self._redis.srem(keys.build_requests(), tenant)
+
+    async def cached_rows(self, tenant: str) -> dict[str, dict[str, Any]]:
+        """Every cached row of a tenant (HSCAN, so Redis is never blocked by a big hash)."""
+        out: dict[str, dict[str, Any]] = {}
+        async for exam_id, raw in self._redis.hscan_iter(keys.exams(tenant), count=1000):
+            out[_text(exam_id)] = dict(orjson.loads(raw))
+        return out
+
+    async def cached_versions(self, tenant: str, exam_ids: Sequence[str]) -> dict[str, int]:
+        """The newest applied version of some exams (tombstones of removed ones too)."""
+        if not exam_ids:
+            return {}
+        values = await self._redis.hmget(keys.versions(tenant), list(exam_ids))
+        return {e: int(v) for e, v in zip(exam_ids, values, strict=True) if v is not None}
+
+
+# KEYS: rebuilding, built   ARGV: token.
+_FINISH_REBUILD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], '1')
+redis.call('DEL', KEYS[1])
+return 1
+"""

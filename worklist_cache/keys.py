@@ -101,3 +101,15 @@ def relay_lease(stream_arn: str, shard_id: str) -> str:
 def relay_alive() -> str:
     """String with a TTL: some relay read its stream recently."""
     return f"{PREFIX}:relay:alive"
+
+
+def rebuilding(tenant: str) -> str:
+    """String: the token of the newest rebuild of the tenant's worklists under way; the
+    rebuild sets `built` only if its token is still here (so a Redis that restarted
+    meanwhile, or a newer rebuild, is never marked built by it)."""
+    return f"{_t(tenant)}:rebuilding"
+
+
+def build_requests() -> str:
+    """Set: tenants someone asked the worker to build (e.g. one with no exams yet)."""
+    return f"{PREFIX}:build:requests"
