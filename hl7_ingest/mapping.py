@@ -131,7 +131,7 @@ class SiteMapping(BaseModel):
 
     sender: str = Field(min_length=1)
     name: str = ""
-    tenant: str = Field(min_length=1)
+    tenant: str = Field(pattern=r"^[a-z0-9-]{1,40}$")
     version: str = "2.5.1"
     time_zone: str = "UTC"
     timestamps_with_offset: bool = False

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from dynamo import keys
 from dynamo.claims import Claims
 from dynamo.models import Exam
 from dynamo.patients import get_profile
@@ -96,13 +97,14 @@ async def test_new_order_creates_the_exam_the_dialect_describes(
     tenant, site = ("northwind", "NW-GEN") if sender == "NWGEN" else ("lakeside", "LK-MED")
     assert (got.tenant, got.site, got.status, got.version) == (tenant, site, S.SCHEDULED, 1)
     assert (got.priority, got.modality) == (Priority.STAT, Modality.MR)
-    assert got.patient_id == f"{tenant}-{exam.patient.mrn}" and got.mrn == exam.patient.mrn
+    assert got.patient_id == keys.patient_id(tenant, exam.patient.mrn)
+    assert got.mrn == exam.patient.mrn
     assert got.patient_name == exam.patient.name
     assert got.procedure_code == exam.procedure.code and got.subspecialty == "neuro"
     # Local times of the site's zone land as the right instant.
     assert got.scheduled_at == exam.scheduled_at
     assert got.tat_due_at == exam.scheduled_at + 60 * 60_000  # STAT: an hour
-    profile = await get_profile(store, got.patient_id)
+    profile = await get_profile(store, tenant, got.patient_id)
     assert profile is not None and profile.birth_date == "1970-01-01"
 
 
@@ -358,7 +360,7 @@ async def test_patient_update_renames_the_profile_and_the_open_exams(
     renamed = who.model_copy(update={"name": "AFTER^GAMMA", "birth_date": "1971-02-03"})
     code, _, _ = await send(hl7, builder(sender).patient_update(renamed, control_id=cid()))
     assert code == "AA"
-    profile = await get_profile(store, who.patient_id.replace(who.tenant, tenant))
+    profile = await get_profile(store, tenant, who.patient_id)
     assert profile is not None
     assert (profile.name, profile.birth_date, profile.mrn) == ("AFTER^GAMMA", "1971-02-03", who.mrn)
     got = await exam_of(store, open_exam)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from devstack import free_port
+from dynamo import keys
 from dynamo.models import PatientProfile, now_ms
 from dynamo.serde import from_attrs
 from dynamo.states import ExamStatus, Modality, Priority
@@ -20,7 +21,7 @@ from dynamo.store import ExamStore
 from hl7_ingest.builder import MessageBuilder
 from hl7_ingest.client import MllpClient
 from hl7_ingest.listener import MllpListener
-from hl7_ingest.mapping import Mappings, load_mappings
+from hl7_ingest.mapping import Mappings, SiteMapping, load_mappings
 from hl7_ingest.processor import Ingest
 from hl7_ingest.settings import Hl7Settings
 from loadtest import catalog
@@ -47,7 +48,7 @@ def patient(tenant: str, n: int | None = None, name: str = "TESTPATIENT^ALPHA") 
     n = next(_n) if n is None else n
     mrn = f"HM{n:07d}"
     return PatientProfile(
-        patient_id=f"{tenant}-{mrn}",
+        patient_id=keys.patient_id(tenant, mrn),
         tenant=tenant,
         mrn=mrn,
         name=name,
@@ -106,11 +107,20 @@ class Running:
         return MllpClient("127.0.0.1", self.port, timeout=timeout * UNIT)
 
 
+def site_copy(base: SiteMapping, sender: str, tenant: str, **changes: Any) -> SiteMapping:
+    """`base`'s dialect for another sending facility and tenant (its MSH-4 is its site)."""
+    data = base.model_dump(mode="json")
+    data["site"]["codes"] = {sender: base.site.default or ""}
+    return SiteMapping.model_validate({**data, "sender": sender, "tenant": tenant, **changes})
+
+
 @asynccontextmanager
-async def running(store: ExamStore, **overrides: Any) -> AsyncIterator[Running]:
+async def running(
+    store: ExamStore, mappings: Mappings | None = None, **overrides: Any
+) -> AsyncIterator[Running]:
     """An HL7 listener on a free loopback port, writing into the test's table."""
     settings = Hl7Settings(**{"port": free_port(), "drain_seconds": 1.0, **overrides})
-    ingest = Ingest(store, MAPPINGS, settings)
+    ingest = Ingest(store, mappings or MAPPINGS, settings)
     listener = MllpListener(
         ingest.handle,
         host="127.0.0.1",
