@@ -1,6 +1,7 @@
 """One message in, one ACK out: parse, check, deduplicate, apply, record, answer.
 
-    parse            not HL7 -> AR
+    parse            not HL7, or more parts than the HL7_MAX_* limits -> AR (counted
+                     before anything is built; fields are split when first read)
     MSH-4            no mapping for the sending facility -> AR
     MSH-11           not this listener's processing ID -> AR
     MSH-9            a type the site's mapping does not list -> AR
@@ -53,11 +54,15 @@ from hl7_ingest.mapping import Mappings, SiteMapping
 from hl7_ingest.message import Message, parse
 from hl7_ingest.settings import Hl7Settings
 
-__all__ = ["Ingest", "Outcome"]
+__all__ = ["Ingest", "Outcome", "parse_message"]
 
 log = logging.getLogger("hl7_ingest")
 
 _MAX_CONTROL_ID = 199  # MSH-10's length in v2.5; it becomes part of a DynamoDB key
+# Parsing stays on the event loop. With the limits a 1 MiB message costs ~5 ms to parse
+# and ~15 ms if every field of it is read (loadtest/hl7_parser_cost.py). A worker thread
+# was measured not to help: the parse holds the GIL, and the loop's own I/O then waits
+# for it (loop stalls of 80-180 ms with the thread against ~100 ms without it).
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,11 @@ def decode(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")  # the usual 8859/1 of older RIS; every byte decodes
+
+
+def parse_message(raw: bytes, settings: Hl7Settings) -> Message:
+    """The bytes of one frame as a message, within the settings' limits (AR beyond)."""
+    return parse(decode(raw), settings.limits())
 
 
 def _guess_control_id(text: str) -> str:
@@ -102,6 +112,7 @@ class Ingest:
         self.ledger = Ledger(store, keep_days=self.settings.dedupe_days)
         self.dead_letters = DeadLetters(store)
         self.counts: Counter[str] = Counter()
+        self._limits = self.settings.limits()
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
     # ---- the one entry point --------------------------------------------------------
@@ -111,11 +122,11 @@ class Ingest:
 
         Raises `NotAcknowledged` when nothing may be answered."""
         started = time.monotonic()
-        text = decode(raw)
         try:
-            message = parse(text)
+            message = await self._parse(raw)
         except MessageRejected as exc:
-            return await self._reject(raw, None, exc, peer, started, "", _guess_control_id(text))
+            control_id = _guess_control_id(decode(raw[:4096]))
+            return await self._reject(raw, None, exc, peer, started, "", control_id)
         msh = message.msh
         sender = msh.get(4)
         control_id = msh.get(10)
@@ -126,6 +137,9 @@ class Ingest:
             return await self._reject(raw, message, exc, peer, started, kind, control_id)
         async with self._exclusive(mapping.sender, control_id):
             return await self._process(raw, message, mapping, control_id, kind, peer, started)
+
+    async def _parse(self, raw: bytes) -> Message:
+        return parse(decode(raw), self._limits)
 
     def _check(self, message: Message, sender: str, control_id: str, kind: str) -> SiteMapping:
         mapping = self.mappings.get(sender)
@@ -283,11 +297,11 @@ class Ingest:
             log.warning("hl7 peer=%s discarded %d bytes outside any MLLP frame", peer, len(raw))
             return None
         start = raw.find(b"MSH")
-        text = decode(raw[start:]).rstrip("\x1c\r\n")
-        control_id = _guess_control_id(text)
+        body = raw[start:].rstrip(b"\x1c\r\n")
+        control_id = _guess_control_id(decode(body[:4096]))
         sender = ""
         try:
-            message: Message | None = parse(text)
+            message: Message | None = await self._parse(body)
         except MessageRejected:
             message = None
         if message is not None:

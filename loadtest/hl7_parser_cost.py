@@ -9,6 +9,8 @@ of the same size. For each, the step that turns the bytes into a parsed message 
 AR (`hl7_ingest.processor.parse_message` with the default settings, or plain `parse`
 on code that predates it) is timed: CPU ms (median of `--runs`), and the peak of the
 Python heap while it runs (tracemalloc, a separate run: tracing slows the timing).
+Fields are split on first read, so "read all" also reads every field of every segment:
+the most any reader of the message can make parsing cost.
 
 Prints one line per shape and a JSON summary (`--json` for only the JSON).
 """
@@ -32,6 +34,41 @@ def _fill(prefix: str, unit: str, size: int) -> bytes:
     return (_HEADER + prefix + unit * max(1, body // len(unit))).encode()
 
 
+def _at_the_limits(size: int) -> bytes:
+    """Every part at the listener's limit at once (the worst a cap still admits)."""
+    try:
+        from hl7_ingest.settings import Hl7Settings
+
+        st = Hl7Settings()
+        limits = (st.max_segments, st.max_fields, st.max_repetitions, st.max_components)
+        segments, fields, reps, comps, escapes = (*limits, st.max_escapes)
+    except (ImportError, AttributeError):  # code without limits: what the first ones were
+        segments, fields, reps, comps, escapes = 2000, 20_000, 5000, 50_000, 20_000
+    n = segments - 2  # the header and the PID below are two
+    per = {
+        "|": (fields - 20) // n,
+        "~": (reps - 1) // n,
+        "^": (comps - 4) // n,
+        "\\": (escapes - 1) // n,
+    }
+    line = "ZZ1" + "|" * per["|"] + "~" * per["~"] + "^" * per["^"] + "\\F\\" * per["\\"]
+    body = "PID|1\r" + "\r".join([line] * n)
+    pad = size - len(_HEADER) - len(body)
+    return (_HEADER + body + "A" * max(0, pad)).encode()
+
+
+def _one_field_at_the_limits(size: int) -> bytes:
+    """PID-3, a field every reader reads, holding every repetition, component and
+    escape sequence the limits allow."""
+    raw = _at_the_limits(size).decode()
+    fields = raw.count("|")
+    reps, comps, escapes = raw.count("~") - 1, raw.count("^") - 1, raw.count("\\") - 1
+    pid3 = "~" * reps + "^" * comps + "\\F\\" * (escapes // 2)
+    body = "PID|1||" + pid3 + "|" * (fields - _HEADER.count("|") - 3)
+    pad = size - len(_HEADER) - len(body)
+    return (_HEADER + body + "A" * max(0, pad)).encode()
+
+
 SHAPES: dict[str, Callable[[int], bytes]] = {
     "repetitions": lambda n: _fill("PID|", "~", n),
     "components": lambda n: _fill("PID|", "^", n),
@@ -41,6 +78,8 @@ SHAPES: dict[str, Callable[[int], bytes]] = {
     "escapes": lambda n: _fill("PID|", "\\", n),
     "hex escapes": lambda n: _fill("PID|", "\\X41\\", n),
     "one plain field": lambda n: _fill("PID|", "A", n),
+    "all at the limits": _at_the_limits,
+    "one field at them": _one_field_at_the_limits,
 }
 
 
@@ -61,26 +100,43 @@ def _parser() -> Callable[[bytes], object]:
                 return exc
 
         return old
+    from hl7_ingest.exceptions import MessageRejected
+
     settings = Hl7Settings()
 
     def new(raw: bytes) -> object:
-        return parse_message(raw, settings)
+        try:
+            return parse_message(raw, settings)
+        except MessageRejected as exc:
+            return exc
 
     return new
 
 
-def measure(raw: bytes, runs: int) -> dict[str, float | str]:
-    parse = _parser()
+def _read_all(message: object) -> None:
+    for seg in getattr(message, "segments", []):
+        for number in range(1, len(seg.fields)):
+            seg.field(number)
+
+
+def _timed(fn: Callable[[], object], runs: int) -> tuple[list[float], int]:
     times = []
-    outcome: object = None
     for _ in range(runs):
         started = time.process_time()
-        outcome = parse(raw)
+        fn()
         times.append((time.process_time() - started) * 1000)
     tracemalloc.start()
-    parse(raw)
+    fn()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    return times, peak
+
+
+def measure(raw: bytes, runs: int) -> dict[str, float | str]:
+    parse = _parser()
+    outcome = parse(raw)
+    times, peak = _timed(lambda: parse(raw), runs)
+    all_times, all_peak = _timed(lambda: _read_all(parse(raw)), runs)
     answer = type(outcome).__name__
     reason = getattr(outcome, "reason", "")
     return {
@@ -88,6 +144,8 @@ def measure(raw: bytes, runs: int) -> dict[str, float | str]:
         "cpu_ms": round(statistics.median(times), 2),
         "cpu_ms_max": round(max(times), 2),
         "peak_mib": round(peak / (1 << 20), 2),
+        "read_all_cpu_ms": round(statistics.median(all_times), 2),
+        "read_all_peak_mib": round(all_peak / (1 << 20), 2),
         "outcome": f"{answer}: {reason}" if reason else answer,
     }
 
@@ -100,11 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results = {name: measure(make(args.size), args.runs) for name, make in SHAPES.items()}
     if not args.json:
-        print(f"{'shape':<16} {'bytes':>8} {'cpu ms':>8} {'max ms':>8} {'peak MiB':>9}  outcome")
+        print(
+            f"{'shape':<18} {'bytes':>8} {'cpu ms':>8} {'max ms':>8} {'peak MiB':>9}"
+            f" {'read all ms':>12} {'read all MiB':>13}  outcome"
+        )
         for name, r in results.items():
             print(
-                f"{name:<16} {r['bytes']:>8} {r['cpu_ms']:>8} {r['cpu_ms_max']:>8}"
-                f" {r['peak_mib']:>9}  {r['outcome']}"
+                f"{name:<18} {r['bytes']:>8} {r['cpu_ms']:>8} {r['cpu_ms_max']:>8}"
+                f" {r['peak_mib']:>9} {r['read_all_cpu_ms']:>12} {r['read_all_peak_mib']:>13}"
+                f"  {r['outcome']}"
             )
     print(json.dumps(results))
     return 0
