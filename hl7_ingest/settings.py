@@ -39,6 +39,21 @@ class Hl7Settings(BaseSettings):
     max_repetitions: int = 1000
     max_components: int = 8000  # components and subcomponents together
     max_escapes: int = 2000
+    # Connections: at most this many open in all, and from one source address; more are
+    # closed at once. One that starts no message for `idle_timeout_seconds`, or does
+    # not finish a started one within `frame_timeout_seconds` (slowloris), is closed.
+    max_connections: int = 200
+    max_connections_per_peer: int = 16
+    idle_timeout_seconds: float = 600.0
+    frame_timeout_seconds: float = 30.0
+    # Dead letters (rejected messages of authenticated peers): their own table (empty:
+    # "{DYNAMO_TABLE}-hl7-dead-letters"), kept this long (TTL attribute `expires_at`),
+    # at most this many compressed bytes of a message, at most this many a minute from
+    # one peer address (beyond: no ACK, the sender resends later).
+    dead_letter_table: str = ""
+    dead_letter_days: float = 30.0
+    dead_letter_max_bytes: int = 65_536
+    dead_letters_per_minute: float = 60.0
     # After SIGTERM: how long messages being processed may take before they are cut.
     drain_seconds: float = 5.0
     # How long accepted control IDs are remembered for deduplication (TTL attribute).
