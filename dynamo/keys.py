@@ -1,5 +1,7 @@
 """Key builders of the single table (the seed's design), in one place.
 
+    patient id       {tenant}#{mrn}       (a tenant code never holds "#")
+
     item             PK                   SK
     patient profile  PATIENT#{patientId}  PATIENT#PROFILE
     order            PATIENT#{patientId}  ORDER#{orderId}
@@ -22,6 +24,15 @@ GSI2 = "GSI2-ModalitySchedule"
 PROFILE_SK = "PATIENT#PROFILE"
 STUDY_PREFIX = "STUDY#"
 ORDER_PREFIX = "ORDER#"
+
+
+def patient_id(tenant: str, mrn: str) -> str:
+    """A patient's id, unique across tenants. Tenant codes match ^[a-z0-9-]{1,40}$, so
+    the first "#" always ends the tenant: "north" + "wind-1" and "north-wind" + "1" stay
+    apart (the former `f"{tenant}-{mrn}"` made both "north-wind-1")."""
+    if not tenant or "#" in tenant:
+        raise ValueError("a tenant code cannot be empty or hold '#'")
+    return f"{tenant}#{mrn}"
 
 
 def patient_pk(patient_id: str) -> str:

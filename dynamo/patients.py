@@ -18,6 +18,12 @@ whichever arrives first, and the worklist ends with the exam under its survivor.
 
 Every function is idempotent in effect: a merge run again finds nothing left to move, a
 profile update writes an exam only when its name differs.
+
+Every function takes the tenant and touches only that tenant's items: a profile or a
+study whose `tenant` is another's is neither read nor written (`ForeignPatient` when
+the profile itself is another tenant's). Patient ids come from `keys.patient_id`, which
+cannot collide across tenants; the filter is the second lock on the same door, and it
+holds for items written under the former `{tenant}-{mrn}` ids too.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 from dynamo import keys
-from dynamo.exceptions import ExamNotFound, InvalidTransition, VersionConflict
+from dynamo.exceptions import ExamNotFound, InvalidTransition, StoreError, VersionConflict
 from dynamo.models import Exam, PatientProfile, exam_from_item, exam_keys, now_ms
 from dynamo.serde import from_attrs, to_attr, to_attrs
 from dynamo.states import OPEN_STATES, ExamStatus
@@ -33,6 +39,7 @@ from dynamo.store import ConditionFailed, ExamStore
 
 __all__ = [
     "REVISABLE_STATES",
+    "ForeignPatient",
     "get_profile",
     "merge_patients",
     "patient_studies",
@@ -46,31 +53,45 @@ _RACE_RETRIES = 5
 REVISABLE_STATES: frozenset[ExamStatus] = frozenset({ExamStatus.SCHEDULED, ExamStatus.ARRIVED})
 
 
+class ForeignPatient(StoreError):
+    """The patient id names another tenant's profile (never written, never read)."""
+
+    code = "forbidden"
+
+    def __init__(self) -> None:
+        super().__init__("the patient profile belongs to another tenant")
+
+
 def _profile_key(patient_id: str) -> dict[str, Any]:
     return {"PK": to_attr(keys.patient_pk(patient_id)), "SK": to_attr(keys.PROFILE_SK)}
 
 
-async def get_profile(store: ExamStore, patient_id: str) -> PatientProfile | None:
+async def get_profile(store: ExamStore, tenant: str, patient_id: str) -> PatientProfile | None:
+    """The tenant's profile of `patient_id`; None when absent or another tenant's."""
     resp = await store.call(
         "get_item", TableName=store.table, Key=_profile_key(patient_id), ConsistentRead=True
     )
     if "Item" not in resp:
         return None
     item = from_attrs(resp["Item"])
+    if item.get("tenant") != tenant:
+        return None
     return PatientProfile.model_validate({k: item.get(k, "") for k in PatientProfile.model_fields})
 
 
-async def patient_studies(store: ExamStore, patient_id: str) -> list[dict[str, Any]]:
-    """Every STUDY item of a patient, raw (the fencing attributes included)."""
+async def patient_studies(store: ExamStore, tenant: str, patient_id: str) -> list[dict[str, Any]]:
+    """Every STUDY item of a tenant's patient, raw (the fencing attributes included)."""
     out: list[dict[str, Any]] = []
     start: dict[str, Any] | None = None
     while True:
         kwargs: dict[str, Any] = {
             "TableName": store.table,
             "KeyConditionExpression": "PK = :pk AND begins_with(SK, :study)",
+            "FilterExpression": "tenant = :tenant",
             "ExpressionAttributeValues": {
                 ":pk": to_attr(keys.patient_pk(patient_id)),
                 ":study": to_attr(keys.STUDY_PREFIX),
+                ":tenant": to_attr(tenant),
             },
             "ConsistentRead": True,
         }
@@ -103,8 +124,9 @@ async def update_patient(
     birth_date: str | None = None,
     sex: str | None = None,
 ) -> tuple[PatientProfile, list[Exam]]:
-    """Upsert the profile (None leaves a value as it is) and put the name on every open
-    exam of the patient. Returns the profile and the exams that were written."""
+    """Upsert the tenant's profile (None leaves a value as it is) and put the name on
+    every open exam of the patient. Returns the profile and the exams that were written.
+    `ForeignPatient` when the profile is another tenant's."""
     sets = ["entity = :entity", "patient_id = :pid", "tenant = :tenant", "mrn = :mrn"]
     values: dict[str, Any] = {
         ":entity": "PATIENT",
@@ -121,22 +143,26 @@ async def update_patient(
         else:
             sets.append(f"{attr} = {placeholder}")
             values[placeholder] = value
-    resp = await store.call(
-        "update_item",
-        TableName=store.table,
-        Key=_profile_key(patient_id),
-        UpdateExpression="SET " + ", ".join(sets),
-        ExpressionAttributeNames={"#name": "name"},
-        ExpressionAttributeValues=to_attrs(values),
-        ReturnValues="ALL_NEW",
-    )
+    try:
+        resp = await store.call(
+            "update_item",
+            TableName=store.table,
+            Key=_profile_key(patient_id),
+            UpdateExpression="SET " + ", ".join(sets),
+            ConditionExpression="attribute_not_exists(PK) OR tenant = :tenant",
+            ExpressionAttributeNames={"#name": "name"},
+            ExpressionAttributeValues=to_attrs(values),
+            ReturnValues="ALL_NEW",
+        )
+    except store.condition_failed:
+        raise ForeignPatient() from None
     item = from_attrs(resp["Attributes"])
     profile = PatientProfile.model_validate(
         {k: item.get(k, "") for k in PatientProfile.model_fields}
     )
 
     written: list[Exam] = []
-    for raw in await patient_studies(store, patient_id):
+    for raw in await patient_studies(store, tenant, patient_id):
         exam = exam_from_item(raw)
         for _ in range(_RACE_RETRIES):
             if exam.status not in OPEN_STATES or exam.patient_name == profile.name:
@@ -176,11 +202,14 @@ async def merge_patients(
 
     The survivor's profile is created from `survivor` when it does not exist yet; when
     it does, its stored name is what the moved exams show. The prior profile stays,
-    marked `merged_into`, as the record of the merge. Returns the moved exams.
+    marked `merged_into`, as the record of the merge. Returns the moved exams. Only
+    `tenant`'s studies move; `ForeignPatient` when either profile is another tenant's.
     """
     if survivor.patient_id == prior_patient_id:
         raise ValueError("a patient cannot be merged into itself")
-    stored = await get_profile(store, survivor.patient_id)
+    if survivor.tenant != tenant:
+        raise ForeignPatient()
+    stored = await get_profile(store, tenant, survivor.patient_id)
     if stored is None:
         try:
             await store.call(
@@ -198,10 +227,12 @@ async def merge_patients(
             )
             stored = survivor
         except store.condition_failed:
-            stored = await get_profile(store, survivor.patient_id)  # created meanwhile
-        stored = stored or survivor
+            # Created meanwhile, or another tenant's: then get_profile says None.
+            stored = await get_profile(store, tenant, survivor.patient_id)
+            if stored is None:
+                raise ForeignPatient() from None
     moved: list[Exam] = []
-    for raw in await patient_studies(store, prior_patient_id):
+    for raw in await patient_studies(store, tenant, prior_patient_id):
         exam = await _move_study(store, raw, stored)
         if exam is not None:
             moved.append(exam)
@@ -211,11 +242,13 @@ async def merge_patients(
             TableName=store.table,
             Key=_profile_key(prior_patient_id),
             UpdateExpression="SET merged_into = :s, merged_at = :now",
-            ConditionExpression="attribute_exists(PK)",
-            ExpressionAttributeValues=to_attrs({":s": survivor.patient_id, ":now": now_ms()}),
+            ConditionExpression="attribute_exists(PK) AND tenant = :tenant",
+            ExpressionAttributeValues=to_attrs(
+                {":s": survivor.patient_id, ":now": now_ms(), ":tenant": tenant}
+            ),
         )
     except store.condition_failed:
-        pass  # the prior patient had no profile of its own
+        pass  # the prior patient had no profile of its own (in this tenant)
     for exam in moved:
         # This process's accession cache pointed at the prior partition.
         await store.locate(tenant, exam.accession, fresh=True)
@@ -228,8 +261,8 @@ async def _move_study(
     cancelled = store.transaction_cancelled
     current: dict[str, Any] | None = raw
     for _ in range(_RACE_RETRIES):
-        if current is None:
-            return None  # moved (or removed) by someone else meanwhile
+        if current is None or current.get("tenant") != survivor.tenant:
+            return None  # moved (or removed) by someone else meanwhile; or not this tenant's
         prior_id = str(current["patient_id"])
         accession = str(current["accession"])
         tenant = str(current["tenant"])

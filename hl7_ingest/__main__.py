@@ -15,8 +15,9 @@ from dynamo.client import dynamodb_client
 from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
 from dynamo.table import wait_for_table
+from hl7_ingest.deadletters import ensure_dead_letter_table
 from hl7_ingest.exceptions import MappingError
-from hl7_ingest.listener import MllpListener
+from hl7_ingest.listener import listener_for
 from hl7_ingest.mapping import Mappings, load_mappings
 from hl7_ingest.processor import Ingest
 from hl7_ingest.settings import Hl7Settings
@@ -29,17 +30,14 @@ log = logging.getLogger("hl7_ingest")
 async def run_listener(settings: Hl7Settings, dynamo: DynamoSettings, mappings: Mappings) -> None:
     async with dynamodb_client(dynamo) as client:
         await wait_for_table(client, dynamo.table)
-        ingest = Ingest(ExamStore(client, dynamo.table), mappings, settings)
-        listener = MllpListener(
-            ingest.handle,
-            host=settings.host,
-            port=settings.port,
-            ssl_context=settings.ssl_context(),
-            max_message_bytes=settings.max_message_bytes,
-            drain_seconds=settings.drain_seconds,
-            on_discarded=ingest.discarded,
-        )
+        store = ExamStore(client, dynamo.table)
+        ingest = Ingest(store, mappings, settings)
+        await ensure_dead_letter_table(store, ingest.dead_letters.table)
+        listener = listener_for(ingest, settings)
         senders = ", ".join(f"{m.sender} ({m.tenant})" for m in mappings)
+        unbound = [m.sender for m in mappings if not (m.peers.addresses or m.peers.certificates)]
+        if unbound:
+            log.warning("mappings that admit no peer (add `peers`): %s", ", ".join(unbound))
         async with listener:
             log.info("HL7 ingest ready for %s into table %s", senders, dynamo.table)
             await asyncio.Event().wait()  # until SIGTERM/SIGINT cancels this task

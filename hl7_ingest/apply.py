@@ -26,7 +26,7 @@ from dynamo.exceptions import (
     VersionConflict,
 )
 from dynamo.models import Exam, now_ms
-from dynamo.patients import merge_patients, revise_exam, update_patient
+from dynamo.patients import ForeignPatient, merge_patients, revise_exam, update_patient
 from dynamo.states import READING_STATES, TRANSITIONS, ExamStatus, can_transition
 from dynamo.store import ExamStore
 from hl7_ingest.exceptions import (
@@ -99,6 +99,8 @@ async def apply(store: ExamStore, command: Command) -> str:
                 store, command.tenant, command.survivor, command.prior_patient_id
             )
             return f"patients merged, {len(moved)} exams moved to the survivor"
+    except ForeignPatient as exc:
+        raise ApplicationRejected(UNKNOWN_KEY, "PID-3", exc.reason) from None
     except StoreUnavailable as exc:
         raise NotAcknowledged(exc.reason) from None
     except VersionConflict as exc:

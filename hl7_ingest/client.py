@@ -29,8 +29,11 @@ class MllpClient:
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 10.0,
         server_hostname: str | None = None,
+        local_address: str | None = None,
     ) -> None:
+        """`local_address`: the source IP to connect from (a host with several)."""
         self.host = host
+        self._local = (local_address, 0) if local_address else None
         self.port = port
         self.timeout = timeout
         self._ssl = ssl_context
@@ -50,6 +53,7 @@ class MllpClient:
                     self.port,
                     ssl=self._ssl,
                     server_hostname=self._server_hostname if self._ssl else None,
+                    local_addr=self._local,
                 ),
                 self.timeout,
             )
@@ -77,9 +81,10 @@ class MllpClient:
         """Send one message and return its ACK. Raises `AckTimeout` when none came in
         time and `MllpError` when the connection failed or the answer was not its ACK."""
         data = message.encode() if isinstance(message, str) else message
-        text = data.decode("utf-8", errors="replace")
+        # MSH alone names the control ID: parsing the whole of a big message costs more.
+        header = data[: min(len(data), 4096)].replace(b"\n", b"\r").split(b"\r", 1)[0]
         try:
-            control_id = parse(text).msh.get(10)
+            control_id = parse(header.decode("utf-8", errors="replace")).msh.get(10)
         except ParseError:
             control_id = None  # garbage on purpose (tests); any answer will do
         limit = self.timeout if timeout is None else timeout

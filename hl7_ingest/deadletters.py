@@ -5,11 +5,24 @@
     replay ID                  run the message through the ingest again (same mapping
                                files, same store); on AA the dead letter is closed
 
-Every message answered AE or AR is stored here, and so is anything that looked like a
-message but arrived outside an MLLP frame (never acknowledged). Items live in the exam
-table: `PK = HL7DEAD`, `SK = DL#{id}`, where the id is a hash of the message bytes, so a
+Every message an authenticated peer sent that got AE or AR is stored here, and so is
+anything such a peer sent that looked like a message but arrived outside an MLLP frame
+(never acknowledged). A peer that no site mapping admits, or a message whose MSH-4
+names a facility its connection is not bound to, leaves nothing here: unauthenticated
+bytes are never stored (only a log line without content).
+
+Where: a table of their own, `HL7_DEAD_LETTER_TABLE` (default `{DYNAMO_TABLE}-hl7-dead-
+letters`), created by the listener when missing, without a stream. The messages hold
+PHI; in the exam table they would flow through its stream to the relay, the audit
+consumer and every other reader of it. On their own table an IAM policy gives read
+access to the ingest's operators (this CLI) and write access to the listener only.
+Items: `PK = HL7DEAD`, `SK = DL#{id}`, where the id is a hash of the message bytes, so a
 sender that resends a rejected message updates one dead letter (`attempts`) instead of
-piling up copies. The message is stored zlib-compressed (DynamoDB items hold 400 KB).
+piling up copies. The message is stored zlib-compressed, cut at
+`HL7_DEAD_LETTER_MAX_BYTES` (then it cannot be replayed), and every item carries
+`expires_at` (`HL7_DEAD_LETTER_DAYS` from its last sighting) for DynamoDB's TTL. At most
+`HL7_DEAD_LETTERS_PER_MINUTE` are written per peer address; beyond that a rejected
+message is not acknowledged at all (the sender keeps it and resends later).
 
 The dead letter is written *before* the negative ACK goes out: a sender drops a message
 it got AE/AR for, so the dead letter is then the only copy. If it cannot be written, no
@@ -27,13 +40,91 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from dynamo.exceptions import PermanentStoreError
 from dynamo.serde import from_attrs, to_attr, to_attrs
 from dynamo.store import ExamStore
+from hl7_ingest.peers import Peer
 
-__all__ = ["DeadLetter", "DeadLetters", "main"]
+__all__ = [
+    "DeadLetter",
+    "DeadLetters",
+    "PeerBudget",
+    "dead_letter_table",
+    "ensure_dead_letter_table",
+    "main",
+]
 
 _PK = "HL7DEAD"
-_RAW_LIMIT = 350_000  # compressed bytes kept; the rest of a huge message is cut
+_TTL_ATTRIBUTE = "expires_at"
+
+
+def dead_letter_table(exam_table: str, configured: str = "") -> str:
+    return configured or f"{exam_table}-hl7-dead-letters"
+
+
+async def ensure_dead_letter_table(store: ExamStore, table: str, timeout: float = 30.0) -> None:
+    """Create the dead-letter table (no stream, TTL on `expires_at`) unless it exists."""
+    try:
+        await store.call("describe_table", TableName=table)
+        return
+    except PermanentStoreError as exc:
+        if exc.error_code != "ResourceNotFoundException":
+            raise
+    try:
+        await store.call(
+            "create_table",
+            TableName=table,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[
+                {"AttributeName": "PK", "AttributeType": "S"},
+                {"AttributeName": "SK", "AttributeType": "S"},
+            ],
+            KeySchema=[
+                {"AttributeName": "PK", "KeyType": "HASH"},
+                {"AttributeName": "SK", "KeyType": "RANGE"},
+            ],
+        )
+    except PermanentStoreError as exc:
+        if exc.error_code != "ResourceInUseException":  # created meanwhile
+            raise
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (await store.call("describe_table", TableName=table))["Table"]["TableStatus"] != (
+        "ACTIVE"
+    ):
+        if loop.time() > deadline:
+            raise TimeoutError(f"table {table} not ACTIVE after {timeout:.0f}s")
+        await asyncio.sleep(0.2)
+    try:
+        await store.call(
+            "update_time_to_live",
+            TableName=table,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": _TTL_ATTRIBUTE},
+        )
+    except PermanentStoreError:
+        pass  # already enabled; or managed by the deployment's own definition
+
+
+class PeerBudget:
+    """A token bucket per peer address: `per_minute` dead letters, refilled steadily."""
+
+    def __init__(self, per_minute: float, *, clock: Any = time.monotonic) -> None:
+        self.capacity = max(1.0, per_minute)
+        self.rate = per_minute / 60.0
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> bool:
+        now = self._clock()
+        tokens, then = self._buckets.get(key, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - then) * self.rate)
+        if len(self._buckets) > 10_000:  # forget full buckets, bounded memory
+            self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.capacity}
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return False
+        self._buckets[key] = (tokens - 1.0, now)
+        return True
 
 
 @dataclass(frozen=True)
@@ -54,6 +145,10 @@ class DeadLetter:
     raw: bytes
     raw_truncated: bool
     replayed_at: int | None = None
+    # Who sent it, as the listener authenticated it (a replay is checked as that peer).
+    peer_address: str = ""
+    peer_names: tuple[str, ...] = ()
+    expires_at: int | None = None
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> DeadLetter:
@@ -76,7 +171,14 @@ class DeadLetter:
             raw=_unpack(raw),
             raw_truncated=bool(item.get("raw_truncated", False)),
             replayed_at=int(item["replayed_at"]) if "replayed_at" in item else None,
+            peer_address=str(item.get("peer_address", "")),
+            peer_names=tuple(sorted(str(n) for n in item.get("peer_names", []) or [])),
+            expires_at=int(item["expires_at"]) if "expires_at" in item else None,
         )
+
+    @property
+    def sent_by(self) -> Peer:
+        return Peer(self.peer_address, 0, frozenset(self.peer_names))
 
 
 def _unpack(data: bytes) -> bytes:
@@ -91,8 +193,20 @@ def dead_letter_id(raw: bytes) -> str:
 
 
 class DeadLetters:
-    def __init__(self, store: ExamStore) -> None:
+    def __init__(
+        self,
+        store: ExamStore,
+        table: str | None = None,
+        *,
+        keep_days: float = 30.0,
+        max_bytes: int = 65_536,
+    ) -> None:
+        """`store` is used for its client and retries; the items go to `table` (the
+        dead-letter table of `store.table` when None)."""
         self.store = store
+        self.table = table or dead_letter_table(store.table)
+        self.keep_seconds = int(keep_days * 86400)
+        self.max_bytes = max_bytes
 
     def _key(self, dl_id: str) -> dict[str, Any]:
         return {"PK": to_attr(_PK), "SK": to_attr(f"DL#{dl_id}")}
@@ -108,12 +222,12 @@ class DeadLetters:
         error_code: str,
         field: str,
         reason: str,
-        peer: str,
+        peer: Peer,
     ) -> str:
         """Store (or update) the dead letter of `raw`; returns its id."""
         dl_id = dead_letter_id(raw)
         packed = zlib.compress(raw, 6)
-        truncated = len(packed) > _RAW_LIMIT
+        truncated = len(packed) > self.max_bytes
         now = int(time.time() * 1000)
         values = {
             ":id": dl_id,
@@ -128,14 +242,17 @@ class DeadLetters:
             ":code": error_code,
             ":field": field,
             ":reason": reason,
-            ":peer": peer,
-            ":raw": packed[:_RAW_LIMIT],
+            ":peer": peer.label,
+            ":paddr": peer.address,
+            ":pnames": sorted(peer.names),
+            ":raw": packed[: self.max_bytes],
             ":trunc": truncated,
             ":entity": "HL7_DEADLETTER",
+            ":exp": now // 1000 + self.keep_seconds,
         }
         await self.store.call(
             "update_item",
-            TableName=self.store.table,
+            TableName=self.table,
             Key=self._key(dl_id),
             UpdateExpression=(
                 "SET entity = :entity, id = :id, #st = :open,"
@@ -143,7 +260,8 @@ class DeadLetters:
                 " attempts = if_not_exists(attempts, :zero) + :one, sender = :sender,"
                 " control_id = :cid, message_type = :type, ack_code = :ack,"
                 " error_code = :code, #f = :field, reason = :reason, peer = :peer,"
-                " #raw = :raw, raw_truncated = :trunc REMOVE replayed_at"
+                " #raw = :raw, raw_truncated = :trunc, peer_address = :paddr,"
+                " peer_names = :pnames, expires_at = :exp REMOVE replayed_at"
             ),
             ExpressionAttributeNames={"#st": "status", "#f": "field", "#raw": "raw"},
             ExpressionAttributeValues=to_attrs(values),
@@ -152,7 +270,7 @@ class DeadLetters:
 
     async def get(self, dl_id: str) -> DeadLetter | None:
         resp = await self.store.call(
-            "get_item", TableName=self.store.table, Key=self._key(dl_id), ConsistentRead=True
+            "get_item", TableName=self.table, Key=self._key(dl_id), ConsistentRead=True
         )
         return DeadLetter.from_item(from_attrs(resp["Item"])) if "Item" in resp else None
 
@@ -162,7 +280,7 @@ class DeadLetters:
         start: dict[str, Any] | None = None
         while True:
             kwargs: dict[str, Any] = {
-                "TableName": self.store.table,
+                "TableName": self.table,
                 "KeyConditionExpression": "PK = :pk",
                 "ExpressionAttributeValues": {":pk": to_attr(_PK)},
                 "ConsistentRead": True,
@@ -183,7 +301,7 @@ class DeadLetters:
         """The message was replayed and accepted."""
         await self.store.call(
             "update_item",
-            TableName=self.store.table,
+            TableName=self.table,
             Key=self._key(dl_id),
             UpdateExpression="SET #st = :done, replayed_at = :now",
             ConditionExpression="attribute_exists(PK)",
@@ -222,6 +340,8 @@ def _print_one(d: DeadLetter) -> None:
     print(f"status:      {d.status}" + (f" at {_when(d.replayed_at)}" if d.replayed_at else ""))
     print(f"first seen:  {_when(d.first_seen)}")
     print(f"last seen:   {_when(d.last_seen)} ({d.attempts} times) from {d.peer}")
+    if d.expires_at:
+        print(f"expires:     {_when(d.expires_at * 1000)}")
     print(f"sender:      {d.sender}")
     print(f"control id:  {d.control_id}")
     print(f"type:        {d.message_type}")
@@ -256,7 +376,9 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def run_command(args: argparse.Namespace, store: ExamStore, settings: Any) -> int:
     """The CLI's work on a given store (tests call this in-process)."""
-    letters = DeadLetters(store)
+    letters = DeadLetters(
+        store, dead_letter_table(store.table, getattr(settings, "dead_letter_table", ""))
+    )
     if args.command == "list":
         _print_list(await letters.list(include_replayed=args.all, limit=args.limit))
         return 0
@@ -275,7 +397,8 @@ async def run_command(args: argparse.Namespace, store: ExamStore, settings: Any)
     from hl7_ingest.processor import Ingest
 
     ingest = Ingest(store, load_mappings(settings.mappings_dir or None), settings)
-    outcome = await ingest.handle(letter.raw, peer="replay")
+    # As the peer that sent it: a mapping that no longer admits it refuses the replay.
+    outcome = await ingest.handle(letter.raw, letter.sent_by)
     if outcome.code == "AA":
         await letters.resolve(letter.id)
         print(f"AA: {outcome.control_id} accepted; dead letter {letter.id} closed")

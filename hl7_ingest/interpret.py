@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dynamo import keys
 from dynamo.models import Exam, Order, PatientProfile, now_ms
 from dynamo.states import ExamStatus, Modality, Priority
 from hl7_ingest.exceptions import (
@@ -41,7 +42,8 @@ __all__ = [
 
 
 def patient_id_of(tenant: str, mrn: str) -> str:
-    return f"{tenant}-{mrn}"
+    """The patient's id in the store: one rule, `dynamo.keys.patient_id`."""
+    return keys.patient_id(tenant, mrn)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ Each file (JSON, in `hl7_ingest/mappings/` or the directory `HL7_MAPPINGS_DIR` n
 says where that site's dialect keeps each value and what its codes mean, so a new site
 is configuration, not code:
 
+- `peers`: who may send as this facility, by client certificate or source address
+  (`hl7_ingest.peers`); a message whose MSH-4 names a facility its connection is not
+  bound to is refused (AR) and nothing of it is stored
 - `sender`, `tenant`, `version`, `time_zone` (an IANA zone: times without an offset are
   that site's local time), `timestamps_with_offset` (how the message builder writes them)
 - `message_types` the site may send (`"ORM^O01"`, ...) and `order_message`, the one it
@@ -38,6 +41,7 @@ from hl7_ingest.exceptions import (
     MappingError,
 )
 from hl7_ingest.message import Message, parse_path
+from hl7_ingest.peers import Peer, PeerRule
 
 __all__ = [
     "PACKAGED_MAPPINGS",
@@ -131,7 +135,8 @@ class SiteMapping(BaseModel):
 
     sender: str = Field(min_length=1)
     name: str = ""
-    tenant: str = Field(min_length=1)
+    tenant: str = Field(pattern=r"^[a-z0-9-]{1,40}$")
+    peers: PeerRule = PeerRule()
     version: str = "2.5.1"
     time_zone: str = "UTC"
     timestamps_with_offset: bool = False
@@ -285,6 +290,10 @@ class Mappings:
 
     def get(self, sender: str) -> SiteMapping | None:
         return self.by_sender.get(sender.upper())
+
+    def admitting(self, peer: Peer) -> list[SiteMapping]:
+        """The facilities `peer` may send as (none: it is nobody this listener knows)."""
+        return [m for m in self.by_sender.values() if m.peers.admits(peer)]
 
     def for_site(self, tenant: str, site: str) -> SiteMapping | None:
         """The mapping of a facility that sends orders for `site` (for the builder)."""

@@ -11,16 +11,54 @@ encoding characters, MSH-3 the sending application; in every other segment field
 the first one after the segment name. A *path* names one value:
 `SEG-field[.component[.subcomponent]]`, e.g. `PID-3.1`, always in the first repetition
 of the field and the first segment of that name.
+
+A sender writes the message, so it chooses what parsing costs: a million repetitions
+(`PID|~~~~...`) would be a million lists. `parse` counts the delimiters first (one C
+pass per character, whatever the message holds) and refuses a message beyond its
+`Limits` before it builds anything (`MessageTooComplex`, an AR).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from hl7_ingest.exceptions import ParseError
+from hl7_ingest.exceptions import INTERNAL_ERROR, MessageRejected, ParseError
 
-__all__ = ["Encoding", "Message", "Path", "Segment", "parse", "parse_path"]
+__all__ = [
+    "Encoding",
+    "Limits",
+    "Message",
+    "MessageTooComplex",
+    "Path",
+    "Segment",
+    "parse",
+    "parse_path",
+]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The most of each part one message may hold (the listener's HL7_MAX_* settings)."""
+
+    segments: int = 1000
+    fields: int = 8000
+    repetitions: int = 1000
+    components: int = 8000  # components and subcomponents together
+    escapes: int = 2000  # escape sequences (\F\, \X0D\, \.br\, ...)
+
+
+class MessageTooComplex(MessageRejected):
+    """More parts than `Limits` allows: refused before it is parsed."""
+
+    def __init__(self, part: str, limit: int) -> None:
+        super().__init__(
+            INTERNAL_ERROR, "", f"the message has more than {limit} {part}; refused unparsed"
+        )
+        self.part = part
+        self.limit = limit
+
 
 Component = list[str]  # subcomponents
 Repetition = list[Component]
@@ -89,21 +127,22 @@ class Encoding:
         e = self.escape
         if not e or e not in value:
             return value
-        out: list[str] = []
-        i = 0
-        while i < len(value):
-            ch = value[i]
-            end = value.find(e, i + 1) if ch == e else -1
-            if end < 0:
-                out.append(ch)
-                i += 1
-                continue
-            out.append(self._sequence(value[i + 1 : end], value[i : end + 1]))
-            i = end + 1
+        # Split on the escape character: text, code, text, code, ... An unpaired last
+        # escape character opens no sequence and is kept as text.
+        parts = value.split(e)
+        out = [parts[0]]
+        pairs = (len(parts) - 1) // 2
+        for k in range(pairs):
+            code = parts[2 * k + 1]
+            out.append(self._sequence(code, e + code + e))
+            out.append(parts[2 * k + 2])
+        if len(parts) % 2 == 0:
+            out.append(e + parts[-1])
         return "".join(out)
 
-    def _sequence(self, code: str, raw: str) -> str:
-        simple = {
+    @cached_property
+    def _simple(self) -> dict[str, str]:
+        return {
             "F": self.field,
             "S": self.component,
             "T": self.subcomponent,
@@ -113,6 +152,9 @@ class Encoding:
             "H": "",  # highlighting on/off: no meaning in a worklist
             "N": "",
         }
+
+    def _sequence(self, code: str, raw: str) -> str:
+        simple = self._simple
         if code in simple:
             return simple[code]
         if code.startswith("X") and len(code) > 1 and len(code) % 2 == 1:
@@ -127,16 +169,27 @@ class Encoding:
 
 class Segment:
     """One segment: its name and its fields (field 1 is `fields[1]`; `fields[0]` is the
-    name for uniform indexing)."""
+    name for uniform indexing).
 
-    __slots__ = ("fields", "name")
+    A parsed field stays its raw text until it is first read: a worklist reads a few
+    dozen fields of a message, so the parts nobody reads cost one `str.split`."""
 
-    def __init__(self, name: str, fields: list[Field] | None = None) -> None:
+    __slots__ = ("_enc", "fields", "name")
+
+    def __init__(
+        self, name: str, fields: list[Field | str] | None = None, enc: Encoding | None = None
+    ) -> None:
         self.name = name
-        self.fields: list[Field] = fields if fields is not None else [[[[name]]]]
+        self.fields: list[Field | str] = fields if fields is not None else [[[[name]]]]
+        self._enc = enc or Encoding()
 
     def field(self, number: int) -> Field:
-        return self.fields[number] if 0 < number < len(self.fields) else []
+        if not 0 < number < len(self.fields):
+            return []
+        value = self.fields[number]
+        if isinstance(value, str):
+            value = self.fields[number] = _split_field(value, self._enc)
+        return value
 
     def get(self, number: int, component: int = 1, subcomponent: int = 1, rep: int = 1) -> str:
         reps = self.field(number)
@@ -161,7 +214,7 @@ class Segment:
     def set(self, number: int, value: str, component: int = 1, subcomponent: int = 1) -> None:
         while len(self.fields) <= number:
             self.fields.append([])
-        reps = self.fields[number]
+        reps = self.field(number)
         if not reps:
             reps.append([])
         comps = reps[0]
@@ -224,7 +277,7 @@ class Message:
     # ---- writing ------------------------------------------------------------------------
 
     def add(self, name: str) -> Segment:
-        seg = Segment(name)
+        seg = Segment(name, enc=self.encoding)
         if name == "MSH":
             enc = self.encoding
             seg.fields = [[[["MSH"]]], [[[enc.field]]], [[[enc.msh2]]]]
@@ -249,6 +302,9 @@ class Message:
                 parts = ["MSH" + enc.field + enc.msh2]
                 start = 3
             for f in seg.fields[start:]:
+                if isinstance(f, str):
+                    parts.append(f)  # never read: still as it came, in this encoding
+                    continue
                 parts.append(
                     enc.repetition.join(
                         enc.component.join(
@@ -285,8 +341,27 @@ def _split_field(raw: str, enc: Encoding) -> Field:
     return out
 
 
-def parse(text: str) -> Message:
-    """Parse one HL7 v2 message. Raises `ParseError` (an AR) when it is not one."""
+def _check_limits(text: str, enc: Encoding, limits: Limits) -> None:
+    """Count the parts before building them; MSH-2 holds one of each encoding character."""
+
+    def seen(char: str) -> int:
+        return text.count(char) - 1 if char else 0  # less the one in MSH-2
+
+    counts = (
+        ("segments", text.count("\r") + 1, limits.segments),
+        ("fields", text.count(enc.field), limits.fields),
+        ("repetitions", seen(enc.repetition), limits.repetitions),
+        ("components", seen(enc.component) + seen(enc.subcomponent), limits.components),
+        ("escapes", seen(enc.escape) // 2, limits.escapes),
+    )
+    for part, count, limit in counts:
+        if count > limit:
+            raise MessageTooComplex(part, limit)
+
+
+def parse(text: str, limits: Limits | None = None) -> Message:
+    """Parse one HL7 v2 message. Raises `ParseError` (an AR) when it is not one, and
+    `MessageTooComplex` (an AR) when it holds more parts than `limits` allows."""
     text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r\x00 \t")
     if not text.startswith("MSH"):
         raise ParseError("the message does not start with an MSH segment")
@@ -309,6 +384,8 @@ def parse(text: str) -> Message:
         escape=chars[2] if chars[2] != "\0" else "",
         subcomponent=chars[3] if chars[3] != "\0" else "",
     )
+    if limits is not None:
+        _check_limits(text, enc, limits)
     msg = Message(encoding=enc)
     for number, line in enumerate(text.split("\r")):
         if not line.strip():
@@ -320,11 +397,11 @@ def parse(text: str) -> Message:
             if number != 0:
                 raise ParseError("a second MSH segment inside one message")
             raw_fields = line[4:].split(sep)
-            fields: list[Field] = [[[["MSH"]]], [[[sep]]], [[[raw_fields[0]]]]]
-            fields.extend(_split_field(f, enc) for f in raw_fields[1:])
+            fields: list[Field | str] = [[[["MSH"]]], [[[sep]]], [[[raw_fields[0]]]]]
+            fields.extend(raw_fields[1:])
         else:
             fields = [[[[name]]]]
             if len(line) > 4:
-                fields.extend(_split_field(f, enc) for f in line[4:].split(sep))
-        msg.segments.append(Segment(name, fields))
+                fields.extend(line[4:].split(sep))
+        msg.segments.append(Segment(name, fields, enc))
     return msg

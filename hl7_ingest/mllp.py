@@ -41,6 +41,11 @@ class FrameDecoder:
         self.discarded: list[bytes] = []
 
     @property
+    def in_frame(self) -> bool:
+        """A start block was seen and its end block not yet."""
+        return self._in_frame
+
+    @property
     def pending(self) -> int:
         """Bytes of an unfinished frame (the sender is mid-message)."""
         return len(self._buf) if self._in_frame else 0

@@ -1,15 +1,20 @@
 """One message in, one ACK out: parse, check, deduplicate, apply, record, answer.
 
-    parse            not HL7 -> AR
-    MSH-4            no mapping for the sending facility -> AR
+    parse            not HL7, or more parts than the HL7_MAX_* limits -> AR (counted
+                     before anything is built; fields are split when first read)
+    MSH-4            no mapping for the sending facility, or one that does not admit
+                     this connection's peer (`peers`: certificate or address) -> AR
     MSH-11           not this listener's processing ID -> AR
     MSH-9            a type the site's mapping does not list -> AR
-    MSH-10           accepted before (the ledger) -> AA again, nothing written
+    MSH-10           accepted before from this facility (the ledger) with the same
+                     content digest -> AA again, nothing written; with another
+                     content -> AE (a different message reusing the control ID)
     interpret+apply  through the site's mapping into the store -> AA, or AE naming the
                      field and the reason
     record           the control ID, after the write (see `ledger`)
 
-Every AE and AR is dead-lettered before it is sent. When the store is unavailable
+Every AE and AR of an authenticated peer is dead-lettered before it is sent; nothing
+of a peer that failed identity is stored. When the store is unavailable
 nothing is sent (`NotAcknowledged`) and the listener closes the connection, so the
 sender resends from that message on and per-connection order is kept.
 
@@ -22,6 +27,7 @@ never a name, an MRN or the message.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import traceback
@@ -32,9 +38,10 @@ from dynamo.exceptions import StoreUnavailable
 from dynamo.store import ExamStore
 from hl7_ingest.ack import build_ack
 from hl7_ingest.apply import apply
-from hl7_ingest.deadletters import DeadLetters
+from hl7_ingest.deadletters import DeadLetters, PeerBudget, dead_letter_table
 from hl7_ingest.exceptions import (
     DATA_TYPE_ERROR,
+    DUPLICATE_KEY,
     INTERNAL_ERROR,
     REQUIRED_FIELD_MISSING,
     UNKNOWN_KEY,
@@ -51,13 +58,18 @@ from hl7_ingest.interpret import interpret
 from hl7_ingest.ledger import Ledger
 from hl7_ingest.mapping import Mappings, SiteMapping
 from hl7_ingest.message import Message, parse
+from hl7_ingest.peers import Peer
 from hl7_ingest.settings import Hl7Settings
 
-__all__ = ["Ingest", "Outcome"]
+__all__ = ["Ingest", "Outcome", "content_digest", "parse_message"]
 
 log = logging.getLogger("hl7_ingest")
 
 _MAX_CONTROL_ID = 199  # MSH-10's length in v2.5; it becomes part of a DynamoDB key
+# Parsing stays on the event loop. With the limits a 1 MiB message costs ~5 ms to parse
+# and ~15 ms if every field of it is read (loadtest/hl7_parser_cost.py). A worker thread
+# was measured not to help: the parse holds the GIL, and the loop's own I/O then waits
+# for it (loop stalls of 80-180 ms with the thread against ~100 ms without it).
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,24 @@ def decode(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")  # the usual 8859/1 of older RIS; every byte decodes
+
+
+def parse_message(raw: bytes, settings: Hl7Settings) -> Message:
+    """The bytes of one frame as a message, within the settings' limits (AR beyond)."""
+    return parse(decode(raw), settings.limits())
+
+
+def content_digest(raw: bytes) -> str:
+    """What makes a resend the same message: its text with line ends normalized and
+    MSH-7 (the time of the message, which some engines stamp anew on a resend) left out."""
+    text = decode(raw).replace("\r\n", "\r").replace("\n", "\r").strip("\r\x00 \t")
+    head, _, rest = text.partition("\r")
+    if len(head) > 3:
+        fields = head.split(head[3])
+        if len(fields) > 6:
+            fields[6] = ""
+        head = head[3].join(fields)
+    return hashlib.sha256(f"{head}\r{rest}".encode()).hexdigest()[:32]
 
 
 def _guess_control_id(text: str) -> str:
@@ -100,37 +130,69 @@ class Ingest:
         self.mappings = mappings
         self.settings = settings or Hl7Settings()
         self.ledger = Ledger(store, keep_days=self.settings.dedupe_days)
-        self.dead_letters = DeadLetters(store)
+        self.dead_letters = DeadLetters(
+            store,
+            dead_letter_table(store.table, self.settings.dead_letter_table),
+            keep_days=self.settings.dead_letter_days,
+            max_bytes=self.settings.dead_letter_max_bytes,
+        )
+        self._budget = PeerBudget(self.settings.dead_letters_per_minute)
         self.counts: Counter[str] = Counter()
+        self._limits = self.settings.limits()
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
     # ---- the one entry point --------------------------------------------------------
 
-    async def handle(self, raw: bytes, peer: str = "") -> Outcome:
-        """Process one message (the bytes inside an MLLP frame) and return the ACK.
+    async def handle(self, raw: bytes, peer: Peer) -> Outcome:
+        """Process one message (the bytes inside an MLLP frame) from `peer` and return
+        the ACK.
 
         Raises `NotAcknowledged` when nothing may be answered."""
         started = time.monotonic()
-        text = decode(raw)
         try:
-            message = parse(text)
+            message = await self._parse(raw)
         except MessageRejected as exc:
-            return await self._reject(raw, None, exc, peer, started, "", _guess_control_id(text))
+            control_id = _guess_control_id(decode(raw[:4096]))
+            # Kept only when the peer is somebody: a site's RIS sending garbage.
+            known = bool(self.mappings.admitting(peer))
+            return await self._reject(raw, None, exc, peer, started, "", control_id, keep=known)
         msh = message.msh
         sender = msh.get(4)
         control_id = msh.get(10)
         kind = f"{msh.get(9, 1)}^{msh.get(9, 2)}"
         try:
-            mapping = self._check(message, sender, control_id, kind)
+            mapping = self._identify(sender, peer)
+        except Rejection as exc:
+            return await self._reject(
+                raw, message, exc, peer, started, kind, control_id, keep=False
+            )
+        try:
+            self._check(message, mapping, control_id, kind)
         except Rejection as exc:
             return await self._reject(raw, message, exc, peer, started, kind, control_id)
         async with self._exclusive(mapping.sender, control_id):
             return await self._process(raw, message, mapping, control_id, kind, peer, started)
 
-    def _check(self, message: Message, sender: str, control_id: str, kind: str) -> SiteMapping:
+    async def _parse(self, raw: bytes) -> Message:
+        return parse(decode(raw), self._limits)
+
+    def _identify(self, sender: str, peer: Peer) -> SiteMapping:
+        """The mapping of MSH-4, if this connection is bound to it (else AR)."""
         mapping = self.mappings.get(sender)
         if mapping is None:
             raise MessageRejected(UNKNOWN_KEY, "MSH-4", "no mapping for this sending facility")
+        if not mapping.peers.admits(peer):
+            how = (
+                "its client certificate is not among the mapping's peers.certificates"
+                if peer.certified
+                else "its source address is not among the mapping's peers.addresses"
+            )
+            raise MessageRejected(
+                UNKNOWN_KEY, "MSH-4", f"this connection may not send as {mapping.sender}: {how}"
+            )
+        return mapping
+
+    def _check(self, message: Message, mapping: SiteMapping, control_id: str, kind: str) -> None:
         if not control_id:
             raise MessageRejected(REQUIRED_FIELD_MISSING, "MSH-10", "MSH-10 is required")
         if len(control_id) > _MAX_CONTROL_ID:
@@ -152,7 +214,6 @@ class Ingest:
             raise MessageRejected(
                 code, "MSH-9", f"{kind} is not a message type {mapping.sender} may send"
             )
-        return mapping
 
     async def _process(
         self,
@@ -161,18 +222,27 @@ class Ingest:
         mapping: SiteMapping,
         control_id: str,
         kind: str,
-        peer: str,
+        peer: Peer,
         started: float,
     ) -> Outcome:
         sender = mapping.sender
+        digest = content_digest(raw)
         try:
-            if await self.ledger.seen(sender, control_id):
+            before = await self.ledger.digest(sender, control_id)
+            if before is not None and before not in ("", digest):
+                # Not a resend: another message under a control ID already used.
+                raise ApplicationRejected(
+                    DUPLICATE_KEY,
+                    "MSH-10",
+                    "this MSH-10 was accepted before with different content; not applied",
+                )
+            if before is not None:
                 self.counts["duplicate"] += 1
                 self._log("AA", sender, control_id, kind, started, "duplicate, not applied again")
                 return self._outcome("AA", message, sender, control_id, kind, duplicate=True)
             command = interpret(message, mapping)
             summary = await apply(self.store, command)
-            await self.ledger.record(sender, control_id, kind, summary)
+            await self.ledger.record(sender, control_id, kind, summary, digest=digest)
         except Rejection as exc:
             return await self._reject(raw, message, exc, peer, started, kind, control_id)
         except (NotAcknowledged, StoreUnavailable) as exc:
@@ -239,12 +309,33 @@ class Ingest:
         raw: bytes,
         message: Message | None,
         error: Rejection,
-        peer: str,
+        peer: Peer,
         started: float,
         kind: str,
         control_id: str,
+        *,
+        keep: bool = True,
     ) -> Outcome:
+        """The negative ACK, after its dead letter is stored (`keep`: the peer proved who
+        it is; otherwise nothing of it is stored)."""
         sender = message.msh.get(4) if message is not None else ""
+        if not keep:
+            self.counts[error.ack_code] += 1
+            self.counts["not stored"] += 1
+            self._log(
+                error.ack_code,
+                sender,
+                control_id if message is not None else "?",
+                kind,
+                started,
+                f"{error.error_code} {error.field or '-'}: {error.reason}"
+                f" (peer {peer.label}; not stored)",
+            )
+            return self._outcome(error.ack_code, message, sender, control_id, kind, error=error)
+        if not self._budget.take(peer.address):
+            self.counts["unacknowledged"] += 1
+            self._log("--", sender, control_id, kind, started, "dead-letter rate limit")
+            raise NotAcknowledged(f"more than {self._budget.capacity:g} dead letters a minute")
         try:
             dl_id = await self.dead_letters.put(
                 raw,
@@ -276,22 +367,42 @@ class Ingest:
             error.ack_code, message, sender, control_id, kind, error=error, dead_letter=dl_id
         )
 
-    async def discarded(self, raw: bytes, peer: str) -> str | None:
+    async def discarded(self, raw: bytes, peer: Peer) -> str | None:
         """Bytes that arrived outside an MLLP frame: a message among them is never
-        acknowledged (the sender will resend it); it is kept as a dead letter."""
-        if b"MSH" not in raw:
-            log.warning("hl7 peer=%s discarded %d bytes outside any MLLP frame", peer, len(raw))
+        acknowledged (the sender will resend it); it is kept as a dead letter when its
+        peer is bound to its MSH-4 (or it names none), and the peer's budget allows."""
+        known = self.mappings.admitting(peer)
+        if b"MSH" not in raw or not known:
+            log.warning(
+                "hl7 peer=%s discarded %d bytes outside any MLLP frame%s",
+                peer.label,
+                len(raw),
+                "" if known else " (peer bound to no facility; not stored)",
+            )
             return None
         start = raw.find(b"MSH")
-        text = decode(raw[start:]).rstrip("\x1c\r\n")
-        control_id = _guess_control_id(text)
+        body = raw[start:].rstrip(b"\x1c\r\n")
+        control_id = _guess_control_id(decode(body[:4096]))
         sender = ""
         try:
-            message: Message | None = parse(text)
+            message: Message | None = await self._parse(body)
         except MessageRejected:
             message = None
         if message is not None:
             sender = message.msh.get(4)
+            mapping = self.mappings.get(sender)
+            if mapping is None or not mapping.peers.admits(peer):
+                log.warning(
+                    "hl7 peer=%s message outside an MLLP frame for a facility it is not"
+                    " bound to; not stored",
+                    peer.label,
+                )
+                return None
+        if not self._budget.take(peer.address):
+            log.warning(
+                "hl7 peer=%s message outside an MLLP frame; rate limit, not stored", peer.label
+            )
+            return None
         dl_id = await self.dead_letters.put(
             raw[start:].rstrip(b"\x1c\r\n"),
             sender=sender,
@@ -307,7 +418,7 @@ class Ingest:
         log.warning(
             "hl7 peer=%s sender=%s control_id=%s message outside an MLLP frame, not"
             " acknowledged (dead letter %s)",
-            peer,
+            peer.label,
             _safe(sender) or "?",
             _safe(message.msh.get(10)) if message is not None else "?",
             dl_id,

@@ -6,6 +6,8 @@ import ssl
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hl7_ingest.message import Limits
+
 __all__ = ["Hl7Settings"]
 
 
@@ -28,11 +30,44 @@ class Hl7Settings(BaseSettings):
     facility: str = "RISLIVE"
     # A frame larger than this closes the connection (bounded memory per sender).
     max_message_bytes: int = 1 << 20
+    # The most of each part one message may hold; more is an AR before it is parsed
+    # (a sender must not choose what parsing costs: `PID|~~~~...` is a million lists).
+    # At these a 1 MiB message parses in ~5 ms, ~15 ms with every field read; a report of
+    # 300 OBX lines uses about half of each.
+    max_segments: int = 1000
+    max_fields: int = 8000
+    max_repetitions: int = 1000
+    max_components: int = 8000  # components and subcomponents together
+    max_escapes: int = 2000
+    # Connections: at most this many open in all, and from one source address; more are
+    # closed at once. One that starts no message for `idle_timeout_seconds`, or does
+    # not finish a started one within `frame_timeout_seconds` (slowloris), is closed.
+    max_connections: int = 200
+    max_connections_per_peer: int = 16
+    idle_timeout_seconds: float = 600.0
+    frame_timeout_seconds: float = 30.0
+    # Dead letters (rejected messages of authenticated peers): their own table (empty:
+    # "{DYNAMO_TABLE}-hl7-dead-letters"), kept this long (TTL attribute `expires_at`),
+    # at most this many compressed bytes of a message, at most this many a minute from
+    # one peer address (beyond: no ACK, the sender resends later).
+    dead_letter_table: str = ""
+    dead_letter_days: float = 30.0
+    dead_letter_max_bytes: int = 65_536
+    dead_letters_per_minute: float = 60.0
     # After SIGTERM: how long messages being processed may take before they are cut.
     drain_seconds: float = 5.0
     # How long accepted control IDs are remembered for deduplication (TTL attribute).
     dedupe_days: float = 30.0
     log_level: str = "INFO"
+
+    def limits(self) -> Limits:
+        return Limits(
+            segments=self.max_segments,
+            fields=self.max_fields,
+            repetitions=self.max_repetitions,
+            components=self.max_components,
+            escapes=self.max_escapes,
+        )
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not (self.tls_cert and self.tls_key):

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from dynamo import keys
 from dynamo.states import TRANSITIONS, ExamStatus, Modality, Priority
 from hl7_ingest.ack import build_ack, read_ack
 from hl7_ingest.apply import path_to
@@ -291,7 +292,7 @@ def test_every_simulator_event_round_trips_through_the_sites_dialect(sender: str
             assert (got.tenant, got.site, got.accession) == (exam.tenant, exam.site, exam.accession)
             assert (got.priority, got.modality) == (exam.priority, exam.modality)
             assert got.scheduled_at == clock.real(exam.scheduled_at) // 1000 * 1000
-            assert got.patient_id == f"{exam.tenant}-{exam.patient.mrn}"
+            assert got.patient_id == keys.patient_id(exam.tenant, exam.patient.mrn)
             assert got.patient_name == exam.patient.name
             assert (got.body_part, got.subspecialty) == (
                 exam.procedure.body_part,
@@ -329,4 +330,4 @@ def test_adt_messages_read_back_with_survivor_and_prior_in_their_fields() -> Non
     a40 = interpret(parse(builder("NWGEN").merge(who, "HMOLD", control_id="A2")), NW)
     assert isinstance(a40, MergePatient)
     assert a40.survivor.patient_id == who.patient_id
-    assert a40.prior_patient_id == "northwind-HMOLD"
+    assert a40.prior_patient_id == keys.patient_id("northwind", "HMOLD")
