@@ -141,6 +141,8 @@ class Gateway:
         )
         self._idle_tenants: dict[str, asyncio.TimerHandle] = {}
         self._unsubscribing: set[asyncio.Task[None]] = set()
+        self._registered: set[str] = set()  # tenants with exams (the store's registry)
+        self._registry_read_at = -1e9
         self.ddb = ddb
         self.table = dynamo.table
         self.store = ExamStore(ddb, dynamo.table)
@@ -182,6 +184,27 @@ class Gateway:
         task = asyncio.create_task(self.subscriber.unsubscribe(channel), name="unsubscribe")
         self._unsubscribing.add(task)
         task.add_done_callback(self._unsubscribing.discard)
+
+    async def tenant_ready(self, tenant: str) -> bool:
+        """Whether a tenant's cache may serve snapshots: it was rebuilt from DynamoDB in
+        this Redis, or the tenant has never had an exam (an empty list is the truth).
+
+        A tenant with exams whose cache is not built (Redis lost its data, or a rebuild
+        runs) would show an empty or old list: the caller answers `unavailable`, and the
+        worker is asked to build it.
+        """
+        state = await self.feed.rebuild_state(tenant)
+        if state == "built":
+            return True
+        if state == "absent":
+            now = asyncio.get_running_loop().time()
+            if now - self._registry_read_at > 10.0:
+                self._registered = set((await self.store.tenants())[0])
+                self._registry_read_at = now
+            if tenant not in self._registered:
+                return True
+        await self.feed.request_build(tenant)
+        return False
 
     def origin_allowed(self, websocket: WebSocket) -> bool:
         origin = websocket.headers.get("origin")

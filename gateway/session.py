@@ -405,8 +405,10 @@ class Session:
         a few times, then close (1011) so the client reconnects and resumes rather than
         sit on a worklist that no longer moves."""
         delay = 0.2
-        for _ in range(6):
+        for _ in range(8):
             try:
+                if not await self.gw.tenant_ready(sub.tenant):
+                    raise TenantNotBuilt  # hold the subscription until it is rebuilt
                 await worklists.send_snapshot(
                     self, sub, sub.sub_id, self.gw.settings.snapshot_limit, True
                 )
@@ -418,6 +420,10 @@ class Session:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 3.0)
         self.request_close(CloseCode.INTERNAL, "worklist unavailable: reconnect", flush=False)
+
+
+class TenantNotBuilt(Exception):
+    """The tenant's cache is being rebuilt: its snapshot would be empty or old."""
 
 
 def _scope_of(p: Principal) -> tuple[Any, ...]:

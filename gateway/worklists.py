@@ -49,6 +49,18 @@ async def subscribe(session: Session, frame: Subscribe) -> None:
     gw.tenant_active(tenant)
     limit = min(frame.limit, gw.settings.snapshot_limit)
     try:
+        if not await gw.tenant_ready(tenant):
+            subs.pop(frame.id, None)
+            if gw.hub.refresh(session.client, tenant):
+                gw.tenants_idle([tenant])
+            gw.metrics["subscribes_unbuilt"] += 1
+            session.error(
+                frame.id,
+                ErrorCode.UNAVAILABLE,
+                "the worklist is being rebuilt; subscribe again shortly",
+                {"retry_after_ms": 1000},
+            )
+            return
         await ensure_feed(session, tenant)
         if frame.since is not None:
             await resume(session, sub, frame.id, frame.since.epoch, frame.since.offset, limit)

@@ -269,3 +269,22 @@ async def test_a_resume_storm_under_writes_converges_with_no_repeats(
         mirror.feed(back)
         assert not mirror.repeats, f"frames at or before the announced position: {mirror.repeats}"
         assert {k: v["version"] for k, v in mirror.rows.items()} == expected
+
+
+async def test_a_tenant_with_exams_is_not_served_until_its_cache_is_rebuilt(
+    stack: Stack, store: ExamStore, redis: Redis
+) -> None:
+    """After Redis lost a tenant's worklists, a subscription is answered `unavailable`
+    (never an empty or old list) until the rebuild from DynamoDB is done."""
+    from dynamo.worker import rebuild
+
+    exam = await exam_in(store, S.COMPLETED, tenant="lakeside", site="LK-MED")
+    await store.register_tenant("lakeside")
+    await redis.flushdb()  # the cache is gone; DynamoDB still holds the exam
+    client = await WsClient.open(stack.ws_url, token("t-lk", tenant="lakeside"))
+    refused = await client.subscribe("s")
+    assert refused["type"] == "error" and refused["code"] == "unavailable", refused
+    await rebuild(store, WorklistFeed(redis), "lakeside")
+    snap = await client.subscribe("s")
+    assert snap["type"] == "snapshot"
+    assert [r["exam_id"] for r in snap["rows"]] == [exam.accession]
