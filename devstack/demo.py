@@ -86,7 +86,7 @@ class Demo:
             "SIM_HL7_PORT": str(hl7_port),
             **self.extra_env,
         }
-        self._spawn("relay", [sys.executable, "-m", "dynamo.worker"])
+        self._spawn("relay", [sys.executable, "-m", "relay"])
         gateway = self._spawn("gateway", [sys.executable, "-m", "gateway"])
         wait_for_port(port, 30, gateway)
         hl7 = self._spawn("hl7-ingest", [sys.executable, "-m", "hl7_ingest"])

@@ -1,7 +1,7 @@
 """The benchmark: `python -m loadtest.bench [--quick | --tiny] [--out DIR] [--profile]`.
 
 Starts everything on loopback with the project's own helpers (a private redis-server and
-DynamoDB Local, the relay `python -m dynamo.worker`, the gateway `python -m gateway`, the
+DynamoDB Local, the relay `python -m relay`, the gateway `python -m gateway`, the
 bare baseline `python -m loadtest.baseline`, and load-client processes
 `python -m loadtest.loadclients`), runs bounded phases, stops every process it started
 (also on Ctrl-C, SIGTERM or an error), and writes `bench.json`, `bench.md` and
@@ -679,7 +679,7 @@ class Bench:
             "RELAY_REAP_INTERVAL": "0",
             "RELAY_LOG_LEVEL": "WARNING",
         }
-        relay = self.stack.spawn("relay", [sys.executable, "-m", "dynamo.worker"], self.env)
+        relay = self.stack.spawn("relay", [sys.executable, "-m", "relay"], self.env)
         self.pids["relay"] = relay.pid
         _say(f"redis {redis_url}, DynamoDB Local {endpoint}, relay pid {relay.pid}")
         return main, ceiling

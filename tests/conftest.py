@@ -20,14 +20,15 @@ from redis.asyncio import Redis
 
 from devstack import free_port, start_dynamodb_local, start_redis
 from dynamo.client import dynamodb_client, streams_client
-from dynamo.relay import StreamRelay
 from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
 from dynamo.table import ensure_table
 from gateway.app import bind, create_app
 from gateway.auth import mint_token
 from gateway.settings import GatewaySettings
-from worklist_cache import CacheSettings, RedisCheckpoints, WorklistFeed
+from relay.checkpoints import RedisCheckpoints
+from relay.stream import StreamRelay
+from worklist_cache import CacheSettings, WorklistFeed
 
 # One unit of patience; a slow machine can stretch every timeout at once.
 UNIT = float(os.environ.get("TEST_TIME_UNIT", "1.0"))

@@ -19,7 +19,7 @@ from devstack import start_redis
 from dynamo.deltas import ExamDelta
 from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import ExamStore
-from dynamo.worker import rebuild
+from relay.worker import rebuild
 from tests.factories import exam_bundle
 from tests.test_store import exam_in
 from worklist_cache import FeedSubscriber, WorklistFeed, keys

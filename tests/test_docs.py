@@ -8,10 +8,10 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from dynamo.settings import DynamoSettings
-from dynamo.worker import RelaySettings
 from gateway.settings import GatewaySettings
 from hl7_ingest.settings import Hl7Settings
 from loadtest.simulator import SimSettings
+from relay.worker import RelaySettings
 from worklist_cache.settings import CacheSettings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()

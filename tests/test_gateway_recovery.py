@@ -276,7 +276,7 @@ async def test_a_tenant_with_exams_is_not_served_until_its_cache_is_rebuilt(
 ) -> None:
     """After Redis lost a tenant's worklists, a subscription is answered `unavailable`
     (never an empty or old list) until the rebuild from DynamoDB is done."""
-    from dynamo.worker import rebuild
+    from relay.worker import rebuild
 
     exam = await exam_in(store, S.COMPLETED, tenant="lakeside", site="LK-MED")
     await store.register_tenant("lakeside")

@@ -92,7 +92,7 @@ def worker_env(dynamo: DynamoSettings, redis_url: str, name: str) -> dict[str, s
 
 
 def start_worker(procs: Processes, dynamo: DynamoSettings, redis_url: str) -> ManagedProcess:
-    return procs.spawn("worker", "dynamo.worker", worker_env(dynamo, redis_url, "relay-p"))
+    return procs.spawn("worker", "relay", worker_env(dynamo, redis_url, "relay-p"))
 
 
 def start_gateway(

@@ -23,11 +23,12 @@ from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from dynamo.table import stream_arn
-from dynamo.worker import rebuild
+from relay.checkpoints import RedisCheckpoints
+from relay.worker import rebuild
 from tests.conftest import UNIT
 from tests.factories import exam_bundle
 from tests.test_store import PATH_TO, exam_in
-from worklist_cache import RedisCheckpoints, WorklistFeed, keys
+from worklist_cache import WorklistFeed, keys
 from worklist_cache.views import View
 
 S = ExamStatus
@@ -165,7 +166,7 @@ async def _antientropy(env: dict[str, str], *args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "dynamo.antientropy",
+        "relay.antientropy",
         *args,
         env={"PATH": "/usr/bin:/bin", **env},
         cwd=ROOT,
@@ -222,7 +223,7 @@ async def test_the_worker_meters_divergence_repairs_it_and_the_figure_returns_to
     port = free_port()
     worker = ManagedProcess(
         "relay",
-        [sys.executable, "-m", "dynamo.worker"],
+        [sys.executable, "-m", "relay"],
         env=_env(
             dynamo_settings,
             redis_url,
@@ -269,7 +270,7 @@ async def test_maintenance_covers_every_tenant_with_exams_not_only_the_demos(
     feed = WorklistFeed(redis)
     worker = ManagedProcess(
         "relay",
-        [sys.executable, "-m", "dynamo.worker"],
+        [sys.executable, "-m", "relay"],
         env=_env(
             dynamo_settings,
             redis_url,

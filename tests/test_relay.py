@@ -19,18 +19,19 @@ from devstack.procs import ManagedProcess
 from devstack.services import ROOT
 from dynamo.client import streams_client
 from dynamo.deltas import ExamDelta
-from dynamo.lambda_handler import handler
 from dynamo.models import exam_to_item
-from dynamo.normalize import records_to_deltas
-from dynamo.relay import SHARD_END, StreamRelay
 from dynamo.serde import to_attrs
 from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from dynamo.table import stream_arn
+from relay.checkpoints import RedisCheckpoints
+from relay.lambda_handler import handler
+from relay.normalize import records_to_deltas
+from relay.stream import SHARD_END, StreamRelay
 from tests.conftest import UNIT
 from tests.factories import exam_bundle
-from worklist_cache import RedisCheckpoints, WorklistFeed, keys
+from worklist_cache import WorklistFeed, keys
 from worklist_cache.feed import Snapshot
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -122,7 +123,7 @@ async def test_relay_process_killed_resumes_without_loss(
     }
 
     def spawn() -> ManagedProcess:
-        return ManagedProcess("relay", [sys.executable, "-m", "dynamo.worker"], env=env, cwd=ROOT)
+        return ManagedProcess("relay", [sys.executable, "-m", "relay"], env=env, cwd=ROOT)
 
     await _already_built(redis)
     writer = asyncio.create_task(_write_day(store, exams=20, seed=2))
@@ -177,7 +178,7 @@ async def test_two_relays_share_by_lease_and_the_survivor_takes_over(
     relays = {
         name: ManagedProcess(
             name,
-            [sys.executable, "-m", "dynamo.worker"],
+            [sys.executable, "-m", "relay"],
             env=_worker_env(dynamo_settings, redis_url, name),
             cwd=ROOT,
         )
@@ -213,7 +214,7 @@ async def test_the_worker_reaps_expired_claims_and_the_feed_shows_it(
     await _already_built(redis)
     worker = ManagedProcess(
         "relay",
-        [sys.executable, "-m", "dynamo.worker"],
+        [sys.executable, "-m", "relay"],
         env=_worker_env(dynamo_settings, redis_url, "relay-r"),
         cwd=ROOT,
     )

@@ -27,22 +27,23 @@ from devstack.procs import ManagedProcess
 from devstack.services import ROOT
 from dynamo import keys as dkeys
 from dynamo.client import streams_client
-from dynamo.lambda_handler import handler
 from dynamo.models import exam_to_item
-from dynamo.relay import StreamRelay
 from dynamo.review import ReviewState, ReviewStore
 from dynamo.serde import from_attrs, to_attrs
 from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from dynamo.table import stream_arn
-from dynamo.worker import RelaySettings, gap_handler, pipeline
+from relay.checkpoints import RedisCheckpoints
+from relay.lambda_handler import handler
+from relay.stream import StreamRelay
+from relay.worker import RelaySettings, gap_handler, pipeline
 from tests.conftest import UNIT
 from tests.factories import exam_bundle
 from tests.test_rebuild import cached, delete_study, eventually, stream_end, truth
 from tests.test_relay import _lambda_env, _with_env
 from tests.test_store import exam_in
-from worklist_cache import RedisCheckpoints, WorklistFeed, keys
+from worklist_cache import WorklistFeed, keys
 
 S = ExamStatus
 
@@ -325,7 +326,7 @@ async def test_after_redis_restarts_empty_the_replay_changes_nothing(
     }
 
     def spawn() -> ManagedProcess:
-        return ManagedProcess("relay", [sys.executable, "-m", "dynamo.worker"], env=env, cwd=ROOT)
+        return ManagedProcess("relay", [sys.executable, "-m", "relay"], env=env, cwd=ROOT)
 
     exams = [await exam_in(store, s) for s in (S.ARRIVED, S.COMPLETED, S.FINAL, S.CANCELLED)]
     exams.append(await exam_in(store, S.FINAL, tenant="acme", site="AC-1"))

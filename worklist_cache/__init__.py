@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from worklist_cache.checkpoints import RedisCheckpoints
 from worklist_cache.connection import connect
 from worklist_cache.feed import Snapshot, WorklistFeed
 from worklist_cache.settings import CacheSettings
@@ -11,7 +10,6 @@ from worklist_cache.subscriber import FeedSubscriber
 __all__ = [
     "CacheSettings",
     "FeedSubscriber",
-    "RedisCheckpoints",
     "Snapshot",
     "WorklistFeed",
     "connect",

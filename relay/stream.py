@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dynamo import keys
 from dynamo.deltas import ExamDelta, ReviewDelta
-from dynamo.normalize import Unreadable, normalize
 from dynamo.serde import to_attrs
+from relay.normalize import Unreadable, normalize
 
 if TYPE_CHECKING:
     from dynamo.store import ExamStore
 
-log = logging.getLogger("dynamo.relay")
+log = logging.getLogger("relay.stream")
 
 SHARD_END = "SHARD_END"
 

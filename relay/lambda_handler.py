@@ -1,6 +1,6 @@
 """The relay as an AWS Lambda function (DynamoDB Streams event source mapping).
 
-The worker's very path (`dynamo.worker.pipeline` and `dynamo.relay.deliver`): records are
+The worker's very path (`relay.worker.pipeline` and `relay.stream.deliver`): records are
 normalized, those that do not normalize are parked as dead records, the rest are applied
 to the Redis feed once the tenant's cache is built, and sampled FINAL exams are pooled
 for peer review. Configure the mapping with `FunctionResponseTypes:
@@ -17,10 +17,10 @@ import logging
 from typing import Any
 
 from dynamo.client import dynamodb_client
-from dynamo.relay import deliver
 from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
-from dynamo.worker import RelaySettings, pipeline
+from relay.stream import deliver
+from relay.worker import RelaySettings, pipeline
 from worklist_cache import CacheSettings, WorklistFeed, connect
 
 log = logging.getLogger("dynamo.lambda")

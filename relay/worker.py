@@ -1,4 +1,4 @@
-"""The relay as a long-lived worker process: `python -m dynamo.worker`.
+"""The relay as a long-lived worker process: `python -m relay`.
 
 Reads the table's stream and hands each batch of deltas to the worklist cache; keeps
 every tenant's cache equal to DynamoDB; reaps expired claims. Several workers may run at
@@ -31,17 +31,19 @@ from redis.exceptions import RedisError
 from dynamo.claims import Claims
 from dynamo.client import dynamodb_client, streams_client
 from dynamo.exceptions import StoreError
-from dynamo.relay import DynamoDeadLetters, StreamRelay
-from dynamo.review import ReviewStore, Sampler
+from dynamo.review import ReviewStore
 from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
 from dynamo.table import wait_for_table
+from relay.checkpoints import RedisCheckpoints
+from relay.sampler import Sampler
+from relay.stream import DynamoDeadLetters, StreamRelay
 from service.logs import configure_logging
 from service.runner import run_until_signalled
-from worklist_cache import CacheSettings, RedisCheckpoints, WorklistFeed, connect
+from worklist_cache import CacheSettings, WorklistFeed, connect
 from worklist_cache.rebuild import Rebuilder, RebuildIncomplete, TenantGuard
 
-log = logging.getLogger("dynamo.worker")
+log = logging.getLogger("relay.worker")
 
 
 class RelaySettings(BaseSettings):
@@ -230,7 +232,7 @@ async def maintain_forever(
             await asyncio.sleep(interval)
             continue
         for tenant in tenants:
-            # aiobotocore's retries can swallow a cancel (see dynamo/relay.py).
+            # aiobotocore's retries can swallow a cancel (see relay/stream.py).
             if me is not None and me.cancelling():
                 raise asyncio.CancelledError()
             try:

@@ -1,6 +1,6 @@
-"""Compare every tenant's worklist cache with DynamoDB: `python -m dynamo.antientropy`.
+"""Compare every tenant's worklist cache with DynamoDB: `python -m relay.antientropy`.
 
-    python -m dynamo.antientropy [--tenant T ...] [--repair] [--grace SECONDS]
+    python -m relay.antientropy [--tenant T ...] [--repair] [--grace SECONDS]
 
 Prints, per tenant, the exams the cache is missing, holds at an older version (stale) or
 holds although DynamoDB no longer has them in scope (extra), by accession; `--repair`
@@ -21,7 +21,7 @@ import sys
 from dynamo.client import dynamodb_client
 from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
-from dynamo.worker import RelaySettings, known_tenants, pipeline
+from relay.worker import RelaySettings, known_tenants, pipeline
 from worklist_cache import CacheSettings, WorklistFeed, connect
 from worklist_cache.rebuild import Divergence
 
@@ -68,7 +68,7 @@ async def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dynamo.antientropy", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m relay.antientropy", description=__doc__)
     parser.add_argument("--tenant", action="append", default=[], help="only this tenant")
     parser.add_argument("--repair", action="store_true", help="apply DynamoDB's state")
     parser.add_argument(
