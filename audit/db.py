@@ -24,18 +24,22 @@ async def connect(url: str, *, migrated: bool = True) -> psycopg.AsyncConnection
 
 @asynccontextmanager
 async def open_pool(
-    url: str, *, size: int = 4, migrated: bool = True, wait: bool = True
+    url: str, *, size: int = 4, migrated: bool = True, wait: bool = True, timeout: float = 5.0
 ) -> AsyncIterator[AsyncConnectionPool[Any]]:
     """A pool over `url`, migrated when `migrated`. With `wait`, the first connection
-    must succeed (a worker retries its start); the pool re-opens lost connections on its
-    own afterwards, and `connection()` waits up to 30 s for one."""
+    must succeed (a worker retries its start). While the database is away, `connection()`
+    fails after `timeout` seconds (PoolTimeout, an OperationalError) and every new call
+    tries a new connection at once: the caller's own backoff paces the retries, so the
+    first call after the database is back succeeds."""
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         url,
         min_size=1,
         max_size=max(1, size),
         open=False,
-        timeout=30.0,
-        reconnect_timeout=0,  # never give up on the database: keep trying
+        timeout=timeout,
+        # A failed background reconnect gives up at once; the next caller tries again
+        # (the pool's own backoff would otherwise delay recovery by up to minutes).
+        reconnect_timeout=0,
         kwargs={"connect_timeout": 10},
     )
     await pool.open(wait=wait)
