@@ -1,12 +1,22 @@
-"""Local real parts for the demo and the tests: a private redis-server and AWS's
-DynamoDB Local on free loopback ports, and a small supervisor for child processes.
+"""Local real parts for the demo and the tests: a private redis-server, AWS's DynamoDB
+Local and a PostgreSQL cluster on free loopback ports, and a small supervisor for child
+processes.
 
 Nothing here is used in production; there the endpoints come from settings.
 """
 
 from __future__ import annotations
 
+from devstack.postgres import PostgresCluster, start_postgres
 from devstack.procs import ManagedProcess, free_port, wait_for_port
 from devstack.services import start_dynamodb_local, start_redis
 
-__all__ = ["ManagedProcess", "free_port", "start_dynamodb_local", "start_redis", "wait_for_port"]
+__all__ = [
+    "ManagedProcess",
+    "PostgresCluster",
+    "free_port",
+    "start_dynamodb_local",
+    "start_postgres",
+    "start_redis",
+    "wait_for_port",
+]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from devstack.postgres import PostgresCluster, start_postgres
 from devstack.procs import ManagedProcess, free_port, port_open, wait_for_port
 from devstack.services import ROOT, start_dynamodb_local, start_redis
 from dynamo.client import dynamodb_client
@@ -44,6 +45,8 @@ class Demo:
 
     def __init__(self, extra_env: dict[str, str] | None = None, simulate: bool = True) -> None:
         self.procs: list[ManagedProcess] = []
+        self.clusters: list[PostgresCluster] = []
+        self.database_url = ""
         self.env: dict[str, str] = {}
         self.extra_env = extra_env or {}
         self.simulate = simulate
@@ -68,6 +71,14 @@ class Demo:
         asyncio.run(_create_table(dynamo))
         _say(f"table {dynamo.table} ready (streams: NEW_AND_OLD_IMAGES)")
 
+        database_url = os.environ.get("DATABASE_URL", "")
+        if not database_url:
+            cluster = start_postgres()
+            self.clusters.append(cluster)
+            database_url = cluster.url
+            _say(f"started PostgreSQL at {database_url} (the audit trail; psql it)")
+        self.database_url = database_url
+
         port = int(os.environ.get("GATEWAY_PORT", "0")) or (
             8080 if not port_open(8080) else free_port()
         )
@@ -84,9 +95,11 @@ class Demo:
             "HL7_PORT": str(hl7_port),
             "SIM_TRANSPORT": os.environ.get("SIM_TRANSPORT", "hl7"),
             "SIM_HL7_PORT": str(hl7_port),
+            "AUDIT_DATABASE_URL": database_url,
             **self.extra_env,
         }
         self._spawn("relay", [sys.executable, "-m", "relay"])
+        self._spawn("audit", [sys.executable, "-m", "audit"])
         gateway = self._spawn("gateway", [sys.executable, "-m", "gateway"])
         wait_for_port(port, 30, gateway)
         hl7 = self._spawn("hl7-ingest", [sys.executable, "-m", "hl7_ingest"])
@@ -121,6 +134,9 @@ class Demo:
         for proc in reversed(self.procs):
             proc.stop(timeout=10)
         self.procs.clear()
+        for cluster in self.clusters:
+            cluster.destroy()
+        self.clusters.clear()
 
 
 def _rel(path: Path) -> str:
@@ -144,6 +160,7 @@ def main() -> int:
         url = demo.start()
         _say("")
         _say(f"Live worklist: {url}")
+        _say(f"Audit trail (PostgreSQL): {demo.database_url}")
         _say("Press Ctrl-C to stop.")
         code = demo.watch()
     finally:

@@ -22,6 +22,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
+from audit.settings import AuditSettings
 from dynamo.claims import Claims
 from dynamo.client import dynamodb_client
 from dynamo.models import now_ms
@@ -30,7 +31,7 @@ from dynamo.settings import DynamoSettings
 from dynamo.sites import DEMO_TENANTS
 from dynamo.store import ExamStore
 from frontend_stub import INDEX_HTML, STATIC_DIR
-from gateway import claiming
+from gateway import claiming, reports
 from gateway.auth import JwksVerifier, SecretVerifier, Verifier, mint_token
 from gateway.demo_users import BY_SUB, DEMO_USERS
 from gateway.hub import Hub
@@ -272,6 +273,7 @@ def create_app(
             ddb = await stack.enter_async_context(dynamodb_client(dynamo))
             gw = Gateway(settings, cache, dynamo, ddb)
             stack.push_async_callback(gw.aclose)
+            stack.push_async_callback(audit_pool.aclose)
             await stack.enter_async_context(gw.subscriber)
             await stack.enter_async_context(gw.presence)
             gw.supervisor.start("housekeeping", gw.housekeeping)
@@ -385,6 +387,7 @@ def create_app(
         # Every other GET lands on the app (deep links, old bookmarks): never a 404.
         return FileResponse(INDEX_HTML, headers={"Cache-Control": "no-cache"})
 
+    audit_pool = reports.LazyPool(AuditSettings())
     routes: list[Any] = [
         WebSocketRoute("/ws", websocket_endpoint),
         Route("/healthz", healthz),
@@ -394,6 +397,7 @@ def create_app(
         Route("/api/demo-users", demo_users),
         Route("/api/login", login, methods=["POST"]),
         Route("/protocol/schema.json", protocol_schema),
+        *reports.routes(audit_pool),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         Route("/{path:path}", index),
     ]

@@ -141,10 +141,16 @@ async def subscribe(
 ) -> Frame:
     """Subscribe to a view; returns the snapshot (the frames before it are dropped)."""
     request = {"type": "subscribe", "id": sub_id, "tenant": tenant, "view": dict(view)}
+    deadline = asyncio.get_running_loop().time() + timeout
     await conn.send(orjson.dumps(request).decode())
     while True:
         frame = await _next_frame(conn, timeout)
         if frame.get("id") != sub_id:
+            continue
+        if frame.get("code") == "unavailable" and asyncio.get_running_loop().time() < deadline:
+            # The tenant's cache is being rebuilt: subscribe again shortly, as documented.
+            await asyncio.sleep((frame.get("detail") or {}).get("retry_after_ms", 500) / 1000)
+            await conn.send(orjson.dumps(request).decode())
             continue
         if frame.get("type") != "snapshot":
             raise SessionError(f"subscribe refused: {frame.get('code')} {frame.get('message')}")

@@ -293,7 +293,20 @@ class StreamRelay:
 
     async def _after_gap(self, shard_id: str) -> str:
         """Records between the checkpoint and the oldest one kept are gone: let the
-        consumers converge from DynamoDB, then read on from the oldest record."""
+        consumers converge from DynamoDB, then read on from the oldest record.
+
+        Without a checkpoint there is nothing the relay claimed to have read up to, so
+        nothing can have been skipped: DynamoDB Local raises this on a fresh stream's
+        TRIM_HORIZON iterator too. Then it just reads again from the oldest record."""
+        if not await self._checkpoints.get(shard_id):
+            log.info(
+                "shard %s: trimmed before it was first read; reading from the oldest", shard_id
+            )
+            await asyncio.sleep(self._poll)
+            resp = await self._streams.get_shard_iterator(
+                StreamArn=self.stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+            )
+            return str(resp["ShardIterator"])
         self.gaps += 1
         log.error(
             "shard %s: records after the checkpoint were trimmed (the relay was away longer "

@@ -192,3 +192,39 @@ async def stack(
             await asyncio.wait_for(server_task, 10 * UNIT)
             relay_task.cancel()
             await asyncio.gather(relay_task, return_exceptions=True)
+
+
+# ---- PostgreSQL, for the audit trail (tests/test_audit*.py) ------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """DATABASE_URL when given (a server whose databases the tests may create and drop),
+    else a private cluster (initdb + pg_ctl) on a free loopback port."""
+    from devstack.postgres import start_postgres
+
+    given = os.environ.get("DATABASE_URL")
+    if given:
+        yield given
+        return
+    cluster = start_postgres()
+    try:
+        yield cluster.url
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def audit_database_url(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty database per test (the code under test migrates it)."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    name = f"audit_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_conninfo(postgres_url, dbname=name)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

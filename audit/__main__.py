@@ -1,0 +1,3 @@
+from audit.worker import main
+
+main()
