@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import secrets
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,7 +32,6 @@ from dynamo.review import ReviewStore
 from dynamo.settings import DynamoSettings
 from dynamo.sites import DEMO_TENANTS
 from dynamo.store import ExamStore
-from frontend_stub import INDEX_HTML, STATIC_DIR
 from gateway import claiming, reports
 from gateway.auth import JwksVerifier, SecretVerifier, Verifier, mint_token
 from gateway.demo_users import BY_SUB, DEMO_USERS
@@ -44,6 +45,15 @@ from service.supervise import Supervisor
 from worklist_cache import CacheSettings, FeedSubscriber, WorklistFeed, connect, keys
 
 log = logging.getLogger("gateway")
+
+
+def _static_dir() -> Path:
+    """The page's files (the `frontend_stub` package's `static/`), found without
+    importing that package: the gateway depends on its files, not its code."""
+    spec = importlib.util.find_spec("frontend_stub")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigurationError("the page's files (frontend_stub) are not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
 
 
 def bind(settings: GatewaySettings) -> socket.socket:
@@ -266,6 +276,8 @@ def create_app(
     cache = cache or CacheSettings()
     dynamo = dynamo or DynamoSettings()
     build_verifier(settings)  # refuse to start before serving anything
+    static_dir = _static_dir()
+    index_html = static_dir / "index.html"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -385,7 +397,7 @@ def create_app(
 
     async def index(request: Request) -> Response:
         # Every other GET lands on the app (deep links, old bookmarks): never a 404.
-        return FileResponse(INDEX_HTML, headers={"Cache-Control": "no-cache"})
+        return FileResponse(index_html, headers={"Cache-Control": "no-cache"})
 
     audit_pool = reports.LazyPool(AuditSettings())
     routes: list[Any] = [
@@ -398,7 +410,7 @@ def create_app(
         Route("/api/login", login, methods=["POST"]),
         Route("/protocol/schema.json", protocol_schema),
         *reports.routes(audit_pool),
-        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        Mount("/static", StaticFiles(directory=static_dir), name="static"),
         Route("/{path:path}", index),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -72,7 +72,7 @@ from loadtest.loadclients import (
     open_session,
     raise_nofile_limit,
 )
-from loadtest.simulator import exam_now, to_records
+from loadtest.plan import exam_now, to_records
 from worklist_cache import WorklistFeed, keys
 
 RESULTS = ROOT / "loadtest" / "results"

@@ -19,10 +19,10 @@ import numpy as np
 from devstack.procs import ManagedProcess, free_port, wait_for_port
 from dynamo.sites import DEMO_TENANTS
 from dynamo.states import ExamStatus
-from hl7_ingest.builder import MessageBuilder
-from hl7_ingest.client import MllpClient
 from hl7_ingest.mapping import load_mappings
-from loadtest.simulator import PlannedExam, exam_now
+from loadtest.hl7.builder import MessageBuilder
+from loadtest.hl7.client import MllpClient
+from loadtest.plan import PlannedExam, exam_now
 
 _MOVES = (ExamStatus.ARRIVED, ExamStatus.IN_PROGRESS, ExamStatus.COMPLETED)
 

@@ -288,8 +288,8 @@ class Hl7Sender(User):
     wait_time = constant_pacing(0.5)
 
     def on_start(self) -> None:
-        from hl7_ingest.builder import MessageBuilder
         from hl7_ingest.mapping import load_mappings
+        from loadtest.hl7.builder import MessageBuilder
 
         n = next(_users)
         mapping = load_mappings().for_site(TENANT, "NW-GEN")
@@ -351,7 +351,7 @@ class Hl7Sender(User):
 def planned_exam(prefix: str, n: int) -> Any:
     from dynamo.sites import DEMO_TENANTS
     from dynamo.states import Priority
-    from loadtest.simulator import exam_now
+    from loadtest.plan import exam_now
 
     tenant = next(t for t in DEMO_TENANTS if t.code == TENANT)
     return exam_now(tenant, "NW-GEN", f"{prefix}{n:07d}", n, priority=Priority.STAT)

@@ -20,7 +20,7 @@ from dynamo.sites import DEMO_TENANTS
 from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import create_items, transition_update
 from loadtest import catalog
-from loadtest.simulator import exam_now, to_records
+from loadtest.plan import exam_now, to_records
 
 _PATH = (ExamStatus.ARRIVED, ExamStatus.IN_PROGRESS, ExamStatus.COMPLETED)
 

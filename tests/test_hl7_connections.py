@@ -8,10 +8,10 @@ import asyncio
 import time
 
 from dynamo.store import ExamStore
-from hl7_ingest.client import MllpClient
 from hl7_ingest.deadletters import DeadLetters
 from hl7_ingest.mapping import Mappings
 from hl7_ingest.mllp import wrap
+from loadtest.hl7.client import MllpClient
 from tests.conftest import UNIT
 from tests.test_hl7_senders import bound
 from tests.test_hl7_support import NW, builder, cid, planned, running, table_items

@@ -17,12 +17,13 @@ from dynamo.patients import get_profile
 from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import ExamStore
 from hl7_ingest.apply import apply
-from hl7_ingest.deadletters import DeadLetters, run_command
+from hl7_ingest.deadletters import DeadLetters
+from hl7_ingest.deadletters.cli import run_command
 from hl7_ingest.interpret import interpret
 from hl7_ingest.ledger import Ledger
 from hl7_ingest.message import parse
 from hl7_ingest.settings import Hl7Settings
-from loadtest.simulator import PlannedExam
+from loadtest.plan import PlannedExam
 from tests.test_hl7_support import (
     MAPPINGS,
     Running,

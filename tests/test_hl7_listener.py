@@ -19,12 +19,12 @@ from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from hl7_ingest.ack import Ack, build_ack, read_ack
-from hl7_ingest.client import MllpClient
 from hl7_ingest.deadletters import DeadLetters
 from hl7_ingest.exceptions import AckTimeout, MllpError
 from hl7_ingest.listener import MllpListener
 from hl7_ingest.message import parse
 from hl7_ingest.mllp import FrameDecoder, wrap
+from loadtest.hl7.client import MllpClient
 from tests.conftest import UNIT
 from tests.test_hl7_support import MAPPINGS, Running, builder, cid, planned, running
 

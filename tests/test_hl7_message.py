@@ -13,13 +13,13 @@ from dynamo import keys
 from dynamo.states import TRANSITIONS, ExamStatus, Modality, Priority
 from hl7_ingest.ack import build_ack, read_ack
 from hl7_ingest.apply import path_to
-from hl7_ingest.builder import MessageBuilder
 from hl7_ingest.exceptions import ApplicationRejected, MappingError, MessageRejected, ParseError
 from hl7_ingest.interpret import MergePatient, MoveExam, NewOrder, UpdatePatient, interpret
 from hl7_ingest.mapping import format_timestamp, load_mappings, parse_timestamp
 from hl7_ingest.message import Message, parse
 from hl7_ingest.mllp import FrameDecoder, FrameTooLarge, wrap
-from loadtest.simulator import Clock, events_of, plan_day
+from loadtest.hl7.builder import MessageBuilder
+from loadtest.plan import Clock, events_of, plan_day
 from tests.test_hl7_support import LK, MAPPINGS, NW, builder, patient, planned
 
 S = ExamStatus

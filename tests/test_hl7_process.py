@@ -1,4 +1,4 @@
-"""The entry points as processes: `python -m hl7_ingest` (listener), `hl7_ingest.send`
+"""The entry points as processes: `python -m hl7_ingest` (listener), `loadtest.hl7.send`
 (a file of messages) and `hl7_ingest.deadletters` (the operator's CLI). JSON logs carry
 control IDs and reasons, never names, MRNs or messages. Data synthetic."""
 
@@ -69,7 +69,7 @@ async def test_listener_send_and_deadletters_as_processes(
             # As an editor would save it: one segment per line.
             (tmp_path / "day.hl7").write_text("\n".join(m.replace("\r", "\n") for m in messages))
             code, out = await run(
-                ["-m", "hl7_ingest.send", str(tmp_path / "day.hl7"), "--port", str(port)], env
+                ["-m", "loadtest.hl7.send", str(tmp_path / "day.hl7"), "--port", str(port)], env
             )
             lines = out.strip().splitlines()
             assert code == 1 and len(lines) == 3, out

@@ -15,12 +15,12 @@ import pytest
 
 from dynamo.exceptions import ExamNotFound
 from dynamo.store import ExamStore
-from hl7_ingest.client import MllpClient
 from hl7_ingest.deadletters import DeadLetters
 from hl7_ingest.exceptions import MllpError
 from hl7_ingest.mapping import Mappings, SiteMapping
 from hl7_ingest.message import parse
 from hl7_ingest.mllp import wrap
+from loadtest.hl7.client import MllpClient
 from tests.conftest import UNIT
 from tests.test_hl7_support import LK, NW, Running, builder, cid, planned, running, table_items
 

@@ -20,15 +20,15 @@ from dynamo.models import PatientProfile, now_ms
 from dynamo.serde import from_attrs
 from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import ExamStore
-from hl7_ingest.builder import MessageBuilder
-from hl7_ingest.client import MllpClient
 from hl7_ingest.deadletters import ensure_dead_letter_table
 from hl7_ingest.listener import MllpListener, listener_for
 from hl7_ingest.mapping import Mappings, SiteMapping, load_mappings
 from hl7_ingest.processor import Ingest
 from hl7_ingest.settings import Hl7Settings
 from loadtest import catalog
-from loadtest.simulator import PlannedExam
+from loadtest.hl7.builder import MessageBuilder
+from loadtest.hl7.client import MllpClient
+from loadtest.plan import PlannedExam
 from tests.conftest import UNIT
 
 MAPPINGS: Mappings = load_mappings()

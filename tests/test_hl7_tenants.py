@@ -12,8 +12,8 @@ from dynamo import keys
 from dynamo.models import Exam, PatientProfile
 from dynamo.patients import ForeignPatient, get_profile, patient_studies, update_patient
 from dynamo.store import ExamStore
-from hl7_ingest.builder import MessageBuilder
 from hl7_ingest.mapping import Mappings
+from loadtest.hl7.builder import MessageBuilder
 from tests.factories import exam_bundle
 from tests.test_hl7_support import NW, Running, cid, planned, running, site_copy
 

@@ -7,14 +7,8 @@ from collections import Counter
 
 from dynamo.states import ExamStatus, Modality, Priority, can_transition
 from dynamo.store import ExamStore
-from loadtest.simulator import (
-    DAY,
-    Clock,
-    SimSettings,
-    Simulator,
-    events_of,
-    plan_day,
-)
+from loadtest.plan import DAY, Clock, events_of, plan_day
+from loadtest.simulator import SimSettings, Simulator
 from tests.conftest import UNIT
 
 

@@ -24,7 +24,7 @@ from dynamo.models import PatientProfile
 from dynamo.states import ExamStatus, Modality, Priority
 from hl7_ingest.mapping import SiteMapping, format_timestamp
 from hl7_ingest.message import Message, parse_path
-from loadtest.simulator import Clock, Event, PlannedExam
+from loadtest.plan import Clock, Event, PlannedExam
 
 __all__ = ["MessageBuilder"]
 

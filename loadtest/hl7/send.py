@@ -1,4 +1,4 @@
-"""`python -m hl7_ingest.send FILE...`: send the HL7 messages of files over MLLP.
+"""`python -m loadtest.hl7.send FILE...`: send the HL7 messages of files over MLLP.
 
 A file holds one or more messages; each starts with a line beginning `MSH`, segments
 end with CR, LF or CRLF (so files written in an editor work). Every message is sent,
@@ -15,8 +15,8 @@ import ssl
 import sys
 from pathlib import Path
 
-from hl7_ingest.client import MllpClient
 from hl7_ingest.exceptions import MllpError
+from loadtest.hl7.client import MllpClient
 
 __all__ = ["main", "split_messages"]
 
@@ -58,7 +58,7 @@ async def send_files(args: argparse.Namespace, texts: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hl7_ingest.send", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m loadtest.hl7.send", description=__doc__)
     p.add_argument("files", nargs="+", help="files of HL7 messages ('-' for stdin)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=2575)
