@@ -29,7 +29,7 @@ from worklist_cache import FeedSubscriber, keys
 from worklist_cache.views import Scope
 
 if TYPE_CHECKING:
-    from gateway.session import Session
+    from gateway.handlers import Connection
 
 log = logging.getLogger("gateway.presence")
 
@@ -57,7 +57,7 @@ class Presence:
         self._publish_command = "SPUBLISH" if sharded else "PUBLISH"
         self._subscriber = subscriber
         self._node = node
-        self._local: dict[str, set[Session]] = defaultdict(set)  # tenant -> sessions
+        self._local: dict[str, set[Connection]] = defaultdict(set)  # tenant -> sessions
         self._known: dict[str, dict[str, dict[str, Any]]] = {}  # tenant -> sub -> user
         self._dirty: set[str] = set()
         self._flush: asyncio.Task[None] | None = None
@@ -82,7 +82,7 @@ class Presence:
 
     # ---- our own connections -------------------------------------------------------------
 
-    def _entry(self, session: Session) -> bytes:
+    def _entry(self, session: Connection) -> bytes:
         p = session.principal
         assert p is not None
         # Each exam with what a viewer's scope is checked against (site, subspecialty).
@@ -99,7 +99,7 @@ class Presence:
             }
         )
 
-    async def join(self, session: Session) -> None:
+    async def join(self, session: Connection) -> None:
         tenant = session.principal.tenant if session.principal else ""
         self._local[tenant].add(session)
 
@@ -111,14 +111,14 @@ class Presence:
         await self._announce(tenant)
         await self.send_state(session, None)
 
-    async def update(self, session: Session) -> None:
+    async def update(self, session: Connection) -> None:
         if session.principal is None:
             return
         tenant = session.principal.tenant
         await self._redis.hset(keys.presence(tenant), session.conn_id, self._entry(session))
         await self._announce(tenant)
 
-    async def leave(self, session: Session) -> None:
+    async def leave(self, session: Connection) -> None:
         if session.principal is None:
             return
         tenant = session.principal.tenant
@@ -149,7 +149,7 @@ class Presence:
                 except Exception as exc:
                     log.warning("presence heartbeat failed (%s)", type(exc).__name__)
 
-    async def _beat_tenant(self, tenant: str, sessions: set[Session]) -> None:
+    async def _beat_tenant(self, tenant: str, sessions: set[Connection]) -> None:
         key = keys.presence(tenant)
         mine = {s.conn_id: self._entry(s) for s in sessions if s.principal is not None}
         if mine:
@@ -192,7 +192,7 @@ class Presence:
             user["reading"] = [reading[k] for k in sorted(reading)]
         return users
 
-    async def send_state(self, session: Session, request_id: str | None) -> None:
+    async def send_state(self, session: Connection, request_id: str | None) -> None:
         p = session.principal
         users = await self.users(p.tenant if p else "")
         scope = p.scope if p else Scope("")

@@ -16,39 +16,25 @@ import logging
 import re
 import time
 import uuid
+from enum import Enum, auto
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from dynamo.models import now_ms
-from gateway import claiming, reviewing, worklists
 from gateway.auth import AuthError, Principal
+from gateway.handlers import dispatch, worklists
 from gateway.hub import Client, Queued, Subscription, coalesce
 from gateway.protocol import (
     Auth,
-    BreakLock,
-    ClaimRequest,
     CloseCode,
     ErrorCode,
-    Ping,
-    PresenceRequest,
-    Release,
-    ReviewAdd,
-    ReviewArbitrate,
-    ReviewAssign,
-    ReviewClaim,
-    ReviewScore,
-    ReviewsRequest,
-    Sign,
-    Subscribe,
-    Unsubscribe,
     client_frame,
 )
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.context import Gateway
 
 log = logging.getLogger("gateway.session")
 
@@ -59,6 +45,15 @@ _MAX_BATCH = 256
 
 def dumps(frame: dict[str, Any]) -> str:
     return orjson.dumps(frame).decode()
+
+
+class ConnectionState(Enum):
+    """A connection's life, as starlette's `WebSocketState` guards a socket's."""
+
+    CONNECTING = auto()  # accepted and welcomed; nothing but `auth` is processed
+    AUTHENTICATED = auto()  # a valid `auth` came: requests are served
+    CLOSING = auto()  # a close was requested; what is queued before it still goes out
+    CLOSED = auto()  # the socket is gone
 
 
 class TokenBucket:
@@ -101,8 +96,7 @@ class Session:
         self._close_after_flush: tuple[int, str] = (CloseCode.NORMAL, "")
         self._bucket = TokenBucket(gw.settings.rate_limit, gw.settings.rate_burst)
         self._strikes = 0
-        self._expired = False
-        self._close_requested = False
+        self.state = ConnectionState.CONNECTING
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -124,7 +118,8 @@ class Session:
         try:
             waiters: set[asyncio.Future[Any]] = {reader, writer, self._closing}
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done and self._close_requested and not self._closing.done():
+            closing = self.state is ConnectionState.CLOSING
+            if reader in done and closing and not self._closing.done():
                 # The reader asked to close after an error frame (too large, bad
                 # token): let the writer send what is queued first, within a bound.
                 more: set[asyncio.Future[Any]] = {writer, self._closing}
@@ -138,6 +133,7 @@ class Session:
                 code, reason = self._closing.result()
                 await self._close(code, reason)
         finally:
+            self.state = ConnectionState.CLOSED
             for task in (reader, writer, *self._tasks):
                 task.cancel()
             await asyncio.gather(reader, writer, *self._tasks, return_exceptions=True)
@@ -161,9 +157,9 @@ class Session:
 
     def request_close(self, code: int, reason: str, *, flush: bool = True) -> None:
         """Close the connection; with `flush`, after the frames already queued."""
-        if self._closing.done() or (flush and self._close_requested):
+        if self._closing.done() or (flush and self.state is ConnectionState.CLOSING):
             return
-        self._close_requested = True
+        self.state = ConnectionState.CLOSING
         if flush:
             try:
                 self.client.queue.put_nowait(_CLOSE)
@@ -248,6 +244,8 @@ class Session:
             await self._handle(data)
 
     async def _handle(self, data: str | bytes) -> None:
+        if self.state not in (ConnectionState.CONNECTING, ConnectionState.AUTHENTICATED):
+            return  # closing: nothing more is served
         # Every frame counts against the rate limit: auth and invalid frames too.
         if not self._allowed(data):
             return
@@ -255,7 +253,7 @@ class Session:
             frame = client_frame.validate_json(data)
         except ValidationError as exc:
             request_id = _request_id(data)
-            if self.principal is None:
+            if self.state is ConnectionState.CONNECTING:
                 self.error(request_id, ErrorCode.UNAUTHORIZED, "authenticate first")
                 self.request_close(CloseCode.UNAUTHORIZED, "authenticate first")
                 return
@@ -265,13 +263,13 @@ class Session:
         if isinstance(frame, Auth):
             await self._auth(frame)
             return
-        if self.principal is None:
+        if self.state is ConnectionState.CONNECTING:
             self.error(frame.id, ErrorCode.UNAUTHORIZED, "authenticate first")
             self.request_close(CloseCode.UNAUTHORIZED, "authenticate first")
             return
         self.gw.metrics[f"requests_{frame.type}"] += 1
         try:
-            await self._dispatch(frame)
+            await dispatch(self, frame)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -295,36 +293,6 @@ class Session:
         if self._strikes > self.gw.settings.rate_burst * 4:
             self.request_close(CloseCode.POLICY, "request flood")
         return False
-
-    async def _dispatch(self, frame: Any) -> None:
-        if isinstance(frame, Subscribe):
-            await worklists.subscribe(self, frame)
-        elif isinstance(frame, Unsubscribe):
-            worklists.unsubscribe(self, frame)
-        elif isinstance(frame, Ping):
-            self.send({"type": "pong", "id": frame.id, "ts": now_ms()})
-        elif isinstance(frame, ClaimRequest):
-            await claiming.claim(self, frame)
-        elif isinstance(frame, Release):
-            await claiming.release(self, frame)
-        elif isinstance(frame, Sign):
-            await claiming.sign(self, frame)
-        elif isinstance(frame, BreakLock):
-            await claiming.break_lock(self, frame)
-        elif isinstance(frame, PresenceRequest):
-            await self.gw.presence.send_state(self, frame.id)
-        elif isinstance(frame, ReviewsRequest):
-            await reviewing.reviews(self, frame)
-        elif isinstance(frame, ReviewAdd):
-            await reviewing.add(self, frame)
-        elif isinstance(frame, ReviewAssign):
-            await reviewing.assign(self, frame)
-        elif isinstance(frame, ReviewClaim):
-            await reviewing.claim(self, frame)
-        elif isinstance(frame, ReviewScore):
-            await reviewing.score(self, frame)
-        elif isinstance(frame, ReviewArbitrate):
-            await reviewing.arbitrate(self, frame)
 
     # ---- authentication ------------------------------------------------------------------
 
@@ -357,9 +325,9 @@ class Session:
             self.error(frame.id, ErrorCode.FORBIDDEN, message)
             self.request_close(CloseCode.UNAUTHORIZED, "user or scope changed: log in again")
             return
-        first = self.principal is None
+        first = self.state is ConnectionState.CONNECTING
         self.principal = principal
-        self._expired = False
+        self.state = ConnectionState.AUTHENTICATED
         self.client.user = principal.sub
         self.send(
             {
@@ -380,9 +348,8 @@ class Session:
     def check_expiry(self, now: int) -> None:
         """Called by the gateway's housekeeping (one timer for every session, rather than
         a task each: idle connections stay small)."""
-        if self.principal is not None and self.principal.expires_at_ms <= now:
-            if not self._expired:
-                self._expired = True
+        if self.state is ConnectionState.AUTHENTICATED and self.principal is not None:
+            if self.principal.expires_at_ms <= now:
                 self.error(None, ErrorCode.TOKEN_EXPIRED, "the token expired; log in again")
                 self.request_close(CloseCode.TOKEN_EXPIRED, "token expired")
 

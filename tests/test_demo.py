@@ -76,3 +76,30 @@ async def test_demo_serves_a_live_worklist_and_stops_cleanly() -> None:
     _, alive = psutil.wait_procs(children, timeout=5)
     assert alive == [], f"left running: {alive}"
     assert not any(port_open(p) for p in ports), "a port is still open"
+
+
+async def test_children_die_with_a_killed_supervisor() -> None:
+    """SIGKILL (or a closed terminal) gives the supervisor no chance to stop anything:
+    its children must still go, or they keep their ports."""
+    script = (
+        "import sys, time\n"
+        "from devstack.procs import ManagedProcess\n"
+        "sleep = [sys.executable, '-c', 'import time; time.sleep(120)']\n"
+        "child = ManagedProcess('sleeper', sleep)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    child = int((await asyncio.wait_for(parent.stdout.readline(), 20 * UNIT)).decode())
+    assert psutil.pid_exists(child)
+    parent.kill()
+    await parent.wait()
+    for _ in range(int(100 * UNIT)):
+        if not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie":
+            return
+        await asyncio.sleep(0.05)
+    psutil.Process(child).kill()
+    raise AssertionError("the child outlived its killed supervisor")

@@ -26,8 +26,8 @@ from dynamo.exceptions import ExamNotFound, StoreError
 from dynamo.models import now_ms
 from dynamo.review import Review, ReviewState
 from gateway.auth import Principal, Role
-from gateway.claiming import store_error
 from gateway.demo_users import DEMO_USERS
+from gateway.handlers.claiming import store_error
 from gateway.protocol import (
     ErrorCode,
     ReviewAdd,
@@ -40,8 +40,8 @@ from gateway.protocol import (
 from worklist_cache import keys
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
-    from gateway.session import Session
+    from gateway.context import Gateway
+    from gateway.handlers import Connection
 
 log = logging.getLogger("gateway.reviews")
 
@@ -128,12 +128,12 @@ class ReviewBoard:
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.watching: set[Session] = set()
+        self.watching: set[Connection] = set()
         # What each session was shown, so a review it may no longer see (reassigned)
         # is taken back with `op: remove`.
-        self._shown: dict[Session, set[str]] = {}
+        self._shown: dict[Connection, set[str]] = {}
 
-    async def watch(self, session: Session) -> None:
+    async def watch(self, session: Connection) -> None:
         tenant = session.principal.tenant if session.principal else ""
 
         def deliver(raw: bytes) -> None:
@@ -142,11 +142,11 @@ class ReviewBoard:
         await self.gw.subscriber.subscribe(keys.review_channel(tenant), deliver)
         self.watching.add(session)
 
-    def forget(self, session: Session) -> None:
+    def forget(self, session: Connection) -> None:
         self.watching.discard(session)
         self._shown.pop(session, None)
 
-    def shown(self, session: Session, exam_ids: set[str]) -> None:
+    def shown(self, session: Connection, exam_ids: set[str]) -> None:
         self._shown[session] = set(exam_ids)
 
     def _on_message(self, tenant: str, raw: bytes) -> None:
@@ -166,7 +166,7 @@ class ReviewBoard:
                 session.send({"type": "review", "review": gone})
 
 
-def _require_coordinator(session: Session, request_id: str) -> Principal | None:
+def _require_coordinator(session: Connection, request_id: str) -> Principal | None:
     p = session.principal
     assert p is not None
     if not is_coordinator(p):
@@ -180,11 +180,11 @@ def _row(review: Review) -> dict[str, Any]:
     return {**row, "exam_id": row["accession"]}
 
 
-def _not_found(session: Session, request_id: str, exam_id: str) -> None:
+def _not_found(session: Connection, request_id: str, exam_id: str) -> None:
     session.error(request_id, ErrorCode.NOT_FOUND, f"no review of exam {exam_id} for you")
 
 
-async def _review_for(session: Session, request_id: str, exam_id: str) -> Review | None:
+async def _review_for(session: Connection, request_id: str, exam_id: str) -> Review | None:
     """The review, if this user may see it at all; else `not_found`, worded the same
     whether it does not exist or is not theirs, so its existence does not leak."""
     p = session.principal
@@ -203,7 +203,7 @@ async def _review_for(session: Session, request_id: str, exam_id: str) -> Review
 
 
 async def _managed(
-    session: Session, request_id: str, exam_id: str
+    session: Connection, request_id: str, exam_id: str
 ) -> tuple[Principal, Review] | None:
     """A coordinator may manage this review: in their scope, and not one they read or
     review (a party managing it would learn the other side)."""
@@ -224,7 +224,7 @@ async def _managed(
     return p, review
 
 
-def _reply(session: Session, request_id: str, action: str, review: Review, **extra: Any) -> None:
+def _reply(session: Connection, request_id: str, action: str, review: Review, **extra: Any) -> None:
     p = session.principal
     assert p is not None
     session.send(
@@ -238,7 +238,7 @@ def _reply(session: Session, request_id: str, action: str, review: Review, **ext
     )
 
 
-async def reviews(session: Session, frame: ReviewsRequest) -> None:
+async def reviews(session: Connection, frame: ReviewsRequest) -> None:
     p = session.principal
     assert p is not None
     await session.gw.reviews_board.watch(session)
@@ -249,7 +249,7 @@ async def reviews(session: Session, frame: ReviewsRequest) -> None:
     session.send({"type": "reviews", "id": frame.id, "reviews": shown})
 
 
-async def add(session: Session, frame: ReviewAdd) -> None:
+async def add(session: Connection, frame: ReviewAdd) -> None:
     p = _require_coordinator(session, frame.id)
     if p is None:
         return
@@ -266,7 +266,7 @@ async def add(session: Session, frame: ReviewAdd) -> None:
     _reply(session, frame.id, "add", review)
 
 
-async def assign(session: Session, frame: ReviewAssign) -> None:
+async def assign(session: Connection, frame: ReviewAssign) -> None:
     managed = await _managed(session, frame.id, frame.exam_id)
     if managed is None:
         return
@@ -304,7 +304,7 @@ async def assign(session: Session, frame: ReviewAssign) -> None:
     _reply(session, frame.id, "assign", review)
 
 
-async def claim(session: Session, frame: ReviewClaim) -> None:
+async def claim(session: Connection, frame: ReviewClaim) -> None:
     p = session.principal
     assert p is not None
     if await _review_for(session, frame.id, frame.exam_id) is None:
@@ -318,7 +318,7 @@ async def claim(session: Session, frame: ReviewClaim) -> None:
     _reply(session, frame.id, "claim", review, token=token)
 
 
-async def score(session: Session, frame: ReviewScore) -> None:
+async def score(session: Connection, frame: ReviewScore) -> None:
     p = session.principal
     assert p is not None
     if await _review_for(session, frame.id, frame.exam_id) is None:
@@ -338,7 +338,7 @@ async def score(session: Session, frame: ReviewScore) -> None:
     _reply(session, frame.id, "score", review)
 
 
-async def arbitrate(session: Session, frame: ReviewArbitrate) -> None:
+async def arbitrate(session: Connection, frame: ReviewArbitrate) -> None:
     managed = await _managed(session, frame.id, frame.exam_id)
     if managed is None:
         return

@@ -19,12 +19,12 @@ from worklist_cache.feed import offset_key
 from worklist_cache.views import OutOfScope, scope_view
 
 if TYPE_CHECKING:
-    from gateway.session import Session
+    from gateway.handlers import Connection
 
-log = logging.getLogger("gateway.worklists")
+log = logging.getLogger("gateway.handlers.worklists")
 
 
-async def subscribe(session: Session, frame: Subscribe) -> None:
+async def subscribe(session: Connection, frame: Subscribe) -> None:
     principal = session.principal
     assert principal is not None
     gw = session.gw
@@ -74,7 +74,7 @@ async def subscribe(session: Session, frame: Subscribe) -> None:
         session.error(frame.id, ErrorCode.INTERNAL, "could not read the worklist; retry")
 
 
-async def ensure_feed(session: Session, tenant: str) -> None:
+async def ensure_feed(session: Connection, tenant: str) -> None:
     hub = session.gw.hub
 
     def deliver(raw: bytes) -> None:
@@ -84,7 +84,7 @@ async def ensure_feed(session: Session, tenant: str) -> None:
 
 
 async def send_snapshot(
-    session: Session, sub: Subscription, request_id: str, limit: int, reset: bool = False
+    session: Connection, sub: Subscription, request_id: str, limit: int, reset: bool = False
 ) -> None:
     """Queue a snapshot, then the deltas that arrived while it was read.
 
@@ -115,7 +115,7 @@ async def send_snapshot(
 
 
 async def resume(
-    session: Session, sub: Subscription, request_id: str, epoch: str, offset: str, limit: int
+    session: Connection, sub: Subscription, request_id: str, epoch: str, offset: str, limit: int
 ) -> None:
     """Send what the client missed after (`epoch`, `offset`), or a reset snapshot.
 
@@ -180,7 +180,7 @@ def _message(epoch: str, offset: str, raw_delta: bytes) -> str:
     return '{"epoch":"' + epoch + '","offset":"' + offset + '","delta":' + raw_delta.decode() + "}"
 
 
-def _replay_pending(session: Session, sub: Subscription, after_offset: str) -> None:
+def _replay_pending(session: Connection, sub: Subscription, after_offset: str) -> None:
     """Route what arrived while the snapshot or resume was read, after its position;
     later live messages at or before that position are dropped too (`floor`)."""
     pending, sub.pending = sub.pending or [], None
@@ -189,7 +189,7 @@ def _replay_pending(session: Session, sub: Subscription, after_offset: str) -> N
         session.client.offer(sub, offset, row, raw, epoch)
 
 
-def unsubscribe(session: Session, frame: Unsubscribe) -> None:
+def unsubscribe(session: Connection, frame: Unsubscribe) -> None:
     sub = session.client.subs.pop(frame.sub, None)
     if sub is None:
         session.error(frame.id, ErrorCode.NOT_FOUND, f"no subscription {frame.sub}")

@@ -28,13 +28,13 @@ from gateway.auth import Role
 from gateway.protocol import BreakLock, ClaimRequest, ErrorCode, Release, Sign
 
 if TYPE_CHECKING:
-    from gateway.session import Session
+    from gateway.handlers import Connection
 
 log = logging.getLogger("gateway.claims")
 
 
 async def _locate(
-    session: Session, request_id: str, exam_id: str, into: dict[str, Any] | None = None
+    session: Connection, request_id: str, exam_id: str, into: dict[str, Any] | None = None
 ) -> str | None:
     """The exam's patient partition, if the user may see the exam at all.
 
@@ -63,7 +63,7 @@ async def _locate(
     return patient_id
 
 
-def store_error(session: Session, request_id: str, exc: StoreError) -> None:
+def store_error(session: Connection, request_id: str, exc: StoreError) -> None:
     detail: dict[str, Any] | None = None
     if isinstance(exc, AlreadyClaimed):
         detail = {
@@ -80,14 +80,14 @@ def store_error(session: Session, request_id: str, exc: StoreError) -> None:
     session.error(request_id, code, exc.reason, detail)
 
 
-async def _publish(session: Session, exam: Exam) -> None:
+async def _publish(session: Connection, exam: Exam) -> None:
     try:
         await session.gw.feed.publish([ExamDelta.from_exam(exam)])
     except Exception:  # the relay will bring the same change anyway
         log.warning("early publish of a claim change failed; the relay will carry it")
 
 
-def _reads(session: Session, request_id: str) -> bool:
+def _reads(session: Connection, request_id: str) -> bool:
     """Claims and reports are for radiologists (and admins); coordinators only watch."""
     p = session.principal
     assert p is not None
@@ -97,7 +97,7 @@ def _reads(session: Session, request_id: str) -> bool:
     return False
 
 
-async def claim(session: Session, frame: ClaimRequest) -> None:
+async def claim(session: Connection, frame: ClaimRequest) -> None:
     principal = session.principal
     assert principal is not None
     if not _reads(session, frame.id):
@@ -129,7 +129,7 @@ async def claim(session: Session, frame: ClaimRequest) -> None:
     await gw.presence.update(session)
 
 
-async def _held(session: Session, frame: Release | Sign) -> tuple[str, str, str] | None:
+async def _held(session: Connection, frame: Release | Sign) -> tuple[str, str, str] | None:
     """(user, token, patient_id) for a request on a claim this connection holds (or
     whose token it names); None after answering the request with an error."""
     principal = session.principal
@@ -144,7 +144,7 @@ async def _held(session: Session, frame: Release | Sign) -> tuple[str, str, str]
     return None if patient_id is None else (principal.sub, token, patient_id)
 
 
-async def _changed(session: Session, exam: Exam, reply: dict[str, Any]) -> None:
+async def _changed(session: Connection, exam: Exam, reply: dict[str, Any]) -> None:
     """Answer the request, publish the change ahead of the stream, refresh presence."""
     if exam.claimed_by is None:
         session.claims.pop(exam.accession, None)
@@ -153,7 +153,7 @@ async def _changed(session: Session, exam: Exam, reply: dict[str, Any]) -> None:
     await session.gw.presence.update(session)
 
 
-async def release(session: Session, frame: Release) -> None:
+async def release(session: Connection, frame: Release) -> None:
     held = await _held(session, frame)
     if held is None:
         return
@@ -168,7 +168,7 @@ async def release(session: Session, frame: Release) -> None:
     await _changed(session, exam, {"type": "released", "id": frame.id})
 
 
-async def sign(session: Session, frame: Sign) -> None:
+async def sign(session: Connection, frame: Sign) -> None:
     held = await _held(session, frame)
     if held is None:
         return
@@ -184,7 +184,7 @@ async def sign(session: Session, frame: Sign) -> None:
     await _changed(session, exam, {"type": "signed", "id": frame.id, "status": exam.status.value})
 
 
-async def break_lock(session: Session, frame: BreakLock) -> None:
+async def break_lock(session: Connection, frame: BreakLock) -> None:
     principal = session.principal
     assert principal is not None
     if not principal.has(Role.ADMIN):
@@ -227,7 +227,7 @@ async def break_lock(session: Session, frame: BreakLock) -> None:
         )
 
 
-async def renew_session(session: Session) -> None:
+async def renew_session(session: Connection) -> None:
     """Renew this connection's claims (the gateway's housekeeping calls this every
     `claim_renew_seconds`); tell the client of any it lost."""
     gw = session.gw
