@@ -30,6 +30,8 @@ from typing import Any
 from dynamo import keys
 from dynamo.exceptions import (
     AlreadyClaimed,
+    ClaimRefused,
+    ConditionFailed,
     ExamNotFound,
     InvalidTransition,
     NotClaimable,
@@ -39,7 +41,7 @@ from dynamo.exceptions import (
 from dynamo.models import Exam, exam_from_item, now_ms
 from dynamo.serde import to_attr, to_attrs
 from dynamo.states import CLAIMABLE_STATES, READING_STATES, ExamStatus, can_transition
-from dynamo.store import CLAIM_FIELDS, ConditionFailed, ExamStore
+from dynamo.store import CLAIM_FIELDS, ExamStore
 
 __all__ = ["Claim", "Claims", "parse_token"]
 
@@ -81,7 +83,7 @@ class Claims:
         except ConditionFailed as failed:
             if failed.old is None:
                 raise ExamNotFound(accession) from None
-            raise _Refused(exam_from_item(failed.old)) from None
+            raise ClaimRefused(exam_from_item(failed.old)) from None
 
     async def claim(
         self,
@@ -123,7 +125,7 @@ class Claims:
                     }
                 ),
             )
-        except _Refused as refused:
+        except ClaimRefused as refused:
             seen = refused.exam
             if seen.status not in CLAIMABLE_STATES:
                 raise NotClaimable(accession, seen.status) from None
@@ -153,7 +155,7 @@ class Claims:
                 ExpressionAttributeNames={"#v": "version"},
                 ExpressionAttributeValues=to_attrs(values),
             )
-        except _Refused:
+        except ClaimRefused:
             raise StaleToken(accession) from None
 
     async def release(self, patient_id: str, accession: str, user: str, token: str) -> Exam:
@@ -170,7 +172,7 @@ class Claims:
                 ExpressionAttributeNames={"#v": "version"},
                 ExpressionAttributeValues=to_attrs(values),
             )
-        except _Refused:
+        except ClaimRefused:
             raise StaleToken(accession) from None
 
     async def sign(
@@ -222,7 +224,7 @@ class Claims:
             now = now_ms()
             audit = {
                 "PK": keys.patient_pk(patient_id),
-                "SK": f"AUDIT#{accession}#{now:013d}#BREAK_LOCK",
+                "SK": keys.break_lock_audit_sk(accession, now),
                 "entity": "AUDIT",
                 "tenant": current.tenant,
                 "accession": accession,
@@ -298,14 +300,6 @@ class Claims:
                             },
                         )
                     )
-                except (_Refused, ExamNotFound):
+                except (ClaimRefused, ExamNotFound):
                     continue  # renewed, re-taken or reaped elsewhere meanwhile
         return released
-
-
-class _Refused(Exception):
-    """A claim write's condition was false; `exam` is the item as it was."""
-
-    def __init__(self, exam: Exam) -> None:
-        super().__init__(exam.accession)
-        self.exam = exam

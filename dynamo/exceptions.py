@@ -1,4 +1,4 @@
-"""Errors of the exam store and the stream relay.
+"""Errors of the exam store.
 
     StoreError                    root of every error this package raises
     ├── ExamNotFound              no exam with that key
@@ -9,14 +9,25 @@
     │   ├── AlreadyClaimed        someone else holds a live claim (names the holder; UPS C302)
     │   ├── NotClaimable          the exam is not in a state that can be read
     │   └── StaleToken            the token is not the current claim's (UPS C301)
+    ├── ForeignPatient            the patient id names another tenant's profile
     ├── StoreUnavailable          DynamoDB kept throttling or failing after every retry
     └── PermanentStoreError       DynamoDB refused for a reason retrying will not fix
+
+    ConditionFailed               a conditional write's condition was false; internal to
+    ├── ClaimRefused              the package (never a StoreError: it turns each into one
+    └── ReviewRefused             of the errors above), carrying the item as it was
 
 Every error carries a stable `code` (the wire error code the gateway sends) and never
 any patient data: only accession numbers, states and versions.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dynamo.models import Exam
+    from dynamo.review import Review
 
 
 class StoreError(Exception):
@@ -120,3 +131,36 @@ class PermanentStoreError(StoreError):
         super().__init__(f"DynamoDB refused {operation} ({error_code})")
         self.operation = operation
         self.error_code = error_code
+
+
+class ForeignPatient(StoreError):
+    """The patient id names another tenant's profile (never written, never read)."""
+
+    code = "forbidden"
+
+    def __init__(self) -> None:
+        super().__init__("the patient profile belongs to another tenant")
+
+
+class ConditionFailed(Exception):
+    """An update's condition was false; `old` is the item as it was (None: no item)."""
+
+    def __init__(self, old: dict[str, Any] | None) -> None:
+        super().__init__("condition failed")
+        self.old = old
+
+
+class ClaimRefused(ConditionFailed):
+    """A claim write's condition was false; `exam` is the exam as it was."""
+
+    def __init__(self, exam: Exam) -> None:
+        super().__init__(None)
+        self.exam = exam
+
+
+class ReviewRefused(ConditionFailed):
+    """A review write's condition was false; `review` is the review as it was."""
+
+    def __init__(self, review: Review) -> None:
+        super().__init__(None)
+        self.review = review

@@ -87,3 +87,37 @@ def tenant_sk(tenant: str) -> str:
 
 def relay_dead_sk(source: str, sequence_number: str) -> str:
     return f"REC#{source}#{sequence_number}"
+
+
+# ---- peer reviews, audit records, the HL7 ledger and dead letters ------------------
+#    review           REVIEW#{tenant}      EXAM#{accession}
+#    break-lock audit PATIENT#{patientId}  AUDIT#{accession}#{ms:013d}#BREAK_LOCK
+#    HL7 ledger       HL7MSG#{sender}      MSG#{controlId}     (never STUDY#: not an exam)
+#    HL7 dead letter  HL7DEAD              DL#{id}             (in its own table)
+
+
+def review_pk(tenant: str) -> str:
+    return f"REVIEW#{tenant}"
+
+
+def review_sk(accession: str) -> str:
+    return f"EXAM#{accession}"
+
+
+def break_lock_audit_sk(accession: str, at_ms: int) -> str:
+    return f"AUDIT#{accession}#{at_ms:013d}#BREAK_LOCK"
+
+
+def hl7_ledger_pk(sender: str) -> str:
+    return f"HL7MSG#{sender}"
+
+
+def hl7_ledger_sk(control_id: str) -> str:
+    return f"MSG#{control_id}"
+
+
+HL7_DEAD_PK = "HL7DEAD"
+
+
+def hl7_dead_sk(dead_letter_id: str) -> str:
+    return f"DL#{dead_letter_id}"

@@ -31,11 +31,17 @@ from __future__ import annotations
 from typing import Any
 
 from dynamo import keys
-from dynamo.exceptions import ExamNotFound, InvalidTransition, StoreError, VersionConflict
+from dynamo.exceptions import (
+    ConditionFailed,
+    ExamNotFound,
+    ForeignPatient,
+    InvalidTransition,
+    VersionConflict,
+)
 from dynamo.models import Exam, PatientProfile, exam_from_item, exam_keys, now_ms
 from dynamo.serde import from_attrs, to_attr, to_attrs
 from dynamo.states import OPEN_STATES, ExamStatus
-from dynamo.store import ConditionFailed, ExamStore
+from dynamo.store import ExamStore
 
 __all__ = [
     "REVISABLE_STATES",
@@ -51,15 +57,6 @@ _RACE_RETRIES = 5
 # Procedure, modality and schedule may change only before the scan starts; priority
 # may change while the exam is open (an exam waiting to be read can become STAT).
 REVISABLE_STATES: frozenset[ExamStatus] = frozenset({ExamStatus.SCHEDULED, ExamStatus.ARRIVED})
-
-
-class ForeignPatient(StoreError):
-    """The patient id names another tenant's profile (never written, never read)."""
-
-    code = "forbidden"
-
-    def __init__(self) -> None:
-        super().__init__("the patient profile belongs to another tenant")
 
 
 def _profile_key(patient_id: str) -> dict[str, Any]:

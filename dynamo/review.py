@@ -29,17 +29,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from dynamo import keys
 from dynamo.claims import parse_token
 from dynamo.exceptions import (
     AlreadyClaimed,
+    ConditionFailed,
     ExamNotFound,
     InvalidTransition,
+    ReviewRefused,
     StaleToken,
     StoreError,
 )
 from dynamo.models import now_ms
 from dynamo.serde import from_attrs, to_attr, to_attrs
-from dynamo.store import ConditionFailed, ExamStore
+from dynamo.store import ExamStore
 
 __all__ = [
     "RADPEER",
@@ -111,14 +114,6 @@ class Review(BaseModel):
     version: int = 1
 
 
-def review_pk(tenant: str) -> str:
-    return f"REVIEW#{tenant}"
-
-
-def review_sk(accession: str) -> str:
-    return f"EXAM#{accession}"
-
-
 def sampled(seed: int | str, tenant: str, accession: str, rate: float) -> bool:
     """Whether a FINAL exam goes to the pool: a uniform draw from a hash of the seed and
     the exam, so the same seed always picks the same exams."""
@@ -146,7 +141,7 @@ class ReviewStore:
         self.lease_ms = int(lease_seconds * 1000)
 
     def _key(self, tenant: str, accession: str) -> dict[str, Any]:
-        return {"PK": to_attr(review_pk(tenant)), "SK": to_attr(review_sk(accession))}
+        return {"PK": to_attr(keys.review_pk(tenant)), "SK": to_attr(keys.review_sk(accession))}
 
     async def pool(
         self,
@@ -192,8 +187,8 @@ class ReviewStore:
             updated_at=now,
         )
         item = {
-            "PK": review_pk(tenant),
-            "SK": review_sk(accession),
+            "PK": keys.review_pk(tenant),
+            "SK": keys.review_sk(accession),
             "entity": "REVIEW",
             **review.model_dump(mode="json", exclude_none=True),
         }
@@ -226,7 +221,7 @@ class ReviewStore:
             kwargs: dict[str, Any] = {
                 "TableName": self.store.table,
                 "KeyConditionExpression": "PK = :pk",
-                "ExpressionAttributeValues": {":pk": to_attr(review_pk(tenant))},
+                "ExpressionAttributeValues": {":pk": to_attr(keys.review_pk(tenant))},
             }
             if start:
                 kwargs["ExclusiveStartKey"] = start
@@ -247,7 +242,7 @@ class ReviewStore:
         names: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """A conditional update that bumps the version; the item as written (fencing
-        attributes included), or `_Refused` with the review as it was."""
+        attributes included), or `ReviewRefused` with the review as it was."""
         expression = f"SET {sets}, #v = #v + :one, updated_at = :now"
         if removes:
             expression += f" REMOVE {removes}"
@@ -262,7 +257,7 @@ class ReviewStore:
         except ConditionFailed as failed:
             if failed.old is None:
                 raise ExamNotFound(accession) from None
-            raise _Refused(review_from_item(failed.old)) from None
+            raise ReviewRefused(review_from_item(failed.old)) from None
 
     async def assign(
         self, tenant: str, accession: str, reviewer: str, reviewer_name: str, due_at: int
@@ -293,7 +288,7 @@ class ReviewStore:
                     names={"#a": "assignees"},
                 )
             )
-        except _Refused as refused:
+        except ReviewRefused as refused:
             seen = refused.review
             if seen.original_reader == reviewer:
                 raise SelfReview(accession) from None
@@ -322,7 +317,7 @@ class ReviewStore:
                     ":t": now,
                 },
             )
-        except _Refused as refused:
+        except ReviewRefused as refused:
             seen = refused.review
             if seen.reviewer != reviewer:
                 raise InvalidTransition(accession, "assigned to someone else", "claimed") from None
@@ -361,7 +356,7 @@ class ReviewStore:
                     removes=_CLAIM_FIELDS,  # a score ends the reviewer's claim
                 )
             )
-        except _Refused:
+        except ReviewRefused:
             raise StaleToken(accession) from None
 
     async def arbitrate(
@@ -387,11 +382,5 @@ class ReviewStore:
             return review_from_item(
                 await self._update(tenant, accession, sets, "#s = :arb", values)
             )
-        except _Refused as refused:
+        except ReviewRefused as refused:
             raise InvalidTransition(accession, refused.review.state, decision) from None
-
-
-class _Refused(Exception):
-    def __init__(self, review: Review) -> None:
-        super().__init__(review.accession)
-        self.review = review

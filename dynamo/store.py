@@ -17,6 +17,7 @@ from typing import Any
 from dynamo import keys
 from dynamo.exceptions import (
     AlreadyClaimed,
+    ConditionFailed,
     ExamAlreadyExists,
     ExamNotFound,
     InvalidTransition,
@@ -45,16 +46,7 @@ from dynamo.states import (
     can_transition,
 )
 
-__all__ = ["CLAIM_FIELDS", "ConditionFailed", "ExamStore"]
-
-
-class ConditionFailed(Exception):
-    """An update's condition was false; `old` is the item as it was (None: no item).
-    Internal to the package: callers turn it into a typed `StoreError`."""
-
-    def __init__(self, old: dict[str, Any] | None) -> None:
-        super().__init__("condition failed")
-        self.old = old
+__all__ = ["CLAIM_FIELDS", "ExamStore"]
 
 
 # How often a transition without an expected version re-reads after losing a race.

@@ -20,13 +20,14 @@ from dynamo.exceptions import (
     AlreadyClaimed,
     ExamAlreadyExists,
     ExamNotFound,
+    ForeignPatient,
     InvalidTransition,
     PermanentStoreError,
     StoreUnavailable,
     VersionConflict,
 )
 from dynamo.models import Exam, now_ms
-from dynamo.patients import ForeignPatient, merge_patients, revise_exam, update_patient
+from dynamo.patients import merge_patients, revise_exam, update_patient
 from dynamo.states import READING_STATES, TRANSITIONS, ExamStatus, can_transition
 from dynamo.store import ExamStore
 from hl7_ingest.exceptions import (

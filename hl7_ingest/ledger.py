@@ -34,17 +34,18 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from dynamo import keys
 from dynamo.serde import to_attr, to_attrs
 from dynamo.store import ExamStore
 
 __all__ = ["Ledger", "ledger_key"]
 
-# Must not start with "STUDY#": the stream normalizer treats such sort keys as exams.
-_SK_PREFIX = "MSG#"
-
 
 def ledger_key(sender: str, control_id: str) -> dict[str, Any]:
-    return {"PK": to_attr(f"HL7MSG#{sender}"), "SK": to_attr(f"{_SK_PREFIX}{control_id}")}
+    return {
+        "PK": to_attr(keys.hl7_ledger_pk(sender)),
+        "SK": to_attr(keys.hl7_ledger_sk(control_id)),
+    }
 
 
 class Ledger:

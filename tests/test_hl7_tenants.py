@@ -9,8 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from dynamo import keys
+from dynamo.exceptions import ForeignPatient
 from dynamo.models import Exam, PatientProfile
-from dynamo.patients import ForeignPatient, get_profile, patient_studies, update_patient
+from dynamo.patients import get_profile, patient_studies, update_patient
 from dynamo.store import ExamStore
 from hl7_ingest.mapping import Mappings
 from loadtest.hl7.builder import MessageBuilder

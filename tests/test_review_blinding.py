@@ -8,8 +8,8 @@ import hashlib
 import json
 from typing import Any
 
+from dynamo.keys import review_pk, review_sk
 from dynamo.models import Exam
-from dynamo.review import review_pk, review_sk
 from dynamo.serde import from_attrs, to_attr
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore

@@ -34,6 +34,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from dynamo import keys
 from dynamo.exceptions import PermanentStoreError
 from dynamo.serde import from_attrs, to_attr, to_attrs
 from dynamo.store import ExamStore
@@ -47,7 +48,7 @@ __all__ = [
     "ensure_dead_letter_table",
 ]
 
-_PK = "HL7DEAD"
+_PK = keys.HL7_DEAD_PK
 _TTL_ATTRIBUTE = "expires_at"
 
 
@@ -202,7 +203,7 @@ class DeadLetters:
         self.max_bytes = max_bytes
 
     def _key(self, dl_id: str) -> dict[str, Any]:
-        return {"PK": to_attr(_PK), "SK": to_attr(f"DL#{dl_id}")}
+        return {"PK": to_attr(_PK), "SK": to_attr(keys.hl7_dead_sk(dl_id))}
 
     async def put(
         self,
