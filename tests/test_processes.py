@@ -209,13 +209,20 @@ class Reader:
         return {"epoch": self.epoch, "offset": self.offset}
 
     async def subscribe(self, since: dict[str, str] | None = None) -> Frame:
-        """Subscribe `s` to the default (open exams) view; the reply frame."""
+        """Subscribe `s` to the default (open exams) view; the reply frame. While the
+        tenant's cache is being rebuilt the answer is `unavailable`: subscribe again, as
+        the protocol says a client does."""
         frame: Frame = {"type": "subscribe", "id": "s"}
         if since is not None:
             frame["since"] = since
-        start = len(self.frames)
-        await self.client.send(frame)
-        return await self.expect(lambda f: f.get("id") == "s", start=start)
+        for _ in range(int(40 * UNIT)):
+            start = len(self.frames)
+            await self.client.send(frame)
+            reply = await self.expect(lambda f: f.get("id") == "s", start=start)
+            if reply.get("code") != "unavailable":
+                return reply
+            await asyncio.sleep(reply["detail"]["retry_after_ms"] / 1000)
+        raise AssertionError("the tenant's worklists were never rebuilt")
 
     async def expect(
         self,
