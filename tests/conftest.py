@@ -30,6 +30,10 @@ from relay.checkpoints import RedisCheckpoints
 from relay.stream import StreamRelay
 from worklist_cache import CacheSettings, WorklistFeed
 
+# Shared fixtures that live beside their helpers: the browser and its pages, the audit's
+# stream and PostgreSQL pool.
+pytest_plugins = ["tests.support.pages", "tests.support.audit"]
+
 # One unit of patience; a slow machine can stretch every timeout at once.
 UNIT = float(os.environ.get("TEST_TIME_UNIT", "1.0"))
 # The signing secret of the gateways the tests start.

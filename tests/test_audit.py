@@ -8,7 +8,6 @@ import json
 import os
 import random
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -17,8 +16,6 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from audit.consumer import AuditConsumer
-from audit.db import open_pool
 from audit.lambda_handler import handler
 from audit.migrate import migrate, migrations
 from audit.writer import write_batch
@@ -32,38 +29,23 @@ from dynamo.review import ReviewStore
 from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus, Priority
 from dynamo.store import ExamStore
-from dynamo.table import stream_arn
 from relay.checkpoints import RedisCheckpoints
 from relay.stream import StreamRelay
 from tests.conftest import UNIT
-from tests.factories import exam_bundle
+from tests.support.audit import (
+    PATH,
+    _true,
+    consumer,
+    read_stream,
+    wait_for,
+)
+from tests.support.exams import exam_bundle
 from worklist_cache import WorklistFeed, keys
 
-PATH = (ExamStatus.ARRIVED, ExamStatus.IN_PROGRESS, ExamStatus.COMPLETED)
 TABLES = ("exam_event", "lock_break", "review_event", "exam", "reading", "review", "staff")
 
 
 # ---- helpers -------------------------------------------------------------------------
-
-
-async def read_stream(settings: DynamoSettings, arn: str) -> list[dict[str, Any]]:
-    """Every record the stream holds now, shard by shard (what any consumer would see)."""
-    out: list[dict[str, Any]] = []
-    async with streams_client(settings) as streams:
-        desc = (await streams.describe_stream(StreamArn=arn))["StreamDescription"]
-        for shard in desc["Shards"]:
-            it = (
-                await streams.get_shard_iterator(
-                    StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-                )
-            )["ShardIterator"]
-            while it:
-                resp = await streams.get_records(ShardIterator=it, Limit=1000)
-                out.extend(resp["Records"])
-                if not resp["Records"]:
-                    break
-                it = resp.get("NextShardIterator")
-    return out
 
 
 def as_lambda_event(records: list[dict[str, Any]], arn: str) -> dict[str, Any]:
@@ -95,17 +77,6 @@ async def exam_versions(url: str) -> list[tuple[str, int]]:
         return [(str(a), int(v)) for a, v in await cur.fetchall()]
 
 
-async def wait_for(
-    check: Callable[[], Awaitable[bool]], timeout: float, what: str = "condition"
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout * UNIT
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def walk_exams(store: ExamStore, n: int, seed: int) -> set[tuple[str, int]]:
     """Create exams and walk them to COMPLETED, a reader claiming and signing each;
     interleaved. Returns every (accession, version) written."""
@@ -135,22 +106,6 @@ async def walk_exams(store: ExamStore, n: int, seed: int) -> set[tuple[str, int]
 def assert_no_gap_no_duplicate(rows: list[tuple[str, int]], written: set[tuple[str, int]]) -> None:
     assert len(rows) == len(set(rows)), "an exam change was recorded twice"
     assert set(rows) == written, f"missing: {sorted(written - set(rows))[:5]}"
-
-
-@pytest.fixture
-async def arn(ddb: Any, dynamo_settings: DynamoSettings) -> str:
-    return await stream_arn(ddb, dynamo_settings.table)
-
-
-@pytest.fixture
-async def pool(audit_database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    async with open_pool(audit_database_url, size=2) as p:
-        yield p
-
-
-def consumer(streams: Any, arn: str, pool: AsyncConnectionPool[Any], **kw: Any) -> AuditConsumer:
-    kw = {"poll_interval": 0.05, "discover_interval": 0.5, "lease_seconds": 3.0, **kw}
-    return AuditConsumer(streams, arn, pool, retry_max_seconds=1.0, **kw)
 
 
 # ---- the schema ------------------------------------------------------------------------
@@ -302,10 +257,6 @@ async def test_every_change_lands_once_with_who_and_why_and_a_replay_adds_nothin
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     assert await counts(audit_database_url) == before
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_a_consumer_cancelled_mid_stream_and_restarted_leaves_no_gap_or_duplicate(

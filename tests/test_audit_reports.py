@@ -33,8 +33,8 @@ from dynamo.store import ExamStore
 from gateway import reports as report_routes
 from gateway.auth import SecretVerifier
 from tests.conftest import SECRET, UNIT, token
-from tests.factories import exam_bundle
-from tests.test_audit import PATH, _true, consumer, read_stream, wait_for
+from tests.support.audit import PATH, _true, consumer, read_stream, wait_for
+from tests.support.exams import exam_bundle
 
 TZ = "America/New_York"
 SHAPES = [

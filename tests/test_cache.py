@@ -20,8 +20,7 @@ from dynamo.deltas import ExamDelta
 from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import ExamStore
 from relay.worker import rebuild
-from tests.factories import exam_bundle
-from tests.test_store import exam_in
+from tests.support.exams import exam_bundle, exam_in
 from worklist_cache import FeedSubscriber, WorklistFeed, keys
 from worklist_cache.feed import urgency_score
 from worklist_cache.views import RowMatcher, View

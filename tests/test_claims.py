@@ -14,7 +14,7 @@ from dynamo.serde import from_attrs
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from tests.conftest import UNIT
-from tests.test_store import exam_in, raw_item
+from tests.support.exams import exam_in, raw_item
 
 S = ExamStatus
 

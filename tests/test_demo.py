@@ -16,7 +16,7 @@ import pytest
 from devstack.procs import free_port, port_open
 from devstack.services import ROOT
 from tests.conftest import UNIT
-from tests.wsclient import WsClient
+from tests.support.wsclient import WsClient
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.protocol import CloseCode, ErrorCode, server_frame
 from tests.conftest import Stack
-from tests.wsclient import WsClient
+from tests.support.wsclient import WsClient
 
 ERROR_CODES = {c.value for c in ErrorCode}
 CLOSE_CODES = {int(c) for c in CloseCode}

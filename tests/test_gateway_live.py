@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 from typing import Any
 
-import orjson
 import pytest
 from redis.asyncio import Redis
-from websockets.client import ClientProtocol
-from websockets.frames import Close, Opcode
-from websockets.frames import Frame as Frame_
-from websockets.uri import parse_uri
 
 from dynamo.deltas import ExamDelta
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
-from tests.conftest import UNIT, Stack, token
-from tests.factories import exam_bundle
-from tests.test_store import exam_in
-from tests.wsclient import Frame, WsClient
+from tests.conftest import Stack, token
+from tests.support.exams import exam_bundle, exam_in
+from tests.support.wsclient import Frame, StalledClient, WsClient
 from worklist_cache import WorklistFeed
 
 S = ExamStatus
@@ -282,64 +275,6 @@ async def test_tenants_never_see_each_other_under_a_random_workload(
 @pytest.fixture
 def gateway_overrides() -> dict[str, Any]:
     return {"client_queue": 200}
-
-
-class StalledClient:
-    """A real WebSocket client that authenticates, subscribes, then never reads again:
-    a raw socket with a small receive buffer, driven by websockets' sans-I/O protocol."""
-
-    def __init__(self, url: str) -> None:
-        self.proto = ClientProtocol(parse_uri(url))
-        host, port = url.split("//")[1].split("/")[0].split(":")
-        self.addr = (host, int(port))
-        self.closed_code: int | None = None
-
-    async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, self.addr)
-        self.reader, self.writer = await asyncio.open_connection(sock=sock)
-        self.proto.send_request(self.proto.connect())
-        self._flush()
-        await self._until("welcome")
-        self._send({"type": "auth", "id": "a", "token": token("t-stalled")})
-        await self._until("authenticated")
-        self._send({"type": "subscribe", "id": "s", "view": {"statuses": []}})
-        await self._until("snapshot")
-        self.writer.transport.pause_reading()  # type: ignore[attr-defined]
-
-    def _send(self, frame: Frame) -> None:
-        self.proto.send_text(orjson.dumps(frame))
-        self._flush()
-
-    def _flush(self) -> None:
-        self.writer.write(b"".join(self.proto.data_to_send()))
-
-    async def _until(self, kind: str) -> None:
-        while True:
-            for event in self.proto.events_received():
-                if isinstance(event, Frame_) and event.opcode == Opcode.TEXT:
-                    if orjson.loads(event.data).get("type") == kind:
-                        return
-            data = await asyncio.wait_for(self.reader.read(65536), 5 * UNIT)
-            assert data, "closed early"
-            self.proto.receive_data(data)
-
-    async def close_code(self) -> int | None:
-        """Read everything left (resuming reads) until the close frame."""
-        self.writer.transport.resume_reading()  # type: ignore[attr-defined]
-        try:
-            while True:
-                for event in self.proto.events_received():
-                    if isinstance(event, Frame_) and event.opcode == Opcode.CLOSE:
-                        return Close.parse(event.data).code
-                data = await asyncio.wait_for(self.reader.read(1 << 20), 10 * UNIT)
-                if not data:
-                    return None
-                self.proto.receive_data(data)
-        finally:
-            self.writer.close()
 
 
 async def test_a_client_that_stops_reading_is_evicted_and_others_keep_up(

@@ -23,23 +23,12 @@ from dynamo.deltas import ExamDelta
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from tests.conftest import UNIT, Stack, token
-from tests.factories import exam_bundle
-from tests.test_gateway_live import StalledClient
-from tests.test_store import exam_in
-from tests.wsclient import WsClient
+from tests.support.exams import exam_bundle, exam_in
+from tests.support.wsclient import StalledClient, WsClient, closed_with
 from worklist_cache import FeedSubscriber, WorklistFeed, keys
 
 S = ExamStatus
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-
-
-async def closed_with(client: WsClient, timeout: float = 5.0) -> int:
-    try:
-        while True:
-            await client.next(timeout)
-    except ConnectionClosed as closed:
-        assert closed.rcvd is not None, "closed without a close frame"
-        return closed.rcvd.code
 
 
 async def eventually(check: Any, timeout: float = 5.0) -> None:

@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
@@ -18,23 +18,13 @@ from gateway.app import ConfigurationError, create_app
 from gateway.protocol import server_frame
 from gateway.settings import GatewaySettings
 from tests.conftest import UNIT, Stack, token
-from tests.test_store import exam_in
-from tests.wsclient import WsClient
+from tests.support.exams import exam_in
+from tests.support.wsclient import WsClient, closed_with
 
 
 @pytest.fixture
 def gateway_overrides() -> dict[str, Any]:
     return {"auth_timeout": 1.0, "rate_limit": 5.0, "rate_burst": 20, "max_subscriptions": 3}
-
-
-async def closed_with(client: WsClient, timeout: float = 5.0) -> int:
-    """Read until the server closes; its close code."""
-    try:
-        while True:
-            await client.next(timeout)
-    except ConnectionClosed as closed:
-        assert closed.rcvd is not None, "closed without a close frame"
-        return closed.rcvd.code
 
 
 # ---- authentication --------------------------------------------------------------------

@@ -17,9 +17,8 @@ from dynamo.deltas import ExamDelta
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from tests.conftest import UNIT, Stack, token
-from tests.factories import exam_bundle
-from tests.test_store import exam_in
-from tests.wsclient import Frame, WsClient
+from tests.support.exams import exam_bundle, exam_in
+from tests.support.wsclient import Frame, WsClient
 from worklist_cache import WorklistFeed
 from worklist_cache.feed import offset_key
 

@@ -29,7 +29,7 @@ from hl7_ingest.deadletters import DeadLetters
 from hl7_ingest.message import parse
 from hl7_ingest.mllp import FrameDecoder, wrap
 from tests.conftest import UNIT
-from tests.test_hl7_support import builder, planned, running, table_items
+from tests.support.hl7 import builder, planned, running, table_items
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ from hl7_ingest.mapping import Mappings
 from hl7_ingest.mllp import wrap
 from loadtest.hl7.client import MllpClient
 from tests.conftest import UNIT
-from tests.test_hl7_senders import bound
-from tests.test_hl7_support import NW, builder, cid, planned, running, table_items
+from tests.support.hl7 import NW, builder, cid, planned, running, table_items
+from tests.support.hl7_senders import bound
 
 
 async def open_from(

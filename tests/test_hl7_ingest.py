@@ -24,7 +24,7 @@ from hl7_ingest.ledger import Ledger
 from hl7_ingest.message import parse
 from hl7_ingest.settings import Hl7Settings
 from loadtest.plan import PlannedExam
-from tests.test_hl7_support import (
+from tests.support.hl7 import (
     MAPPINGS,
     Running,
     builder,

@@ -15,7 +15,7 @@ from hl7_ingest.exceptions import MessageRejected
 from hl7_ingest.message import Limits, MessageTooComplex, parse
 from loadtest.hl7_parser_cost import SHAPES
 from tests.conftest import UNIT
-from tests.test_hl7_support import Running, builder, cid, planned, running
+from tests.support.hl7 import Running, builder, cid, planned, running
 
 HEADER = "MSH|^~\\&|RIS|NWGEN|RISLIVE|RISLIVE|20250101000000||ORM^O01|{cid}|P|2.3.1\r"
 

@@ -26,7 +26,7 @@ from hl7_ingest.message import parse
 from hl7_ingest.mllp import FrameDecoder, wrap
 from loadtest.hl7.client import MllpClient
 from tests.conftest import UNIT
-from tests.test_hl7_support import MAPPINGS, Running, builder, cid, planned, running
+from tests.support.hl7 import MAPPINGS, Running, builder, cid, planned, running
 
 S = ExamStatus
 

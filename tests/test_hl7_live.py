@@ -9,8 +9,8 @@ from typing import Any
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from tests.conftest import Stack, token
-from tests.test_hl7_support import Running, builder, cid, patient, planned, running
-from tests.wsclient import WsClient
+from tests.support.hl7 import Running, builder, cid, patient, planned, running
+from tests.support.wsclient import WsClient
 
 S = ExamStatus
 Frame = dict[str, Any]

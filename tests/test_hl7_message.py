@@ -20,7 +20,7 @@ from hl7_ingest.message import Message, parse
 from hl7_ingest.mllp import FrameDecoder, FrameTooLarge, wrap
 from loadtest.hl7.builder import MessageBuilder
 from loadtest.plan import Clock, events_of, plan_day
-from tests.test_hl7_support import LK, MAPPINGS, NW, builder, patient, planned
+from tests.support.hl7 import LK, MAPPINGS, NW, builder, patient, planned
 
 S = ExamStatus
 

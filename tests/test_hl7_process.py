@@ -17,7 +17,7 @@ from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from tests.conftest import UNIT
-from tests.test_hl7_support import builder, cid, patient, planned
+from tests.support.hl7 import builder, cid, patient, planned
 
 pytestmark = pytest.mark.slow
 

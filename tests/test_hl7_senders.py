@@ -22,18 +22,11 @@ from hl7_ingest.message import parse
 from hl7_ingest.mllp import wrap
 from loadtest.hl7.client import MllpClient
 from tests.conftest import UNIT
-from tests.test_hl7_support import LK, NW, Running, builder, cid, planned, running, table_items
+from tests.support.hl7 import LK, NW, Running, builder, cid, planned, running, table_items
+from tests.support.hl7_senders import bound
 
 # Loopback is 127.0.0.0/8: three distinct source addresses on one host.
 NW_HOST, LK_HOST, NOBODY = "127.0.0.1", "127.0.0.2", "127.0.0.3"
-
-
-def bound(
-    base: SiteMapping, addresses: list[str], certificates: tuple[str, ...] = ()
-) -> SiteMapping:
-    data = base.model_dump(mode="json")
-    data["peers"] = {"addresses": addresses, "certificates": list(certificates)}
-    return SiteMapping.model_validate(data)
 
 
 BY_ADDRESS = Mappings([bound(NW, [f"{NW_HOST}/32"]), bound(LK, [LK_HOST])])

@@ -15,8 +15,8 @@ from dynamo.patients import get_profile, patient_studies, update_patient
 from dynamo.store import ExamStore
 from hl7_ingest.mapping import Mappings
 from loadtest.hl7.builder import MessageBuilder
-from tests.factories import exam_bundle
-from tests.test_hl7_support import NW, Running, cid, planned, running, site_copy
+from tests.support.exams import exam_bundle
+from tests.support.hl7 import NW, Running, cid, planned, running, site_copy
 
 # "north" + "wind-1" and "north-wind" + "1": one id under `f"{tenant}-{mrn}"`.
 NORTH = site_copy(NW, "NORTH", "north")

@@ -22,7 +22,7 @@ from gateway.app import ConfigurationError, build_verifier, create_app
 from gateway.auth import AuthError, JwksVerifier
 from gateway.settings import GatewaySettings
 from tests.conftest import UNIT, Stack
-from tests.wsclient import WsClient
+from tests.support.wsclient import WsClient
 
 ISSUER = "https://idp.example.test/realms/ris"
 AUDIENCE = "ris-gateway"

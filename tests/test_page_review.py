@@ -4,7 +4,7 @@ A coordinator and a reviewer work one review from pool to arbitration on two scr
 that never reload; the reader then sees the outcome. Blinding is checked on what each
 page holds, not only on what the server sends: the reviewer's page never contains the
 reader's name, the reader's page never the reviewer's. Every page is watched for
-uncaught exceptions and console errors (the `pages` fixture of test_page.py).
+uncaught exceptions and console errors (the `pages` fixture of tests/support/pages.py).
 """
 
 from __future__ import annotations
@@ -19,17 +19,13 @@ from playwright.async_api import Page, WebSocketRoute, expect
 from dynamo.models import Exam
 from dynamo.states import ExamStatus, Modality
 from dynamo.store import ExamStore
-from tests import test_page
 from tests.conftest import Stack, token
-from tests.test_page import WAIT_MS, Pages, log_in, screenshot
-from tests.test_store import exam_in
-from tests.wsclient import WsClient
+from tests.support.exams import exam_in
+from tests.support.pages import WAIT_MS, Pages, log_in, screenshot
+from tests.support.wsclient import WsClient
 
 pytestmark = pytest.mark.slow
 
-# test_page.py's browser, and its pages watched for errors, as fixtures here too.
-browser = test_page.browser
-pages = test_page.pages
 
 COORD = ("nw-penrose", "Sam Penrose", ("coordinator",))
 READER = ("nw-rivera", "Dr. Ana Rivera", ("radiologist",))

@@ -30,8 +30,8 @@ from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from tests.conftest import SECRET, UNIT, token
-from tests.test_store import exam_in
-from tests.wsclient import Frame, WsClient
+from tests.support.exams import exam_in
+from tests.support.wsclient import Frame, WsClient
 
 pytestmark = pytest.mark.slow
 

@@ -30,7 +30,8 @@ from relay.lambda_handler import handler
 from relay.normalize import records_to_deltas
 from relay.stream import SHARD_END, StreamRelay
 from tests.conftest import UNIT
-from tests.factories import exam_bundle
+from tests.support.exams import exam_bundle
+from tests.support.relay import _lambda_env, _with_env
 from worklist_cache import WorklistFeed, keys
 from worklist_cache.feed import Snapshot
 
@@ -357,29 +358,6 @@ async def test_lambda_handler_applies_a_recorded_event(
     # Lambda retries a batch: nothing is applied twice.
     await asyncio.to_thread(_with_env, env, handler, event, None)
     assert len(await _feed_entries(redis)) == 2
-
-
-def _lambda_env(redis_url: str, dynamo_settings: DynamoSettings, **extra: str) -> dict[str, str]:
-    """The function's configuration: where Redis and the table are."""
-    return {
-        "REDIS_URL": redis_url,
-        "DYNAMO_ENDPOINT_URL": dynamo_settings.endpoint_url,
-        "DYNAMO_TABLE": dynamo_settings.table,
-        **extra,
-    }
-
-
-def _with_env(env: dict[str, str], fn: Any, *args: Any) -> Any:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        return fn(*args)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 async def test_lambda_and_worker_normalize_real_records_alike(

@@ -39,10 +39,9 @@ from relay.lambda_handler import handler
 from relay.stream import StreamRelay
 from relay.worker import RelaySettings, gap_handler, pipeline
 from tests.conftest import UNIT
-from tests.factories import exam_bundle
-from tests.test_rebuild import cached, delete_study, eventually, stream_end, truth
-from tests.test_relay import _lambda_env, _with_env
-from tests.test_store import exam_in
+from tests.support.exams import exam_bundle, exam_in
+from tests.support.rebuild import cached, delete_study, eventually, stream_end, truth
+from tests.support.relay import _lambda_env, _with_env
 from worklist_cache import WorklistFeed, keys
 
 S = ExamStatus

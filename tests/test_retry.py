@@ -16,7 +16,7 @@ from dynamo.retry import Retry
 from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
-from tests.factories import exam_bundle
+from tests.support.exams import exam_bundle
 
 THROTTLED = {
     "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",

@@ -18,7 +18,7 @@ from dynamo.review import (
 from dynamo.serde import from_attrs
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
-from tests.test_store import exam_in
+from tests.support.exams import exam_in
 
 S = ExamStatus
 

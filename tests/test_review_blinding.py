@@ -14,8 +14,8 @@ from dynamo.serde import from_attrs, to_attr
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from tests.conftest import Stack, token
-from tests.test_store import exam_in
-from tests.wsclient import Frame, WsClient
+from tests.support.exams import exam_in
+from tests.support.wsclient import Frame, WsClient
 
 COORD = ("nw-penrose", "Sam Penrose", ("coordinator",))
 READER = ("nw-rivera", "Dr. Ana Rivera", ("radiologist",))

@@ -10,8 +10,8 @@ import json
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from tests.conftest import UNIT, Stack, token
-from tests.test_store import exam_in
-from tests.wsclient import WsClient
+from tests.support.exams import exam_in
+from tests.support.wsclient import WsClient
 
 COORD = ("nw-penrose", "Sam Penrose", ("coordinator",))
 READER = ("nw-rivera", "Dr. Ana Rivera", ("radiologist",))

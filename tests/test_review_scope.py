@@ -11,8 +11,8 @@ from dynamo.models import Exam
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from tests.conftest import Stack, token
-from tests.test_store import exam_in
-from tests.wsclient import Frame, WsClient
+from tests.support.exams import exam_in
+from tests.support.wsclient import Frame, WsClient
 
 MISSING = "TNO9999999"  # no such exam
 

@@ -135,7 +135,7 @@ async def test_a_day_sent_as_hl7_over_mllp_lands_like_one_written_directly(
     store: ExamStore,
 ) -> None:
     """The demo's path: the simulator is a RIS speaking HL7 to the listener."""
-    from tests.test_hl7_support import running
+    from tests.support.hl7 import running
 
     async with running(store) as listener:
         settings = SimSettings(

@@ -8,39 +8,11 @@ from typing import Any
 import pytest
 
 from dynamo.exceptions import ExamAlreadyExists, ExamNotFound, InvalidTransition, VersionConflict
-from dynamo.models import Exam
-from dynamo.serde import from_attrs
 from dynamo.states import OPEN_STATES, TRANSITIONS, ExamStatus, Modality, Priority
 from dynamo.store import ExamStore
-from tests.factories import exam_bundle
+from tests.support.exams import exam_bundle, exam_in, raw_item
 
 S = ExamStatus
-# A shortest legal path from SCHEDULED to each state.
-PATH_TO: dict[ExamStatus, list[ExamStatus]] = {
-    S.SCHEDULED: [],
-    S.ARRIVED: [S.ARRIVED],
-    S.IN_PROGRESS: [S.ARRIVED, S.IN_PROGRESS],
-    S.COMPLETED: [S.ARRIVED, S.IN_PROGRESS, S.COMPLETED],
-    S.PRELIMINARY: [S.ARRIVED, S.IN_PROGRESS, S.COMPLETED, S.PRELIMINARY],
-    S.FINAL: [S.ARRIVED, S.IN_PROGRESS, S.COMPLETED, S.FINAL],
-    S.AMENDED: [S.ARRIVED, S.IN_PROGRESS, S.COMPLETED, S.FINAL, S.AMENDED],
-    S.CANCELLED: [S.CANCELLED],
-}
-
-
-async def exam_in(store: ExamStore, status: ExamStatus, **kw: Any) -> Exam:
-    exam, order, profile = exam_bundle(**kw)
-    await store.create_exam(exam, order, profile)
-    for step in PATH_TO[status]:
-        exam = await store.transition(exam.patient_id, exam.accession, step)
-    return exam
-
-
-async def raw_item(store: ExamStore, exam: Exam) -> dict[str, Any]:
-    resp = await store.call(
-        "get_item", TableName=store.table, Key=store.key(exam.patient_id, exam.accession)
-    )
-    return from_attrs(resp["Item"])
 
 
 async def test_every_legal_transition_lands_and_bumps_the_version(store: ExamStore) -> None:

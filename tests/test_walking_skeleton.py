@@ -5,8 +5,8 @@ from __future__ import annotations
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from tests.conftest import Stack, token
-from tests.factories import exam_bundle
-from tests.wsclient import WsClient
+from tests.support.exams import exam_bundle
+from tests.support.wsclient import WsClient
 
 
 def is_delta_for(exam_id: str):  # type: ignore[no-untyped-def]
