@@ -23,7 +23,7 @@ from relay.stream import deliver
 from relay.worker import RelaySettings, pipeline
 from worklist_cache import CacheSettings, WorklistFeed, connect
 
-log = logging.getLogger("dynamo.lambda")
+log = logging.getLogger("relay.lambda")
 
 
 async def _deliver(

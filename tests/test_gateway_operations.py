@@ -358,7 +358,7 @@ async def test_a_silently_stalled_pubsub_is_noticed_and_resynced(
     from worklist_cache import CacheSettings
 
     port = free_port()
-    settings = GatewaySettings(port=port, jwt_secret=SECRET, pubsub_probe_seconds=0.3)
+    settings = GatewaySettings(port=port, jwt_secret=SECRET, pubsub_probe_seconds=0.5)
     app = create_app(
         settings,
         CacheSettings(redis_url=frozen_redis.url),  # type: ignore[attr-defined]
@@ -379,8 +379,8 @@ async def test_a_silently_stalled_pubsub_is_noticed_and_resynced(
 
         await eventually(not_ready, timeout=10)  # the operator sees the stall
         frozen_redis.frozen = False
-        await client.until(lambda f: f.get("type") == "resync", timeout=10)
-        fresh = await client.until(lambda f: f.get("type") == "snapshot", timeout=10)
+        await client.until(lambda f: f.get("type") == "resync", timeout=20)
+        fresh = await client.until(lambda f: f.get("type") == "snapshot", timeout=20)
         assert fresh["reset"] is True
         gw = app.state.gw
         assert gw.subscriber.probe_failures >= 1

@@ -202,6 +202,7 @@ async def test_a_poison_record_is_parked_and_the_shard_keeps_flowing(
         dead_letters=line.dead_letters,
     )
     caplog.set_level(logging.DEBUG, logger="dynamo")
+    caplog.set_level(logging.DEBUG, logger="relay")
     caplog.set_level(logging.DEBUG, logger="worklist_cache")
     task = await _run(relay)
     try:
@@ -222,7 +223,7 @@ async def test_a_poison_record_is_parked_and_the_shard_keeps_flowing(
     assert "enum@status" in dead["problem"] and dead["expires_at"] > 0
     assert "SECRETNAME" not in json.dumps(dead)
     # The project's own logs (botocore's DEBUG bodies are silenced by service.logs).
-    ours = [r for r in caplog.records if r.name.startswith(("dynamo", "worklist_cache"))]
+    ours = [r for r in caplog.records if r.name.startswith(("dynamo", "relay", "worklist_cache"))]
     logged = "\n".join(r.getMessage() + str(r.exc_info or "") for r in ours)
     assert "parking stream record" in logged
     assert "SECRETNAME" not in logged and "input_value" not in logged

@@ -44,6 +44,7 @@ class FeedSubscriber:
         self._probe_seen = asyncio.Event()
         self._probe_task: asyncio.Task[None] | None = None
         self._gap_due = False
+        self._gap_since = 0.0
         self.stalled = False  # the last probe did not come back
         self.probe_failures = 0
         self.gaps = 0
@@ -138,6 +139,9 @@ class FeedSubscriber:
             except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self.probe_failures += 1
                 self.stalled = True
+                loop = asyncio.get_running_loop()
+                if self._gap_due and loop.time() - self._gap_since < 3 * self._probe_interval:
+                    continue  # a reconnect is under way: give it time to be confirmed
                 log.warning("pub/sub probe failed (%s): reconnecting", type(exc).__name__)
                 connection = self._pubsub.connection
                 if connection is not None:
@@ -197,6 +201,7 @@ class FeedSubscriber:
                         for event in self._confirmed.values():
                             event.clear()
                         self._gap_due = True
+                        self._gap_since = asyncio.get_running_loop().time()
                         async with self._lock:
                             await self._subscribe(*self._channels)
                     else:
