@@ -17,18 +17,44 @@ import orjson
 from redis.asyncio import Redis
 
 from dynamo.deltas import ExamDelta, ReviewDelta
-from dynamo.states import PRIORITY_RANK, ExamStatus
+from dynamo.models import now_ms
+from dynamo.states import OPEN_STATES, PRIORITY_RANK, ExamStatus
 from worklist_cache import keys
+from worklist_cache.settings import CacheSettings
 from worklist_cache.views import View
 
 # Every key a script touches shares the tenant's hash tag, so a tenant's scripts run in
 # one Redis Cluster slot; the index keys are derived inside the script from `prefix`.
-#
-# KEYS: versions, exams, feed, epoch, sites
+
+# Retention, shared by the apply and the maintenance: drop up to `count` closed exams
+# scheduled before `cutoff` (the rebuild's window, `rebuild.in_scope`), oldest first.
+# The row and its index entry go; the version stays in `versions`, so a replay of an
+# older delta of a pruned exam is still stale and never brings it back.
+_PRUNE_FN = """
+local function prune(exams, closed, prefix, cutoff, count)
+  local gone = redis.call('ZRANGEBYSCORE', closed, '-inf', '(' .. cutoff, 'LIMIT', 0, count)
+  for _, id in ipairs(gone) do
+    local raw = redis.call('HGET', exams, id)
+    if raw then
+      local row = cjson.decode(raw)
+      redis.call('ZREM', prefix .. ':idx:' .. row['status'] .. ':' .. row['site'], id)
+      redis.call('HDEL', exams, id)
+    end
+    redis.call('ZREM', closed, id)
+  end
+  return #gone
+end
+"""
+
+# KEYS: versions, exams, feed, epoch, sites, closed
 # ARGV: exam_id, version, op, delta_json, maxlen, candidate_epoch, channel, prefix,
-#       status, site, score, publish_command ("PUBLISH" or "SPUBLISH")
+#       status, site, score, publish_command ("PUBLISH" or "SPUBLISH"),
+#       retention cutoff (ms), how many expired closed exams to prune, scheduled_at,
+#       closed ("1" when `status` is a closed state)
 # Returns the feed offset, or false when the delta is stale.
-_APPLY = """
+_APPLY = (
+    _PRUNE_FN
+    + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur and tonumber(cur) >= tonumber(ARGV[2]) then return false end
 local epoch = redis.call('GET', KEYS[4])
@@ -37,6 +63,7 @@ if not epoch then
   redis.call('SET', KEYS[4], epoch)
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+prune(KEYS[2], KEYS[6], ARGV[8], ARGV[13], tonumber(ARGV[14]))
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if old then
   local row = cjson.decode(old)
@@ -44,24 +71,61 @@ if old then
 end
 if ARGV[3] == 'remove' then
   redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[6], ARGV[1])
 else
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
   redis.call('ZADD', ARGV[8] .. ':idx:' .. ARGV[9] .. ':' .. ARGV[10], ARGV[11], ARGV[1])
   redis.call('SADD', KEYS[5], ARGV[10])
+  if ARGV[16] == '1' then
+    redis.call('ZADD', KEYS[6], ARGV[15], ARGV[1])
+  else
+    redis.call('ZREM', KEYS[6], ARGV[1])
+  end
 end
 local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'd', ARGV[4])
 redis.call(ARGV[12], ARGV[7],
   '{"epoch":"' .. epoch .. '","offset":"' .. id .. '","delta":' .. ARGV[4] .. '}')
 return id
 """
+)
+
+# The maintenance's prune: first index the named rows if they are closed (rows cached
+# before closed exams had their index), then prune up to `count`.
+# KEYS: exams, closed  ARGV: prefix, cutoff, count, closed statuses (comma-separated),
+# exam ids...  Returns how many were pruned.
+_PRUNE = (
+    _PRUNE_FN
+    + """
+local closed_states = {}
+for item in string.gmatch(ARGV[4], '[^,]+') do closed_states[item] = true end
+for i = 5, #ARGV do
+  local raw = redis.call('HGET', KEYS[1], ARGV[i])
+  if raw then
+    local row = cjson.decode(raw)
+    if closed_states[row['status']] then
+      redis.call('ZADD', KEYS[2], row['scheduled_at'], ARGV[i])
+    end
+  end
+end
+return prune(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]))
+"""
+)
 
 # A view's snapshot in one call: the (status, site) indexes it names, merged in urgency
-# order, each row checked against the rest of the view, at most `limit` rows returned.
+# order as they are walked (a heap of cursors, each read in chunks), each row checked
+# against the rest of the view, at most `limit` rows returned. The work is bounded: a
+# view filtered only by state and site counts its rows from the index sizes and walks
+# `limit` entries; any other filter walks at most max(limit, scan_limit) entries, and
+# if that stops it early, `total` counts only the matches found so far (capped = 1).
+# A row matches a filter when its JSON holds `"field":"value"` (each of `modality`,
+# `priority`, `subspecialty`: any of the listed values) and, for "my reads",
+# `"claimed_by":` followed by `me`, which the caller encodes as the rows were (orjson);
+# in valid JSON that text can only be the field itself, so no row is decoded.
 # KEYS: exams, epoch, feed, sites
 # ARGV: candidate_epoch, prefix, limit, statuses, sites, modalities, priorities,
-#       subspecialties (each comma-separated, empty = any), me ("" = not "my reads"),
-#       ids_only ("1": exam ids instead of rows)
-# Returns {epoch, offset, total, rows (or ids)...}.
+#       subspecialties (each comma-separated, empty = any), me (JSON string; "" = not
+#       "my reads"), ids_only ("1": exam ids instead of rows), scan_limit
+# Returns {epoch, offset, total, capped (0 or 1), rows (or ids)...}.
 _SNAPSHOT = """
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -72,53 +136,110 @@ local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 local offset = '0-0'
 if last[1] then offset = last[1][1] end
 
-local function set_of(csv)
-  local out, any = {}, false
-  for item in string.gmatch(csv, '[^,]+') do out[item] = true; any = true end
-  if any then return out end
-  return nil
+local filters = {}
+local function needles(field, csv)
+  local out = {}
+  for item in string.gmatch(csv, '[^,]+') do
+    table.insert(out, '"' .. field .. '":"' .. item .. '"')
+  end
+  if #out > 0 then table.insert(filters, out) end
 end
+needles('modality', ARGV[6])
+needles('priority', ARGV[7])
+needles('subspecialty', ARGV[8])
+if ARGV[9] ~= '' then table.insert(filters, {'"claimed_by":' .. ARGV[9]}) end
+local function matches(raw)
+  for _, any in ipairs(filters) do
+    local hit = false
+    for _, needle in ipairs(any) do
+      if string.find(raw, needle, 1, true) then hit = true; break end
+    end
+    if not hit then return false end
+  end
+  return true
+end
+local filtered = #filters > 0
+
 local statuses = {}
 for item in string.gmatch(ARGV[4], '[^,]+') do table.insert(statuses, item) end
 local sites = {}
 for item in string.gmatch(ARGV[5], '[^,]+') do table.insert(sites, item) end
 if #sites == 0 then sites = redis.call('SMEMBERS', KEYS[4]) end
-local modalities, priorities = set_of(ARGV[6]), set_of(ARGV[7])
-local subspecialties, me = set_of(ARGV[8]), ARGV[9]
 local limit = tonumber(ARGV[3])
+local budget = math.max(limit, tonumber(ARGV[11]))
 
-local candidates = {}
+local CHUNK, BATCH = 256, 128
+local function fill(c)
+  if c.rank >= c.size then return false end
+  c.buf = redis.call('ZRANGE', c.key, c.rank, c.rank + CHUNK - 1, 'WITHSCORES')
+  c.rank = c.rank + CHUNK
+  if #c.buf == 0 then return false end
+  c.i, c.id, c.score = 1, c.buf[1], tonumber(c.buf[2])
+  return true
+end
+local function less(a, b)
+  return a.score < b.score or (a.score == b.score and a.id < b.id)
+end
+local heap, indexed = {}, 0
 for _, status in ipairs(statuses) do
   for _, site in ipairs(sites) do
-    local entries = redis.call('ZRANGE', ARGV[2] .. ':idx:' .. status .. ':' .. site,
-      0, -1, 'WITHSCORES')
-    for i = 1, #entries, 2 do
-      table.insert(candidates, {tonumber(entries[i + 1]), entries[i]})
+    local key = ARGV[2] .. ':idx:' .. status .. ':' .. site
+    local size = redis.call('ZCARD', key)
+    if size > 0 then
+      indexed = indexed + size
+      local c = {key = key, size = size, rank = 0}
+      if fill(c) then table.insert(heap, c) end
     end
   end
 end
-table.sort(candidates, function(a, b)
-  if a[1] ~= b[1] then return a[1] < b[1] end
-  return a[2] < b[2]
-end)
+table.sort(heap, less)  -- a sorted array is a heap
+local n = #heap
+local function pop()
+  local c = heap[1]
+  local id = c.id
+  c.i = c.i + 2
+  if c.i <= #c.buf then
+    c.id, c.score = c.buf[c.i], tonumber(c.buf[c.i + 1])
+  elseif not fill(c) then
+    heap[1] = heap[n]; heap[n] = nil; n = n - 1
+  end
+  local i = 1
+  while true do
+    local m, l = i, 2 * i
+    if l <= n and less(heap[l], heap[m]) then m = l end
+    if l + 1 <= n and less(heap[l + 1], heap[m]) then m = l + 1 end
+    if m == i then break end
+    heap[i], heap[m] = heap[m], heap[i]
+    i = m
+  end
+  return id
+end
 
-local rows, total = {}, 0
-for _, candidate in ipairs(candidates) do
-  local raw = redis.call('HGET', KEYS[1], candidate[2])
-  if raw then
-    local row = cjson.decode(raw)
-    if (not modalities or modalities[row['modality']])
-      and (not priorities or priorities[row['priority']])
-      and (not subspecialties or subspecialties[row['subspecialty']])
-      and (me == '' or row['claimed_by'] == me) then
-      total = total + 1
+local rows, matched, walked, capped = {}, 0, 0, 0
+while n > 0 do
+  local want = BATCH
+  if not filtered then want = math.min(want, limit - #rows) end
+  want = math.min(want, budget - walked)
+  if want <= 0 then
+    if filtered then capped = 1 end
+    break
+  end
+  local ids = {}
+  while #ids < want and n > 0 do table.insert(ids, pop()) end
+  walked = walked + #ids
+  local raws = redis.call('HMGET', KEYS[1], unpack(ids))
+  for j, raw in ipairs(raws) do
+    if raw and (not filtered or matches(raw)) then
+      matched = matched + 1
       if #rows < limit then
-        if ARGV[10] == '1' then table.insert(rows, candidate[2]) else table.insert(rows, raw) end
+        if ARGV[10] == '1' then table.insert(rows, ids[j]) else table.insert(rows, raw) end
       end
     end
   end
 end
-local out = {epoch, offset, total}
+local total = matched
+if not filtered then total = indexed end
+local out = {epoch, offset, total, capped}
 for _, raw in ipairs(rows) do table.insert(out, raw) end
 return out
 """
@@ -136,6 +257,11 @@ return 1
 """
 
 _RANK = {p.value: r for p, r in PRIORITY_RANK.items()}
+_CLOSED = ",".join(s.value for s in ExamStatus if s not in OPEN_STATES)
+# Expired closed exams each apply prunes: more than one, so a backlog drains while
+# deltas flow; few, so an apply stays cheap. The maintenance prunes in larger batches.
+_PRUNE_PER_APPLY = 8
+_PRUNE_BATCH = 1_000
 
 
 def urgency_score(priority: str, tat_due_at: int) -> int:
@@ -173,6 +299,9 @@ class Snapshot:
     offset: str
     total: int  # rows matching the view, also those beyond the limit
     rows: list[dict[str, Any]]
+    # The walk stopped at its cap (`scan_limit`): `total` counts only the matches found
+    # before it (a lower bound), and `rows` may hold fewer than the limit.
+    total_capped: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,9 +316,31 @@ class Recovery:
 
 
 class WorklistFeed:
-    """The write side (used by the relay) and snapshot side (used by the gateway)."""
+    """The write side (used by the relay) and snapshot side (used by the gateway).
 
-    def __init__(self, redis: Redis, *, maxlen: int = 100_000, sharded: bool = False) -> None:
+    Closed exams stay cached for `closed_retention_ms` after they were scheduled (the
+    rebuild's window; `RELAY_CLOSED_RETENTION_HOURS` when not given), then each apply
+    prunes a few of the expired ones and `prune_closed` the rest. A filtered snapshot
+    walks at most `scan_limit` index entries (`CACHE_SNAPSHOT_SCAN_LIMIT`).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        maxlen: int = 100_000,
+        sharded: bool = False,
+        closed_retention_ms: int | None = None,
+        scan_limit: int | None = None,
+    ) -> None:
+        if closed_retention_ms is None or scan_limit is None:
+            settings = CacheSettings()  # one process, one setting: the rebuild reads it too
+            if closed_retention_ms is None:
+                closed_retention_ms = settings.closed_retention_ms
+            if scan_limit is None:
+                scan_limit = settings.snapshot_scan_limit
+        self.closed_retention_ms: int = closed_retention_ms
+        self.scan_limit: int = scan_limit
         self._redis = redis
         self._maxlen = maxlen
         # Sharded pub/sub (SPUBLISH, Redis 7) keeps a tenant's messages on its shard.
@@ -197,12 +348,14 @@ class WorklistFeed:
         self._apply = redis.register_script(_APPLY)
         self._snapshot = redis.register_script(_SNAPSHOT)
         self._apply_review = redis.register_script(_APPLY_REVIEW)
+        self._prune = redis.register_script(_PRUNE)
 
     async def publish(self, deltas: Sequence[ExamDelta | ReviewDelta]) -> list[str | None]:
         """Apply and publish deltas in order; returns each one's offset (None if stale;
         "review" for an applied peer-review delta, which has no offset)."""
         if not deltas:
             return []
+        cutoff = now_ms() - self.closed_retention_ms
         async with self._redis.pipeline(transaction=False) as pipe:
             for d in deltas:
                 if isinstance(d, ReviewDelta):
@@ -225,6 +378,7 @@ class WorklistFeed:
                         keys.feed(d.tenant),
                         keys.epoch(d.tenant),
                         keys.sites(d.tenant),
+                        keys.closed(d.tenant),
                     ],
                     args=[
                         d.exam_id,
@@ -239,6 +393,10 @@ class WorklistFeed:
                         d.site,
                         urgency_score(d.priority.value, d.tat_due_at),
                         self._publish,
+                        cutoff,
+                        _PRUNE_PER_APPLY,
+                        d.scheduled_at,
+                        "0" if d.status in OPEN_STATES else "1",
                     ],
                     client=pipe,
                 )
@@ -253,15 +411,17 @@ class WorklistFeed:
         """A view's rows, most urgent first (at most `limit`), how many match in all, and
         the feed position they are consistent with; one round trip.
 
-        Only the (status, site) indexes the view names are read, never every exam.
+        Only the (status, site) indexes the view names are read, never every exam, and
+        of those at most `scan_limit` entries (then `total_capped`).
         """
         result = await self._snapshot_call(tenant, view or View(), me, limit, ids_only=False)
-        epoch, offset, total, *rows = result
+        epoch, offset, total, capped, *rows = result
         return Snapshot(
             epoch=_text(epoch),
             offset=_text(offset),
             total=int(total),
             rows=[orjson.loads(r) for r in rows],
+            total_capped=bool(int(capped)),
         )
 
     def _snapshot_call(
@@ -279,8 +439,9 @@ class WorklistFeed:
                 ",".join(m.value for m in view.modalities),
                 ",".join(p.value for p in view.priorities),
                 ",".join(view.subspecialties),
-                me if view.claimed_by_me else "",
+                orjson.dumps(me).decode() if view.claimed_by_me else "",
                 "1" if ids_only else "0",
+                self.scan_limit,
             ],
             client=client,
         )
@@ -306,7 +467,7 @@ class WorklistFeed:
             await self._snapshot_call(tenant, view, me, members, ids_only=True, client=pipe)
             current, exists, entries, snap = await pipe.execute()
         missed = await self._missed(feed, epoch, offset, limit, current, exists, entries)
-        _epoch, at, _total, *ids = snap
+        _epoch, at, _total, _capped, *ids = snap
         return Recovery(missed, _text(at), {_text(i) for i in ids})
 
     async def since(self, tenant: str, epoch: str, offset: str, limit: int = 10_000) -> Missed:
@@ -362,6 +523,25 @@ class WorklistFeed:
         trimmed = int(info.get("entries-added", 0)) > int(info.get("length", 0))
         first = _text(info.get("recorded-first-entry-id") or "0-0")
         return trimmed and offset_key(first) > offset_key(offset)
+
+    async def prune_closed(
+        self, tenant: str, cutoff_ms: int | None = None, *, exam_ids: Sequence[str] = ()
+    ) -> int:
+        """Drop every cached closed exam scheduled before `cutoff_ms` (by default now
+        minus the retention); returns how many went. `exam_ids` names rows to check too
+        (the rebuild passes the closed rows outside its window: rows cached before the
+        closed index existed). Batched, so Redis is never blocked for long."""
+        cutoff = now_ms() - self.closed_retention_ms if cutoff_ms is None else cutoff_ms
+        pending, pruned = list(exam_ids), 0
+        while True:
+            batch, pending = pending[:_PRUNE_BATCH], pending[_PRUNE_BATCH:]
+            gone = await self._prune(
+                keys=[keys.exams(tenant), keys.closed(tenant)],
+                args=[keys.tenant_prefix(tenant), cutoff, _PRUNE_BATCH, _CLOSED, *batch],
+            )
+            pruned += int(gone)
+            if int(gone) < _PRUNE_BATCH and not pending:
+                return pruned
 
     async def is_built(self, tenant: str) -> bool:
         """Whether this Redis holds a tenant's worklists rebuilt since it last started."""
