@@ -62,7 +62,7 @@ clean:
 protocol-schema: $(VENV)/.stamp
 	$(PY) -c 'import json; from gateway.protocol import schema; print(json.dumps(schema(), indent=2, sort_keys=True))' > docs/protocol.schema.json
 
-# The benchmark (loadtest/bench.py): everything on loopback, results in loadtest/results/.
+# The benchmark (loadtest/bench/): everything on loopback, results in loadtest/results/.
 # QUICK=1 runs the reduced scale (under 2 minutes); PROFILE=1 adds a py-spy profile.
 .PHONY: bench
 bench: deps

@@ -269,6 +269,7 @@ class SnapshotFrame(_Frame):
     epoch: str
     offset: str
     total: int
+    total_capped: bool = False  # `total` is a lower bound: the read stopped at its cap
     reset: bool = False
     rows: list[ExamDelta]
 

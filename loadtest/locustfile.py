@@ -8,17 +8,15 @@ its frame type (auth, subscribe, resume, claim, sign, presence); every delta a c
 receives is reported as type "DELTA", name "e2e", with the time from the DynamoDB write
 (the delta's `updated_at`) to its arrival.
 
-Environment: LOADTEST_GATEWAY (ws://host:port), LOADTEST_JWT_SECRET (the gateway's
-signing secret, to mint users' tokens), DYNAMO_* (the writers' table), and the shape:
-LOADTEST_NORMAL_WRITERS, LOADTEST_SPIKE_FACTOR, LOADTEST_NORMAL_S, LOADTEST_SPIKE_S,
-LOADTEST_RADIOLOGISTS, LOADTEST_COORDINATORS, LOADTEST_RECONNECTORS.
+Environment: the LOADTEST_* settings (`loadtest.settings.LoadtestSettings`, one line
+each in the README: the gateway, its signing secret, the users and the spike's shape) and
+DYNAMO_* (the writers' table).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import socket
 import time
@@ -31,18 +29,16 @@ from locust import LoadTestShape, User, between, constant_pacing, task
 
 from gateway.auth import mint_token
 from hl7_ingest.mllp import FrameDecoder, wrap
+from loadtest.settings import LoadtestSettings
 from loadtest.syncwriter import SyncExamWriter
 
-GATEWAY = os.environ.get("LOADTEST_GATEWAY", "ws://127.0.0.1:8080/ws")
-SECRET = os.environ.get("LOADTEST_JWT_SECRET", "")
-TENANT = os.environ.get("LOADTEST_TENANT", "northwind")
+SETTINGS = LoadtestSettings()
+GATEWAY = SETTINGS.gateway
+SECRET = SETTINGS.jwt_secret
+TENANT = SETTINGS.tenant
 
 _ids = itertools.count(1)
 _users = itertools.count(1)
-
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
 
 
 class WsSession:
@@ -171,7 +167,7 @@ class WsSession:
 class Radiologist(User):
     """Logs in, watches the ready-to-read list, claims, reads a while, signs."""
 
-    fixed_count = _env_int("LOADTEST_RADIOLOGISTS", 20)
+    fixed_count = SETTINGS.radiologists
     wait_time = between(1, 4)
 
     def on_start(self) -> None:
@@ -201,7 +197,7 @@ class Radiologist(User):
 class Coordinator(User):
     """Watches the whole tenant, the peer-review board and who is online."""
 
-    fixed_count = _env_int("LOADTEST_COORDINATORS", 2)
+    fixed_count = SETTINGS.coordinators
     wait_time = between(5, 10)
 
     def on_start(self) -> None:
@@ -226,7 +222,7 @@ class Coordinator(User):
 class Reconnector(User):
     """A flaky network: drops its connection and resumes from its last position."""
 
-    fixed_count = _env_int("LOADTEST_RECONNECTORS", 10)
+    fixed_count = SETTINGS.reconnectors
     wait_time = between(5, 15)
 
     def on_start(self) -> None:
@@ -284,7 +280,7 @@ class Hl7Sender(User):
     """A RIS sending exam bursts as HL7 over MLLP: a new order, then its status moves,
     each acknowledged (ACK latency reported as type "HL7")."""
 
-    fixed_count = _env_int("LOADTEST_HL7_SENDERS", 2)
+    fixed_count = SETTINGS.hl7_senders
     wait_time = constant_pacing(0.5)
 
     def on_start(self) -> None:
@@ -300,7 +296,7 @@ class Hl7Sender(User):
         self.exam: Any = None
         self.steps: list[Any] = []
         self.sock = socket.create_connection(
-            (os.environ.get("LOADTEST_HL7_HOST", "127.0.0.1"), _env_int("LOADTEST_HL7_PORT", 2575)),
+            (SETTINGS.hl7_host, SETTINGS.hl7_port),
             timeout=30,
         )
         self.decoder = FrameDecoder()
@@ -362,10 +358,8 @@ class ExamSpike(LoadTestShape):
     trauma night, a backlog flush after an RIS outage), then back to normal."""
 
     def tick(self) -> tuple[int, float] | None:
-        normal = _env_int("LOADTEST_NORMAL_WRITERS", 2)
-        factor = _env_int("LOADTEST_SPIKE_FACTOR", 20)
-        normal_s = _env_int("LOADTEST_NORMAL_S", 30)
-        spike_s = _env_int("LOADTEST_SPIKE_S", 60)
+        normal, factor = SETTINGS.normal_writers, SETTINGS.spike_factor
+        normal_s, spike_s = SETTINGS.normal_s, SETTINGS.spike_s
         fixed = (
             Radiologist.fixed_count
             + Coordinator.fixed_count

@@ -21,6 +21,7 @@ from pathlib import Path
 from devstack.demo import Demo
 from devstack.procs import free_port
 from devstack.services import ROOT
+from loadtest.settings import LoadtestSettings
 
 RESULTS = ROOT / "loadtest" / "results"
 
@@ -58,13 +59,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     secret = secrets.token_urlsafe(32)
-    shape = {
-        "LOADTEST_NORMAL_S": "10" if args.quick else "30",
-        "LOADTEST_SPIKE_S": "10" if args.quick else "60",
-        "LOADTEST_RADIOLOGISTS": "5" if args.quick else "20",
-        "LOADTEST_RECONNECTORS": "3" if args.quick else "10",
+    defaults = {
+        "normal_s": 10 if args.quick else 30,
+        "spike_s": 10 if args.quick else 60,
+        "radiologists": 5 if args.quick else 20,
+        "reconnectors": 3 if args.quick else 10,
     }
-    shape = {k: os.environ.get(k, v) for k, v in shape.items()}
+    given = LoadtestSettings()  # what the environment sets wins over this run's defaults
+    shape = {
+        f"LOADTEST_{name.upper()}": str(
+            getattr(given, name) if name in given.model_fields_set else default
+        )
+        for name, default in defaults.items()
+    }
     demo = Demo(extra_env={"GATEWAY_JWT_SECRET": secret, **shape})
     RESULTS.mkdir(parents=True, exist_ok=True)
     code = 1

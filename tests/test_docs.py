@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings
 from dynamo.settings import DynamoSettings
 from gateway.settings import GatewaySettings
 from hl7_ingest.settings import Hl7Settings
+from loadtest.settings import LoadtestSettings
 from loadtest.simulator import SimSettings
 from relay.worker import RelaySettings
 from worklist_cache.settings import CacheSettings
@@ -19,7 +20,15 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 @pytest.mark.parametrize(
     "settings",
-    [GatewaySettings, CacheSettings, DynamoSettings, RelaySettings, SimSettings, Hl7Settings],
+    [
+        GatewaySettings,
+        CacheSettings,
+        DynamoSettings,
+        RelaySettings,
+        SimSettings,
+        Hl7Settings,
+        LoadtestSettings,
+    ],
 )
 def test_every_setting_is_in_the_readme(settings: type[BaseSettings]) -> None:
     prefix = str(settings.model_config.get("env_prefix", ""))

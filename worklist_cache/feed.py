@@ -17,125 +17,19 @@ import orjson
 from redis.asyncio import Redis
 
 from dynamo.deltas import ExamDelta, ReviewDelta
-from dynamo.states import PRIORITY_RANK, ExamStatus
+from dynamo.models import now_ms
+from dynamo.states import OPEN_STATES, PRIORITY_RANK, ExamStatus
 from worklist_cache import keys
+from worklist_cache.scripts import APPLY, APPLY_REVIEW, PRUNE, SNAPSHOT
+from worklist_cache.settings import CacheSettings
 from worklist_cache.views import View
 
-# Every key a script touches shares the tenant's hash tag, so a tenant's scripts run in
-# one Redis Cluster slot; the index keys are derived inside the script from `prefix`.
-#
-# KEYS: versions, exams, feed, epoch, sites
-# ARGV: exam_id, version, op, delta_json, maxlen, candidate_epoch, channel, prefix,
-#       status, site, score, publish_command ("PUBLISH" or "SPUBLISH")
-# Returns the feed offset, or false when the delta is stale.
-_APPLY = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and tonumber(cur) >= tonumber(ARGV[2]) then return false end
-local epoch = redis.call('GET', KEYS[4])
-if not epoch then
-  epoch = ARGV[6]
-  redis.call('SET', KEYS[4], epoch)
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local old = redis.call('HGET', KEYS[2], ARGV[1])
-if old then
-  local row = cjson.decode(old)
-  redis.call('ZREM', ARGV[8] .. ':idx:' .. row['status'] .. ':' .. row['site'], ARGV[1])
-end
-if ARGV[3] == 'remove' then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-else
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
-  redis.call('ZADD', ARGV[8] .. ':idx:' .. ARGV[9] .. ':' .. ARGV[10], ARGV[11], ARGV[1])
-  redis.call('SADD', KEYS[5], ARGV[10])
-end
-local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'd', ARGV[4])
-redis.call(ARGV[12], ARGV[7],
-  '{"epoch":"' .. epoch .. '","offset":"' .. id .. '","delta":' .. ARGV[4] .. '}')
-return id
-"""
-
-# A view's snapshot in one call: the (status, site) indexes it names, merged in urgency
-# order, each row checked against the rest of the view, at most `limit` rows returned.
-# KEYS: exams, epoch, feed, sites
-# ARGV: candidate_epoch, prefix, limit, statuses, sites, modalities, priorities,
-#       subspecialties (each comma-separated, empty = any), me ("" = not "my reads"),
-#       ids_only ("1": exam ids instead of rows)
-# Returns {epoch, offset, total, rows (or ids)...}.
-_SNAPSHOT = """
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[2], epoch)
-end
-local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
-local offset = '0-0'
-if last[1] then offset = last[1][1] end
-
-local function set_of(csv)
-  local out, any = {}, false
-  for item in string.gmatch(csv, '[^,]+') do out[item] = true; any = true end
-  if any then return out end
-  return nil
-end
-local statuses = {}
-for item in string.gmatch(ARGV[4], '[^,]+') do table.insert(statuses, item) end
-local sites = {}
-for item in string.gmatch(ARGV[5], '[^,]+') do table.insert(sites, item) end
-if #sites == 0 then sites = redis.call('SMEMBERS', KEYS[4]) end
-local modalities, priorities = set_of(ARGV[6]), set_of(ARGV[7])
-local subspecialties, me = set_of(ARGV[8]), ARGV[9]
-local limit = tonumber(ARGV[3])
-
-local candidates = {}
-for _, status in ipairs(statuses) do
-  for _, site in ipairs(sites) do
-    local entries = redis.call('ZRANGE', ARGV[2] .. ':idx:' .. status .. ':' .. site,
-      0, -1, 'WITHSCORES')
-    for i = 1, #entries, 2 do
-      table.insert(candidates, {tonumber(entries[i + 1]), entries[i]})
-    end
-  end
-end
-table.sort(candidates, function(a, b)
-  if a[1] ~= b[1] then return a[1] < b[1] end
-  return a[2] < b[2]
-end)
-
-local rows, total = {}, 0
-for _, candidate in ipairs(candidates) do
-  local raw = redis.call('HGET', KEYS[1], candidate[2])
-  if raw then
-    local row = cjson.decode(raw)
-    if (not modalities or modalities[row['modality']])
-      and (not priorities or priorities[row['priority']])
-      and (not subspecialties or subspecialties[row['subspecialty']])
-      and (me == '' or row['claimed_by'] == me) then
-      total = total + 1
-      if #rows < limit then
-        if ARGV[10] == '1' then table.insert(rows, candidate[2]) else table.insert(rows, raw) end
-      end
-    end
-  end
-end
-local out = {epoch, offset, total}
-for _, raw in ipairs(rows) do table.insert(out, raw) end
-return out
-"""
-
-# Peer reviews: the same idempotent apply, without history (a coordinator's view is
-# re-read whole on reconnect). KEYS: versions, reviews  ARGV: exam_id, version, json,
-# channel, publish_command.  Returns 1 when applied, false when stale.
-_APPLY_REVIEW = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and tonumber(cur) >= tonumber(ARGV[2]) then return false end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call(ARGV[5], ARGV[4], ARGV[3])
-return 1
-"""
-
 _RANK = {p.value: r for p, r in PRIORITY_RANK.items()}
+_CLOSED = ",".join(s.value for s in ExamStatus if s not in OPEN_STATES)
+# Expired closed exams each apply prunes: more than one, so a backlog drains while
+# deltas flow; few, so an apply stays cheap. The maintenance prunes in larger batches.
+_PRUNE_PER_APPLY = 8
+_PRUNE_BATCH = 1_000
 
 
 def urgency_score(priority: str, tat_due_at: int) -> int:
@@ -173,6 +67,9 @@ class Snapshot:
     offset: str
     total: int  # rows matching the view, also those beyond the limit
     rows: list[dict[str, Any]]
+    # The walk stopped at its cap (`scan_limit`): `total` counts only the matches found
+    # before it (a lower bound), and `rows` may hold fewer than the limit.
+    total_capped: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,22 +84,46 @@ class Recovery:
 
 
 class WorklistFeed:
-    """The write side (used by the relay) and snapshot side (used by the gateway)."""
+    """The write side (used by the relay) and snapshot side (used by the gateway).
 
-    def __init__(self, redis: Redis, *, maxlen: int = 100_000, sharded: bool = False) -> None:
+    Closed exams stay cached for `closed_retention_ms` after they were scheduled (the
+    rebuild's window; `RELAY_CLOSED_RETENTION_HOURS` when not given), then each apply
+    prunes a few of the expired ones and `prune_closed` the rest. A filtered snapshot
+    walks at most `scan_limit` index entries (`CACHE_SNAPSHOT_SCAN_LIMIT`).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        maxlen: int = 100_000,
+        sharded: bool = False,
+        closed_retention_ms: int | None = None,
+        scan_limit: int | None = None,
+    ) -> None:
+        if closed_retention_ms is None or scan_limit is None:
+            settings = CacheSettings()  # one process, one setting: the rebuild reads it too
+            if closed_retention_ms is None:
+                closed_retention_ms = settings.closed_retention_ms
+            if scan_limit is None:
+                scan_limit = settings.snapshot_scan_limit
+        self.closed_retention_ms: int = closed_retention_ms
+        self.scan_limit: int = scan_limit
         self._redis = redis
         self._maxlen = maxlen
         # Sharded pub/sub (SPUBLISH, Redis 7) keeps a tenant's messages on its shard.
         self._publish = "SPUBLISH" if sharded else "PUBLISH"
-        self._apply = redis.register_script(_APPLY)
-        self._snapshot = redis.register_script(_SNAPSHOT)
-        self._apply_review = redis.register_script(_APPLY_REVIEW)
+        self._apply = redis.register_script(APPLY)
+        self._snapshot = redis.register_script(SNAPSHOT)
+        self._apply_review = redis.register_script(APPLY_REVIEW)
+        self._prune = redis.register_script(PRUNE)
 
     async def publish(self, deltas: Sequence[ExamDelta | ReviewDelta]) -> list[str | None]:
         """Apply and publish deltas in order; returns each one's offset (None if stale;
         "review" for an applied peer-review delta, which has no offset)."""
         if not deltas:
             return []
+        cutoff = now_ms() - self.closed_retention_ms
         async with self._redis.pipeline(transaction=False) as pipe:
             for d in deltas:
                 if isinstance(d, ReviewDelta):
@@ -225,6 +146,7 @@ class WorklistFeed:
                         keys.feed(d.tenant),
                         keys.epoch(d.tenant),
                         keys.sites(d.tenant),
+                        keys.closed(d.tenant),
                     ],
                     args=[
                         d.exam_id,
@@ -239,6 +161,10 @@ class WorklistFeed:
                         d.site,
                         urgency_score(d.priority.value, d.tat_due_at),
                         self._publish,
+                        cutoff,
+                        _PRUNE_PER_APPLY,
+                        d.scheduled_at,
+                        "0" if d.status in OPEN_STATES else "1",
                     ],
                     client=pipe,
                 )
@@ -253,15 +179,17 @@ class WorklistFeed:
         """A view's rows, most urgent first (at most `limit`), how many match in all, and
         the feed position they are consistent with; one round trip.
 
-        Only the (status, site) indexes the view names are read, never every exam.
+        Only the (status, site) indexes the view names are read, never every exam, and
+        of those at most `scan_limit` entries (then `total_capped`).
         """
         result = await self._snapshot_call(tenant, view or View(), me, limit, ids_only=False)
-        epoch, offset, total, *rows = result
+        epoch, offset, total, capped, *rows = result
         return Snapshot(
             epoch=_text(epoch),
             offset=_text(offset),
             total=int(total),
             rows=[orjson.loads(r) for r in rows],
+            total_capped=bool(int(capped)),
         )
 
     def _snapshot_call(
@@ -279,8 +207,9 @@ class WorklistFeed:
                 ",".join(m.value for m in view.modalities),
                 ",".join(p.value for p in view.priorities),
                 ",".join(view.subspecialties),
-                me if view.claimed_by_me else "",
+                orjson.dumps(me).decode() if view.claimed_by_me else "",
                 "1" if ids_only else "0",
+                self.scan_limit,
             ],
             client=client,
         )
@@ -306,7 +235,7 @@ class WorklistFeed:
             await self._snapshot_call(tenant, view, me, members, ids_only=True, client=pipe)
             current, exists, entries, snap = await pipe.execute()
         missed = await self._missed(feed, epoch, offset, limit, current, exists, entries)
-        _epoch, at, _total, *ids = snap
+        _epoch, at, _total, _capped, *ids = snap
         return Recovery(missed, _text(at), {_text(i) for i in ids})
 
     async def since(self, tenant: str, epoch: str, offset: str, limit: int = 10_000) -> Missed:
@@ -362,6 +291,25 @@ class WorklistFeed:
         trimmed = int(info.get("entries-added", 0)) > int(info.get("length", 0))
         first = _text(info.get("recorded-first-entry-id") or "0-0")
         return trimmed and offset_key(first) > offset_key(offset)
+
+    async def prune_closed(
+        self, tenant: str, cutoff_ms: int | None = None, *, exam_ids: Sequence[str] = ()
+    ) -> int:
+        """Drop every cached closed exam scheduled before `cutoff_ms` (by default now
+        minus the retention); returns how many went. `exam_ids` names rows to check too
+        (the rebuild passes the closed rows outside its window: rows cached before the
+        closed index existed). Batched, so Redis is never blocked for long."""
+        cutoff = now_ms() - self.closed_retention_ms if cutoff_ms is None else cutoff_ms
+        pending, pruned = list(exam_ids), 0
+        while True:
+            batch, pending = pending[:_PRUNE_BATCH], pending[_PRUNE_BATCH:]
+            gone = await self._prune(
+                keys=[keys.exams(tenant), keys.closed(tenant)],
+                args=[keys.tenant_prefix(tenant), cutoff, _PRUNE_BATCH, _CLOSED, *batch],
+            )
+            pruned += int(gone)
+            if int(gone) < _PRUNE_BATCH and not pending:
+                return pruned
 
     async def is_built(self, tenant: str) -> bool:
         """Whether this Redis holds a tenant's worklists rebuilt since it last started."""

@@ -113,3 +113,9 @@ def rebuilding(tenant: str) -> str:
 def build_requests() -> str:
     """Set: tenants someone asked the worker to build (e.g. one with no exams yet)."""
     return f"{PREFIX}:build:requests"
+
+
+def closed(tenant: str) -> str:
+    """Sorted set: the cached closed exams (FINAL, AMENDED, CANCELLED), scored by
+    `scheduled_at`; those scheduled before the retention window are pruned from it."""
+    return f"{_t(tenant)}:closed"

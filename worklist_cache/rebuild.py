@@ -6,6 +6,10 @@ ones (FINAL, AMENDED, CANCELLED) scheduled within the retention window
 indexes only, never a Scan: GSI1 per open state, and GSI2 per modality from the window's
 start for the closed states, so the cost follows the window, not all history.
 
+The cache keeps the same window: closed exams scheduled before it are pruned as deltas
+are applied (`WorklistFeed`) and by every repairing comparison here
+(`WorklistFeed.prune_closed`), so what a rebuild restores and what the cache keeps agree.
+
 `Rebuilder.reconcile` compares the cache with it and names three kinds of difference:
 
     missing   in DynamoDB's scope, not in the cache
@@ -100,7 +104,9 @@ class Rebuilder:
         self._store = store
         self._feed = feed
         self._publisher: Sink = publisher or feed
-        self.closed_retention_ms = closed_retention_ms
+        # Never wider than what the cache keeps (both read RELAY_CLOSED_RETENTION_HOURS
+        # in a deployment): a wider window would restore exams the next apply prunes.
+        self.closed_retention_ms = min(closed_retention_ms, feed.closed_retention_ms)
         self._locks: dict[str, asyncio.Lock] = {}
         self.rebuilds = 0
 
@@ -193,6 +199,17 @@ class Rebuilder:
         cutoff = now_ms() - self.closed_retention_ms
         truth, unreadable = await self.read_scope(tenant, cutoff)
         rows = await self._feed.cached_rows(tenant)
+        if repair:
+            # Retention: closed rows outside the window leave the cache (those cached
+            # before the closed index existed included); the feed re-checks each one.
+            expired = {
+                acc
+                for acc, row in rows.items()
+                if not in_scope(row["status"], int(row["scheduled_at"]), cutoff)
+            }
+            if expired:
+                await self._feed.prune_closed(tenant, cutoff, exam_ids=sorted(expired))
+                rows = {acc: row for acc, row in rows.items() if acc not in expired}
         result = Divergence(tenant, unreadable=unreadable, compared=len(truth))
         candidates: set[str] = set()
         for acc, exam in truth.items():

@@ -1,4 +1,5 @@
-"""Where Redis is and how much feed history to keep (env prefix CACHE_, plus REDIS_URL)."""
+"""Where Redis is, how much history to keep and how much one snapshot may read (env prefix
+CACHE_, plus REDIS_URL and RELAY_CLOSED_RETENTION_HOURS)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,19 @@ class CacheSettings(BaseSettings):
     # "classic" pub/sub, or "sharded" (SPUBLISH/SSUBSCRIBE, Redis 7+) for Redis Cluster,
     # where each tenant's messages then stay on the shard that holds its keys.
     pubsub: Literal["classic", "sharded"] = "classic"
+    # Closed exams (FINAL, AMENDED, CANCELLED) stay cached while scheduled within this
+    # many hours, then are pruned. It is the rebuild's window (what a rebuild or
+    # anti-entropy restores), so it reads the relay's variable: one number, never two.
+    closed_retention_hours: float = Field(
+        default=48.0,
+        gt=0,
+        validation_alias=AliasChoices("RELAY_CLOSED_RETENTION_HOURS", "closed_retention_hours"),
+    )
+    # The most index entries one filtered snapshot walks (most urgent first); past it the
+    # snapshot says its `total` is a lower bound (`total_capped`). Views filtered only by
+    # state and site never walk more than their row limit.
+    snapshot_scan_limit: int = Field(default=5_000, ge=1)
+
+    @property
+    def closed_retention_ms(self) -> int:
+        return int(self.closed_retention_hours * 3_600_000)

@@ -107,6 +107,7 @@ async def send_snapshot(
             "epoch": snap.epoch,
             "offset": snap.offset,
             "total": total,
+            "total_capped": snap.total_capped,
             "reset": reset,
             "rows": rows,
         }

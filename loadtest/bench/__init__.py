@@ -1,0 +1,42 @@
+"""The benchmark: `python -m loadtest.bench [--quick | --tiny] [--out DIR] [--profile]`.
+
+Starts everything on loopback with the project's own helpers (a private redis-server and
+DynamoDB Local, the relay `python -m relay`, the gateway `python -m gateway`, the
+bare baseline `python -m loadtest.baseline`, and load-client processes
+`python -m loadtest.loadclients`), runs bounded phases, stops every process it started
+(also on Ctrl-C, SIGTERM or an error), and writes `bench.json`, `bench.md` and
+`bench.png` to `loadtest/results/` (git-ignored).
+
+Phases, in order:
+1. idle: as many idle sessions as allowed (5,000) on a fresh gateway; its RSS before/after.
+2. ceiling: a Python writer (ExamStore) writing as fast as it can to DynamoDB Local.
+3. e2e: the same writer a little under that rate, while every client (1,000) watches the
+   whole tenant feed; latency = receive time - the delta's `updated_at`, split into
+   stages (write acknowledged, published by the relay, received).
+4. fan-out: deltas published where the relay publishes them (`WorklistFeed.publish`) at
+   200/s, then 1,000/s, to the same clients; latency, losses, gateway CPU per delivery.
+5. claims: rounds of 20 concurrent claimers on one exam over the WebSocket (when the
+   gateway has `claim`), and at the store (`dynamo.claims`) for comparison: round trip
+   p50/p99 and double claims.
+6. baseline: the fan-out of phase 4 through `loadtest.baseline`, for its CPU per delivery.
+
+All data is synthetic. Quick mode (`--quick`) runs a reduced scale in under two minutes;
+`--tiny` is for the test suite.
+
+The package, one job per module, in the order data flows through a run:
+
+    config     scales and constants          stack      the processes it started
+    workload   synthetic writes and deltas   meters     CPU, percentiles, profiles
+    measure    one measured phase            phases     the phases, in order
+    claimers   concurrent claimers           report     figures and `bench.md`
+    verdicts   figures against targets       plot       `bench.png`
+    cli        `python -m loadtest.bench`
+"""
+
+from __future__ import annotations
+
+from loadtest.bench.cli import main
+from loadtest.bench.config import SCALES, Scale
+from loadtest.bench.report import REQUIRED
+
+__all__ = ["REQUIRED", "SCALES", "Scale", "main"]

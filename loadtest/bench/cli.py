@@ -1,0 +1,115 @@
+"""`python -m loadtest.bench`: run every phase, stop everything, write the results."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from dynamo.client import dynamodb_client
+from dynamo.store import ExamStore
+from loadtest.bench.claimers import StoreClaimers, ws_claims_available
+from loadtest.bench.config import RESULTS, SCALES, Scale, say
+from loadtest.bench.phases import Bench
+from loadtest.bench.plot import render_plot
+from loadtest.bench.report import finish, render_markdown
+from loadtest.bench.stack import Stack
+from loadtest.hl7bench import hl7_phase
+from loadtest.loadclients import (
+    raise_nofile_limit,
+)
+
+__all__ = ["main", "run_bench", "write_results"]
+
+
+async def run_bench(scale: Scale, stack: Stack, out: Path, profile: bool) -> dict[str, Any]:
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    started = time.monotonic()
+    bench = Bench(scale, stack, out, profile)
+    bench.tmp.mkdir(parents=True, exist_ok=True)
+    timeline = bench.results.setdefault("timeline_s", {})
+
+    def lap(step: str, since: float) -> float:
+        now = time.monotonic()
+        timeline[step] = round(now - since, 1)
+        return now
+
+    try:
+        t = time.monotonic()
+        main, ceiling_table = await bench.start()
+        t = lap("start", t)
+        await bench.idle()
+        t = lap("idle", t)
+        ceiling = await bench.ceiling(ceiling_table)
+        t = lap("ceiling", t)
+        await bench.deliveries(main, ceiling)
+        t = lap("deliveries_and_websocket_claims", t)
+        async with dynamodb_client(main) as client:
+            store = ExamStore(client, main.table)
+            rounds = scale.store_claim_rounds if ws_claims_available() else scale.claim_rounds
+            await bench.claims(StoreClaimers(store), rounds)
+        t = lap("store_claims", t)
+        say(f"HL7: {scale.hl7_messages} messages over 10 MLLP connections")
+        bench.results.update(await hl7_phase(bench.env, scale.hl7_messages, 10, bench.stack.logs))
+        lap("hl7", t)
+    finally:
+        shutil.rmtree(bench.tmp, ignore_errors=True)
+    return finish(bench, started)
+
+
+def write_results(results: Mapping[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_bytes(
+        orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+    )
+    markdown = render_markdown(results)
+    (out / "bench.md").write_text(markdown)
+    render_plot(results, out / "bench.png")
+    say("")
+    say(markdown)
+    say(f"wrote {out / 'bench.json'}, bench.md and bench.png")
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from loadtest import bench  # the package's docstring is the help text
+
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=bench.__doc__)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="reduced scale, under 2 minutes")
+    size.add_argument("--tiny", action="store_true", help="the test suite's scale")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway's fan-out")
+    args = parser.parse_args(argv)
+    scale = SCALES["tiny" if args.tiny else "quick" if args.quick else "full"]
+    raise_nofile_limit()  # inherited by every child: the gateway holds thousands of sockets
+    out: Path = args.out.resolve()
+    stack = Stack(out / "logs")
+    say(f"benchmark, {scale.name} mode; logs in {out / 'logs'}")
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            results = runner.run(run_bench(scale, stack, out, args.profile))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        say("interrupted; stopping everything")
+        return 130
+    finally:
+        stack.stop()
+    write_results(results, out)
+    return 0

@@ -1,0 +1,428 @@
+"""The phases, in order: idle sessions, the DynamoDB ceiling, end to end, fan-out
+(gateway and baseline) and claims over the WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil  # type: ignore[import-untyped]
+from redis.asyncio import Redis
+
+from devstack import ManagedProcess, free_port, start_dynamodb_local, start_redis, wait_for_port
+from dynamo.client import dynamodb_client
+from dynamo.settings import DynamoSettings
+from dynamo.store import ExamStore
+from dynamo.table import ensure_table
+from loadtest.bench.claimers import Claimers, WsClaimers, ws_claims_available
+from loadtest.bench.config import (
+    CLAIMERS,
+    CLIENT_QUEUE,
+    FANOUT_RATES,
+    IDLE_PER_TENANT,
+    TENANT,
+    WHOLE_FEED,
+    Scale,
+    say,
+)
+from loadtest.bench.measure import Phase, drain, finite, open_pool, per_key, phase_line
+from loadtest.bench.meters import (
+    CpuMeter,
+    gateway_connections,
+    percentiles,
+    settle,
+    summarize_profile,
+)
+from loadtest.bench.stack import Stack
+from loadtest.bench.workload import STRIDE, ExamWriter, inject, ready_exam, synthetic_exam
+from loadtest.loadclients import (
+    ClientPool,
+)
+from worklist_cache import WorklistFeed, keys
+
+__all__ = ["Bench"]
+
+
+@dataclass
+class Bench:
+    scale: Scale
+    stack: Stack
+    out: Path
+    profile: bool
+    env: dict[str, str] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+    phases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tmp(self) -> Path:
+        return self.out / "tmp"
+
+    def spawn_gateway(self, name: str, port: int) -> ManagedProcess:
+        env = {**self.env, "GATEWAY_PORT": str(port)}
+        return self.stack.spawn(name, [sys.executable, "-m", "gateway"], env)
+
+    async def start(self) -> tuple[DynamoSettings, DynamoSettings]:
+        redis_proc, redis_url = start_redis()
+        self.stack.adopt(redis_proc)
+        ddb_proc, endpoint = start_dynamodb_local()
+        self.stack.adopt(ddb_proc)
+        self.pids.update(redis=redis_proc.pid, dynamodb=ddb_proc.pid)
+        main = DynamoSettings(endpoint_url=endpoint, table="bench-worklist")
+        ceiling = DynamoSettings(endpoint_url=endpoint, table="bench-ceiling")
+        async with dynamodb_client(main) as client:
+            await ensure_table(client, main.table)
+            await ensure_table(client, ceiling.table)
+        secret = secrets.token_hex(32)
+        os.environ["GATEWAY_JWT_SECRET"] = secret  # load clients mint their tokens with it
+        self.env = {
+            "REDIS_URL": redis_url,
+            "DYNAMO_ENDPOINT_URL": endpoint,
+            "DYNAMO_TABLE": main.table,
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_CLIENT_QUEUE": str(CLIENT_QUEUE),
+            "GATEWAY_JWT_SECRET": secret,
+            # Claimers send a claim per round, the winner a release too: far above the
+            # per-connection request rate a person produces.
+            "GATEWAY_RATE_LIMIT": "1000",
+            "GATEWAY_RATE_BURST": "2000",
+            "GATEWAY_LOG_LEVEL": "WARNING",
+            "RELAY_REAP_INTERVAL": "0",
+            "RELAY_LOG_LEVEL": "WARNING",
+        }
+        relay = self.stack.spawn("relay", [sys.executable, "-m", "relay"], self.env)
+        self.pids["relay"] = relay.pid
+        say(f"redis {redis_url}, DynamoDB Local {endpoint}, relay pid {relay.pid}")
+        return main, ceiling
+
+    # -- 1. idle sessions --
+
+    async def idle(self) -> None:
+        scale = self.scale
+        count = -(-scale.idle_connections // IDLE_PER_TENANT)
+        tenants = [f"idle-{i:03d}" for i in range(count)]
+        port = free_port()
+        gateway = self.spawn_gateway("gateway-idle", port)
+        await asyncio.to_thread(wait_for_port, port, 30, gateway)
+        url = f"ws://127.0.0.1:{port}/ws"
+        pool = await self.stack.pool("idle", scale.idle_procs)
+        try:
+            # Warm up: the first sessions import code and size pools no session owns.
+            await open_pool(pool, url, 20, tenant=tenants, view=WHOLE_FEED)
+            await pool.call("close")
+            await asyncio.sleep(1.0)
+            proc = psutil.Process(gateway.pid)
+            before = proc.memory_info().rss
+            t0 = time.monotonic()
+            opened = await open_pool(
+                pool, url, scale.idle_connections, tenant=tenants, view=WHOLE_FEED, attempts=5
+            )
+            open_s = time.monotonic() - t0
+            await asyncio.sleep(2.0)
+            held = sum(r["open"] for r in await pool.call("progress", timeout=30))
+            after = proc.memory_info().rss
+            server_count = gateway_connections(port)
+            await pool.call("close", timeout=120)
+        finally:
+            await self.stack.close_pool(pool)
+            await self.stack.stop_one(gateway)
+        kb = round((after - before) / 1024 / held, 2) if held else None
+        self.phases["idle"] = {
+            "attempted": scale.idle_connections,
+            "opened": opened["opened"],
+            "failed": opened["failed"],
+            "errors": opened["errors"],
+            "held": held,
+            "gateway_reports": server_count,
+            "open_s": round(open_s, 2),
+            "rss_before_mb": round(before / 2**20, 1),
+            "rss_after_mb": round(after / 2**20, 1),
+            "kb_per_connection": kb,
+            "tenants": len(tenants),
+        }
+        if opened["failed"]:
+            self.notes.append(
+                f"Idle phase: {opened['failed']} attempts to open a session failed (retried "
+                f"after a pause): {'; '.join(opened['errors'])}"
+            )
+        self.results.update(max_connections=held, kb_per_connection=kb)
+        say(f"idle: {held} sessions held, {kb or 0:.1f} KB each ({opened['failed']} failed)")
+
+    # -- 2. the DynamoDB ceiling --
+
+    async def ceiling(self, settings: DynamoSettings) -> float:
+        async with dynamodb_client(settings) as client:
+            store = ExamStore(client, settings.table)
+            await ExamWriter(store, "CW-").run(self.scale.warmup_s, None, 16)
+            writer = ExamWriter(store, "C-")
+            meter = CpuMeter({"bench": os.getpid(), "dynamodb": self.pids["dynamodb"]})
+            meter.start()
+            elapsed = await writer.run(self.scale.ceiling_s, None, self.scale.writer_concurrency)
+            wall, cpu = await meter.stop()
+        rate = len(writer.keys) / elapsed
+        self.phases["ceiling"] = {
+            "writes": len(writer.keys),
+            "seconds": round(elapsed, 2),
+            "writes_per_s": round(rate, 1),
+            "errors": dict(writer.errors),
+            "concurrency": self.scale.writer_concurrency,
+            "write": percentiles(np.asarray(writer.write_ms)),
+            "cpu_share": {n: round(v / wall, 3) for n, v in cpu.items()},
+            "other_cores": round(meter.others, 2),
+        }
+        self.results["dynamo_ceiling_writes_per_s"] = round(rate, 1)
+        say(
+            f"ceiling: {rate:.0f} writes/s (writer {cpu.get('bench', 0) / wall:.0%} of a core, "
+            f"DynamoDB Local {cpu.get('dynamodb', 0) / wall:.0%})"
+        )
+        return rate
+
+    # -- 3 to 5. deliveries, and claims over the socket --
+
+    def _meter_pids(self, server: str, server_pid: int, pool: ClientPool) -> dict[str, int]:
+        pids = {server: server_pid, "bench": os.getpid(), **self.pids}
+        pids.update({f"client{i}": pid for i, pid in enumerate(pool.pids)})
+        return pids
+
+    async def deliveries(self, main: DynamoSettings, ceiling_rate: float) -> None:
+        scale = self.scale
+        pool = await self.stack.pool("load", scale.client_procs)
+        redis = Redis.from_url(self.env["REDIS_URL"])
+        feed = WorklistFeed(redis)
+        try:
+            async with dynamodb_client(main) as client:
+                store = ExamStore(client, main.table)
+                await self._gateway_phases(store, feed, pool, ceiling_rate)
+            await self._baseline_phases(feed, pool)
+        finally:
+            await self.stack.close_pool(pool)
+            await redis.aclose()
+
+    async def _gateway_phases(
+        self, store: ExamStore, feed: WorklistFeed, pool: ClientPool, ceiling_rate: float
+    ) -> None:
+        scale = self.scale
+        port = free_port()
+        gateway = self.spawn_gateway("gateway", port)
+        await asyncio.to_thread(wait_for_port, port, 30, gateway)
+        self.pids["gateway"] = gateway.pid
+        url = f"ws://127.0.0.1:{port}/ws"
+        opened = await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)
+        say(f"{opened['opened']} clients subscribed to the whole {TENANT} feed")
+        if opened["failed"]:
+            self.notes.append(
+                f"{opened['failed']} attempts to open a load client failed (retried): "
+                f"{'; '.join(opened['errors'])}"
+            )
+        pids = self._meter_pids("gateway", gateway.pid, pool)
+        quiet = [gateway.pid, *pool.pids]
+        await self._warm_up(store, pool)
+        await settle(quiet)
+        await self._e2e(store, pool, pids, ceiling_rate)
+        for rate, seconds in zip(FANOUT_RATES, scale.fanout_s, strict=True):
+            await settle(quiet)
+            await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)
+            await self._fanout(feed, pool, pids, "gateway", gateway.pid, rate, seconds)
+        await pool.call("close", timeout=120)
+        if ws_claims_available():
+            await settle([gateway.pid])
+            await self.claims(WsClaimers(url, store), scale.claim_rounds)
+        else:
+            self.notes.append("The gateway has no `claim` message yet: claims at the store only.")
+        await self.stack.stop_one(gateway)
+
+    async def _baseline_phases(self, feed: WorklistFeed, pool: ClientPool) -> None:
+        scale = self.scale
+        port = free_port()
+        argv = [sys.executable, "-m", "loadtest.baseline", "--port", str(port)]
+        argv += ["--redis-url", self.env["REDIS_URL"], "--tenant", TENANT]
+        baseline = self.stack.spawn("baseline", argv, self.env)
+        await asyncio.to_thread(wait_for_port, port, 30, baseline)
+        url = f"ws://127.0.0.1:{port}/"
+        pids = self._meter_pids("baseline", baseline.pid, pool)
+        for rate, seconds in zip(FANOUT_RATES, scale.fanout_s, strict=True):
+            await open_pool(pool, url, scale.clients, tenant=TENANT, view=None, gateway=False)
+            await settle([baseline.pid, *pool.pids])
+            await self._fanout(feed, pool, pids, "baseline", baseline.pid, rate, seconds)
+        await pool.call("close", timeout=120)
+        await self.stack.stop_one(baseline)
+
+    async def _warm_up(self, store: ExamStore, pool: ClientPool) -> None:
+        """One write end to end, so the relay has found its shard before timing starts."""
+        await pool.call("phase", prefix="W-", stride=STRIDE)
+        exam, order, profile = synthetic_exam("W-", 0)
+        await store.create_exam(exam, order, profile)
+        conns = sum(r["open"] for r in await pool.call("progress"))
+        if not await drain(pool, conns, cap=60, stall=60):
+            raise RuntimeError("no delta reached the clients within 60 s: is the relay up?")
+
+    async def _e2e(
+        self, store: ExamStore, pool: ClientPool, pids: dict[str, int], ceiling_rate: float
+    ) -> None:
+        scale = self.scale
+        # A Redis subscriber in a process of its own: the writer keeps this one busy.
+        probes = await self.stack.pool("probe", 1)
+        probe = probes.procs[0]
+        channel = keys.channel(TENANT)
+        rate = 0.9 * ceiling_rate
+        # Enough chains that the pacer, not a chain's wait for its previous write, sets
+        # the pace while the box is busy fanning out.
+        writer = ExamWriter(store, "E-")
+
+        async def send() -> tuple[list[int], float]:
+            elapsed = await writer.run(scale.e2e_s, rate, 2 * scale.writer_concurrency)
+            return writer.keys, elapsed
+
+        meter_pids = {**pids, "probe": probe.pid}
+        phase = Phase("e2e", "gateway", pids["gateway"], pool, meter_pids, self.tmp, "E-", STRIDE)
+        await probe.call(
+            "probe", redis_url=self.env["REDIS_URL"], channel=channel, prefix="E-", stride=STRIDE
+        )
+        try:
+            result = await phase.run(send, drain_cap=scale.drain_cap_s, rate_offered=round(rate, 1))
+        finally:
+            seen = {int(k): float(t) for k, t in (await probe.call("probe_report"))["seen"]}
+            await self.stack.close_pool(probes)
+        # Split each delivery at the moments its delta was acknowledged by DynamoDB and
+        # left the relay (seen on Redis by the probe).
+        lat, k = phase.latencies, phase.keys
+        width = max(max(writer.keys, default=-1), int(k.max(initial=-1))) + 1
+        stamp = per_key(writer.stamped, width)  # epoch ms, as the store wrote it
+        ack = per_key(writer.acked, width)
+        published = per_key(seen, width)
+        result.update(
+            write=percentiles(np.asarray(writer.write_ms)),
+            write_errors=dict(writer.errors),
+            from_ack=percentiles(finite(lat - (ack - stamp)[k])),
+            stages={
+                "stamp_to_ack": percentiles(finite(ack - stamp)),
+                "ack_to_relay_publish": percentiles(finite(published - ack)),
+                "publish_to_client": percentiles(finite(lat + (stamp - published)[k])),
+            },
+        )
+        self.phases["e2e"] = result
+        self.results.update(
+            e2e_p50_ms=result["p50_ms"],
+            e2e_p99_ms=result["p99_ms"],
+            e2e_max_ms=result["max_ms"],
+            e2e_p50_ms_from_ack=result["from_ack"]["p50_ms"],
+            e2e_p99_ms_from_ack=result["from_ack"]["p99_ms"],
+            e2e_updates_per_s=result["rate_sent"],
+            e2e_lost=result["lost"],
+            clients=result["clients"],
+        )
+        say(phase_line(result))
+
+    async def _fanout(
+        self,
+        feed: WorklistFeed,
+        pool: ClientPool,
+        pids: dict[str, int],
+        server: str,
+        server_pid: int,
+        rate: int,
+        seconds: float,
+    ) -> None:
+        name = f"{'fanout' if server == 'gateway' else 'baseline'}_{rate}"
+        prefix = f"{'F' if server == 'gateway' else 'B'}{rate}-"
+
+        async def send() -> tuple[list[int], float]:
+            total, elapsed = await inject(feed, prefix, rate, seconds)
+            return list(range(total)), elapsed
+
+        phase = Phase(name, server, server_pid, pool, pids, self.tmp, prefix)
+        profiler = None
+        if self.profile and server == "gateway":
+            profiler = await self._start_profiler(server_pid, name)
+        try:
+            result = await phase.run(send, drain_cap=self.scale.drain_cap_s, rate_offered=rate)
+        finally:
+            if profiler is not None:
+                self.phases[f"profile_{name}"] = await self._stop_profiler(*profiler)
+        self.phases[name] = result
+        say(phase_line(result))
+
+    # -- profiling --
+
+    async def _start_profiler(
+        self, pid: int, name: str
+    ) -> tuple[asyncio.subprocess.Process, Path] | None:
+        exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
+            "py-spy"
+        )
+        if exe is None:
+            self.notes.append("py-spy not found: no profile taken")
+            return None
+        path = self.out / f"gateway-{name}.pyspy.txt"
+        argv = [exe, "record", "--pid", str(pid), "--rate", "250", "--format", "raw"]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            "--nonblocking",
+            "--output",
+            str(path),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        self.stack.extra_pids.add(proc.pid)
+        await asyncio.sleep(0.5)
+        return proc, path
+
+    async def _stop_profiler(self, proc: asyncio.subprocess.Process, path: Path) -> dict[str, Any]:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
+            proc.kill()
+        self.stack.extra_pids.discard(proc.pid)
+        return summarize_profile(path)
+
+    # -- 6. claims --
+
+    async def claims(self, claimers: Claimers, rounds: int) -> None:
+        """Rounds of CLAIMERS concurrent claims on one exam; the winner releases."""
+        name = f"claims_{claimers.where}"
+        prefix = f"K{claimers.where[0].upper()}-"
+        latencies: list[float] = []
+        errors: Counter[str] = Counter()
+        double = no_winner = 0
+        async with claimers:
+            exam = await ready_exam(claimers.store, prefix, 0)
+            start = time.monotonic()
+            for i in range(rounds):
+                times, winners = await claimers.round(exam, errors)
+                latencies.extend(times)
+                if winners > 1:
+                    double += winners - 1
+                elif winners == 0:
+                    no_winner += 1
+                    exam = await ready_exam(claimers.store, prefix, i + 1)
+            elapsed = time.monotonic() - start
+        stats = percentiles(np.asarray(latencies))
+        self.phases[name] = {
+            "measured_at": claimers.where,
+            "rounds": rounds,
+            "claimers": CLAIMERS,
+            "claims": len(latencies),
+            "double_claims": double,
+            "rounds_without_winner": no_winner,
+            "errors": dict(errors),
+            "seconds": round(elapsed, 2),
+            **stats,
+        }
+        say(
+            f"{name} ({claimers.where}): {rounds} rounds x {CLAIMERS}, p50 {stats['p50_ms']} ms, "
+            f"p99 {stats['p99_ms']} ms, double claims {double}"
+        )

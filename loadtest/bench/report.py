@@ -1,0 +1,252 @@
+"""The results: the top-level figures from the phases, and `bench.md`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+
+from loadtest.bench.config import (
+    CLAIMERS,
+    CLIENT_QUEUE,
+    FANOUT_RATES,
+    IDLE_PER_TENANT,
+    OTHERS_LIMIT,
+)
+from loadtest.bench.phases import Bench
+from loadtest.bench.verdicts import fmt, pair, verdicts
+from loadtest.loadclients import (
+    auth_available,
+)
+
+__all__ = ["REQUIRED", "finish", "machine", "render_markdown"]
+
+
+REQUIRED = (
+    "e2e_p50_ms",
+    "e2e_p99_ms",
+    "e2e_updates_per_s",
+    "dynamo_ceiling_writes_per_s",
+    "fanout_p99_ms_at_200",
+    "fanout_p99_ms_at_1000",
+    "fanout_lost",
+    "clients",
+    "gateway_cpu_us_per_delta",
+    "baseline_cpu_us_per_delta",
+    "max_connections",
+    "kb_per_connection",
+    "claim_p99_ms",
+    "claim_rounds",
+    "double_claims",
+    "client_limited",
+    "machine",
+)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cores": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "cpu_model": model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def finish(bench: Bench, started: float) -> dict[str, Any]:
+    """The top-level figures from the phases."""
+    r = bench.results
+    p = bench.phases
+    fan = {rate: p.get(f"fanout_{rate}", {}) for rate in FANOUT_RATES}
+    base = {rate: p.get(f"baseline_{rate}", {}) for rate in FANOUT_RATES}
+    data_phases = [v for k, v in p.items() if k == "e2e" or k.startswith(("fanout_", "baseline_"))]
+    store_claims = p.get("claims_store", {})
+    claims = p.get("claims_websocket") or store_claims
+    r.update(
+        claim_p50_ms=claims.get("p50_ms"),
+        claim_p99_ms=claims.get("p99_ms"),
+        claim_max_ms=claims.get("max_ms"),
+        claim_rounds=claims.get("rounds"),
+        claim_measured_at=claims.get("measured_at"),
+        double_claims=sum(c.get("double_claims", 0) for c in (claims, store_claims) if c)
+        if claims
+        else None,
+        claim_p50_ms_store=store_claims.get("p50_ms"),
+        claim_p99_ms_store=store_claims.get("p99_ms"),
+        claim_rounds_store=store_claims.get("rounds"),
+        fanout_p50_ms_at_200=fan[200].get("p50_ms"),
+        fanout_p99_ms_at_200=fan[200].get("p99_ms"),
+        fanout_p50_ms_at_1000=fan[1000].get("p50_ms"),
+        fanout_p99_ms_at_1000=fan[1000].get("p99_ms"),
+        fanout_lost=sum(fan[rate].get("lost", 0) for rate in FANOUT_RATES),
+        fanout_lost_at_200=fan[200].get("lost"),
+        fanout_lost_at_1000=fan[1000].get("lost"),
+        gateway_cpu_us_per_delta=fan[200].get("server_cpu_us_per_delivery"),
+        gateway_cpu_us_per_delta_at_1000=fan[1000].get("server_cpu_us_per_delivery"),
+        baseline_cpu_us_per_delta=base[200].get("server_cpu_us_per_delivery"),
+        baseline_cpu_us_per_delta_at_1000=base[1000].get("server_cpu_us_per_delivery"),
+        baseline_p50_ms_at_200=base[200].get("p50_ms"),
+        baseline_p99_ms_at_200=base[200].get("p99_ms"),
+        baseline_p99_ms_at_1000=base[1000].get("p99_ms"),
+        baseline_lost=sum(base[rate].get("lost", 0) for rate in FANOUT_RATES),
+        client_limited=any(ph.get("client_limited") for ph in data_phases),
+        client_cpu_peak=max((ph.get("client_cpu_peak", 0.0) for ph in data_phases), default=0.0),
+        other_cores_max=max(
+            (ph.get("other_cores", 0.0) for ph in [*data_phases, p.get("ceiling", {})]),
+            default=0.0,
+        ),
+        auth=auth_available(),
+        mode=bench.scale.name,
+        scale=asdict(bench.scale),
+        gateway_client_queue=CLIENT_QUEUE,
+        machine=machine(),
+        duration_s=round(time.monotonic() - started, 1),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        notes=bench.notes,
+        phases=p,
+    )
+    for key in REQUIRED:
+        r.setdefault(key, None)
+    return r
+
+
+def render_markdown(r: Mapping[str, Any]) -> str:
+    m = r["machine"]
+    s = r["scale"]
+    out = [
+        f"# Benchmark: {r['mode']} mode",
+        "",
+        f"{r['finished_at']} on {m['cores']} cores ({m['cpu_model'] or 'unknown CPU'}), "
+        f"{m['memory_gb']} GB, Python {m['python']}; gateway, relay, Redis, DynamoDB Local "
+        f"and load clients all on this machine. Took {r['duration_s']} s.",
+        "",
+    ]
+    if r["mode"] != "full":
+        out += [
+            f"> **Reduced scale** ({r['mode']}): {s['clients']:,} clients (target: 1,000), "
+            f"{s['idle_connections']:,} idle sessions (target: 5,000), {s['claim_rounds']:,} "
+            "claim rounds (target: 1,000). Verdicts compare this scale with the product's "
+            "targets; run `make bench` for the real thing.",
+            "",
+        ]
+    out += ["| figure | measured | target | verdict |", "|---|---|---|---|"]
+    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in verdicts(r)]
+    out += [
+        "",
+        "## Phases",
+        "",
+        "| phase | server | clients | offered /s | sent /s | deltas | delivered | lost "
+        "| p50 ms | p99 ms | max ms | server CPU (cores) | server us/delivery "
+        "| client peak (core) | others (cores) | frames | batches | closed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, ph in r["phases"].items():
+        if "server" not in ph:
+            continue
+        share = ph["cpu_share"].get(ph["server"])
+        out.append(
+            f"| {key} | {ph['server']} | {ph['clients']:,} | {fmt(ph['rate_offered'])} "
+            f"| {fmt(ph['rate_sent'])} | {ph['deltas']:,} | {ph['delivered']:,} "
+            f"| {ph['lost']:,} | {fmt(ph['p50_ms'])} | {fmt(ph['p99_ms'])} "
+            f"| {fmt(ph['max_ms'])} | {fmt(share)} | {fmt(ph['server_cpu_us_per_delivery'])} "
+            f"| {ph['client_cpu_peak']:.0%} | {fmt(ph.get('other_cores'))} "
+            f"| {ph['frames']:,} | {ph['batches']:,} "
+            f"| {ph['closed_codes'] or '-'} |"
+        )
+    idle = r["phases"].get("idle", {})
+    claims = r["phases"].get("claims_websocket", {})
+    store_claims = r["phases"].get("claims_store", {})
+    e2e = r["phases"].get("e2e", {})
+    stages = e2e.get("stages", {})
+    ceiling = r["phases"].get("ceiling", {})
+    out += [
+        "",
+        "## How these were measured",
+        "",
+        f"- **Ceiling**: {ceiling.get('concurrency')} concurrent exam chains through "
+        "`ExamStore` (create, then ARRIVED, IN_PROGRESS, COMPLETED, FINAL; each transition "
+        f"reads then writes) for {s['ceiling_s']} s after {s['warmup_s']} s of unmeasured "
+        "writes (DynamoDB Local's JIT warms up), on a table no relay reads. "
+        f"Writer CPU share: {ceiling.get('cpu_share', {}).get('bench', 'n/a')} of a core.",
+        "- **End to end**: the same writer paced at 90 % of the ceiling; latency = the "
+        "client's receive time - `delta.updated_at`. The store stamps `updated_at` *before* "
+        "DynamoDB acknowledges the write, so this overestimates the product's definition "
+        "(write acknowledged -> received), which is shown on its own line: the writer notes "
+        "when each write returned. Stages, p50 / p99 ms: stamp -> acknowledged "
+        f"{pair(stages.get('stamp_to_ack'))}; acknowledged -> published by the relay (a "
+        f"Redis subscriber in the benchmark) {pair(stages.get('ack_to_relay_publish'))}; "
+        f"published -> received {pair(stages.get('publish_to_client'))}.",
+        "- **Fan-out**: deltas published with `WorklistFeed.publish` (the relay's own call) "
+        "in 5 ms ticks, `updated_at` = publish time; unique exam ids, so every client must "
+        "receive every delta. `lost` counts (delta, client) pairs missing after the drain "
+        f"(at most {s['drain_cap_s']} s, or 5 s without progress).",
+        "- **CPU per delivery**: the server process's user+system CPU over the phase "
+        "(injection and drain) divided by the deliveries clients received. The baseline "
+        "(`loadtest/baseline.py`: redis.asyncio pub/sub -> `websockets` `broadcast`, uvloop) "
+        "got the same messages at the same rates and client count.",
+        f"- **Idle sessions**: a fresh gateway process; each session opened, "
+        f"{'authenticated, ' if r.get('auth') else ''}subscribed to its tenant's (empty) "
+        f"feed and left idle, {IDLE_PER_TENANT} users per tenant over {idle.get('tenants')} "
+        f"tenants; RSS growth / sessions held. RSS {idle.get('rss_before_mb')} -> "
+        f"{idle.get('rss_after_mb')} MB for {idle.get('held')} sessions, opened in "
+        f"{idle.get('open_s')} s.",
+        f"- **Claims**: {CLAIMERS} users claim one exam at once, the winner releases it; "
+        + (
+            f"over the WebSocket ({CLAIMERS} authenticated sessions, `claim` -> `claimed` or "
+            f"`conflict`): {claims.get('rounds')} rounds, "
+            f"{claims.get('rounds_without_winner')} without a winner, errors "
+            f"{claims.get('errors') or 'none'}. "
+            if claims
+            else "the gateway has no `claim` message yet. "
+        )
+        + f"At the store (`dynamo.claims.Claims`, one aioboto3 client, DynamoDB Local): "
+        f"{store_claims.get('rounds')} rounds, {store_claims.get('rounds_without_winner')} "
+        "without a winner.",
+        "- Load clients: `websockets` asyncio clients, "
+        f"{s['client_procs']} processes, compression off (so is the baseline's); "
+        f"gateway `GATEWAY_CLIENT_QUEUE={r['gateway_client_queue']}`; "
+        f"auth {'on' if r.get('auth') else 'off (gateway/auth.py not present yet)'}.",
+    ]
+    if r.get("other_cores_max", 0) > OTHERS_LIMIT:
+        out.append(
+            f"- **Disturbed**: processes the benchmark did not start used up to "
+            f"{r['other_cores_max']:.2f} cores during a phase (`other_cores` per phase in "
+            "bench.json); on a 2-core box every figure above is then pessimistic."
+        )
+    if r["client_limited"]:
+        out.append(
+            f"- **Client-limited**: a load-client process used up to "
+            f"{r['client_cpu_peak']:.0%} of a core during a phase, so part of the latency "
+            "is the clients' own queueing, and the server shared 2 cores with them."
+        )
+    out += [f"- {note}" for note in r["notes"]]
+    for key, prof in r["phases"].items():
+        if not key.startswith("profile_") or not prof.get("samples"):
+            continue
+        out += [
+            "",
+            f"## Gateway profile: {key[8:]} (py-spy, {prof['samples']} samples)",
+            "",
+            "| self % | function | | inclusive % | function |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {a[1]} | `{a[0]}` | | {b[1]} | `{b[0]}` |"
+                for a, b in zip(prof["self"], prof["inclusive"], strict=False)
+            ),
+        ]
+    return "\n".join(out) + "\n"

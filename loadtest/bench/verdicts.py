@@ -1,0 +1,176 @@
+"""The summary table: each figure beside its target, PASS or MISS."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from loadtest.bench.config import CLAIMERS
+
+__all__ = ["fmt", "pair", "verdicts"]
+
+
+def fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        text = f"{value:,.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    else:
+        text = f"{value:,}" if isinstance(value, int) else str(value)
+    return f"{text} {unit}".strip()
+
+
+def pair(stats: Mapping[str, Any] | None) -> str:
+    if not stats:
+        return "n/a"
+    return f"{fmt(stats.get('p50_ms'))} / {fmt(stats.get('p99_ms'))}"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+def _lt(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value < limit
+
+
+def verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(figure, measured, target, verdict) rows of the summary table."""
+    return [
+        *_verdicts(r),
+        (
+            f"HL7 over MLLP: messages/s, ACK p50 / p99 ({r.get('hl7_messages')} messages, "
+            f"{r.get('hl7_connections')} connections)",
+            f"{fmt(r.get('hl7_messages_per_s'), '/s')}, "
+            f"{fmt(r.get('hl7_ack_p50_ms'))} / {fmt(r.get('hl7_ack_p99_ms'), 'ms')}",
+            "every message acknowledged AA once",
+            "PASS"
+            if r.get("hl7_refused") == 0 and r.get("hl7_accepted") == r.get("hl7_messages")
+            else "MISS",
+        ),
+    ]
+
+
+def _verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    scale = r["scale"]
+    e2e_ok = _lt(r["e2e_p99_ms"], 150)
+    if e2e_ok is not None:
+        e2e_ok = e2e_ok and r.get("e2e_lost") == 0
+    fan_ok = _lt(r["fanout_p99_ms_at_200"], 100)
+    if fan_ok is not None:
+        fan_ok = fan_ok and r.get("fanout_lost_at_200") == 0
+    gw, base = r["gateway_cpu_us_per_delta"], r["baseline_cpu_us_per_delta"]
+    ceiling = r["dynamo_ceiling_writes_per_s"]
+    rate = r["e2e_updates_per_s"]
+    rows = [
+        (
+            "DynamoDB Local write ceiling (Python writer)",
+            fmt(ceiling, "writes/s"),
+            "~300 writes/s (reference)",
+            "info",
+        ),
+        (
+            "end-to-end write rate",
+            fmt(rate, "updates/s"),
+            "the ceiling (>= 80 % of it)",
+            _verdict(None if rate is None or not ceiling else rate >= 0.8 * ceiling),
+        ),
+        (
+            f"end-to-end p50 / p99 / max, {r['clients']} clients",
+            f"{fmt(r['e2e_p50_ms'])} / {fmt(r['e2e_p99_ms'])} / {fmt(r.get('e2e_max_ms'))} ms",
+            "p99 < 150 ms, nothing lost",
+            _verdict(e2e_ok),
+        ),
+        (
+            "end-to-end p50 / p99 from the write's acknowledgement",
+            f"{fmt(r.get('e2e_p50_ms_from_ack'))} / {fmt(r.get('e2e_p99_ms_from_ack'))} ms",
+            "p99 < 150 ms (the product's own definition)",
+            _verdict(_lt(r.get("e2e_p99_ms_from_ack"), 150)),
+        ),
+        ("end-to-end lost deliveries", fmt(r.get("e2e_lost")), "0", _verdict(None)),
+        (
+            "fan-out p50 / p99 at 200 updates/s",
+            f"{fmt(r['fanout_p50_ms_at_200'])} / {fmt(r['fanout_p99_ms_at_200'])} ms",
+            "p99 < 100 ms, nothing lost",
+            _verdict(fan_ok),
+        ),
+        (
+            "fan-out p50 / p99 at 1,000 updates/s",
+            f"{fmt(r['fanout_p50_ms_at_1000'])} / {fmt(r['fanout_p99_ms_at_1000'])} ms",
+            "(no target)",
+            "info",
+        ),
+        (
+            "fan-out lost deliveries (200/s + 1,000/s)",
+            fmt(r["fanout_lost"]),
+            "0",
+            _verdict(r["fanout_lost"] == 0),
+        ),
+        (
+            "gateway CPU per delivered delta (200/s)",
+            fmt(gw, "us"),
+            f"<= baseline ({fmt(base, 'us')})",
+            _verdict(None if gw is None or base is None else gw <= base),
+        ),
+        (
+            "baseline CPU per delivered delta (200/s)",
+            fmt(base, "us"),
+            "~14 us (reference)",
+            "info",
+        ),
+        (
+            "gateway / baseline CPU per delta at 1,000/s",
+            f"{fmt(r.get('gateway_cpu_us_per_delta_at_1000'))} / "
+            f"{fmt(r.get('baseline_cpu_us_per_delta_at_1000'))} us",
+            "(no target)",
+            "info",
+        ),
+        (
+            "idle sessions held by one gateway",
+            fmt(r["max_connections"]),
+            f">= {scale['idle_connections']:,}",
+            _verdict(
+                None
+                if r["max_connections"] is None
+                else r["max_connections"] >= scale["idle_connections"]
+            ),
+        ),
+        (
+            "memory per idle session",
+            fmt(r["kb_per_connection"], "KB"),
+            "< 40 KB",
+            _verdict(_lt(r["kb_per_connection"], 40)),
+        ),
+        (
+            f"claim round trip p50 / p99 ({r.get('claim_measured_at')})",
+            f"{fmt(r.get('claim_p50_ms'))} / {fmt(r['claim_p99_ms'])} ms",
+            "p99 < 30 ms",
+            _verdict(_lt(r["claim_p99_ms"], 30)),
+        ),
+        (
+            "claim round trip p50 / p99 at the store (for comparison)",
+            f"{fmt(r.get('claim_p50_ms_store'))} / {fmt(r.get('claim_p99_ms_store'))} ms",
+            "(no target)",
+            "info",
+        ),
+        (
+            f"double claims in {fmt(r['claim_rounds'])} rounds of {CLAIMERS}"
+            + (
+                f" (+ {r['claim_rounds_store']} at the store)"
+                if r.get("claim_rounds_store")
+                else ""
+            ),
+            fmt(r["double_claims"]),
+            "0",
+            _verdict(None if r["double_claims"] is None else r["double_claims"] == 0),
+        ),
+        (
+            "client-limited (a load client near 100 % of a core)",
+            fmt(r["client_limited"]),
+            "no",
+            _verdict(None if r["client_limited"] is None else not r["client_limited"]),
+        ),
+    ]
+    return rows
