@@ -45,18 +45,38 @@ from dynamo.serde import from_attrs, to_attr, to_attrs
 from dynamo.store import ExamStore
 
 __all__ = [
+    "DISCREPANT",
     "RADPEER",
+    "RADPEER_LABELS",
     "Review",
     "ReviewState",
     "ReviewStore",
     "SelfReview",
     "new_reviewer_id",
+    "radpeer_table",
     "sampled",
 ]
 
-RADPEER = ("1", "2a", "2b", "3a", "3b")
+# The RADPEER scores (ACR), defined here only: the protocol's schema is checked against
+# them at import, and the page reads them from `GET /api/radpeer`.
+RADPEER_LABELS: dict[str, str] = {
+    "1": "Concur with interpretation",
+    "2a": "Discrepancy, understandable miss; unlikely clinically significant",
+    "2b": "Discrepancy, understandable miss; likely clinically significant",
+    "3a": "Discrepancy, should be made most of the time; unlikely clinically significant",
+    "3b": "Discrepancy, should be made most of the time; likely clinically significant",
+}
+RADPEER = tuple(RADPEER_LABELS)
 # Scores that need a comment and go to arbitration.
 DISCREPANT = frozenset({"2b", "3a", "3b"})
+
+
+def radpeer_table() -> list[dict[str, object]]:
+    """Every score with its label and whether it is discrepant (for clients)."""
+    return [
+        {"score": s, "label": label, "discrepant": s in DISCREPANT}
+        for s, label in RADPEER_LABELS.items()
+    ]
 
 
 class ReviewState(StrEnum):

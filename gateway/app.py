@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket
 
 from audit.settings import AuditSettings
 from dynamo.client import dynamodb_client
+from dynamo.review import radpeer_table
 from dynamo.settings import DynamoSettings
 from dynamo.sites import DEMO_TENANTS
 from gateway import reports
@@ -171,6 +172,9 @@ def create_app(
         )
         return JSONResponse({"token": token, "user": user.model_dump(mode="json")})
 
+    async def radpeer(request: Request) -> Response:
+        return JSONResponse(radpeer_table(), headers={"Cache-Control": "max-age=3600"})
+
     async def protocol_schema(request: Request) -> Response:
         return JSONResponse(schema())
 
@@ -188,6 +192,7 @@ def create_app(
         Route("/api/demo-users", demo_users),
         Route("/api/login", login, methods=["POST"]),
         Route("/protocol/schema.json", protocol_schema),
+        Route("/api/radpeer", radpeer),
         *reports.routes(audit_pool),
         Mount("/static", StaticFiles(directory=static_dir), name="static"),
         Route("/{path:path}", index),

@@ -9,11 +9,12 @@ bytes for speed; tests check those bytes validate against `DeltaFrame`.
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from dynamo.deltas import ExamDelta
+from dynamo.review import RADPEER
 from dynamo.states import ExamStatus
 from worklist_cache.views import View
 
@@ -144,6 +145,10 @@ class PresenceRequest(_Frame):
 
 
 RadpeerScore = Literal["1", "2a", "2b", "3a", "3b"]
+# A Literal must be spelled out for the schema and the type checker; it may not drift
+# from the store's one definition.
+if get_args(RadpeerScore) != RADPEER:  # pragma: no cover (fails at import)
+    raise RuntimeError("gateway.protocol.RadpeerScore differs from dynamo.review.RADPEER")
 
 
 class ReviewsRequest(_Frame):

@@ -131,7 +131,12 @@ class WsSession:
             self._waiting.pop(rid).set(f)
 
     def request(
-        self, frame: dict[str, Any], name: str, expect: str | None = None, timeout: float = 10
+        self,
+        frame: dict[str, Any],
+        name: str,
+        expect: str | None = None,
+        timeout: float = 10,
+        tolerate: str = "conflict",
     ) -> dict[str, Any] | None:
         """Send a request, wait for its reply, report the round trip. Errors with a code
         the scenario expects (a lost claim race) are returned, not failed."""
@@ -147,15 +152,22 @@ class WsSession:
             self._waiting.pop(rid, None)
             self.fire("WS", name, started, exc)
             return None
-        if expect is not None and reply["type"] != expect and reply.get("code") != "conflict":
+        if expect is not None and reply["type"] != expect and reply.get("code") != tolerate:
             self.fire("WS", name, started, RuntimeError(reply.get("code", reply["type"])))
             return reply
         self.fire("WS", name, started)
         return reply
 
     def subscribe(self, view: dict[str, Any]) -> None:
+        """Subscribe; while the tenant's cache is being rebuilt the gateway answers
+        `unavailable` (documented), and a client subscribes again shortly."""
         self.view = view
-        self.request({"type": "subscribe", "view": view}, "subscribe", expect="snapshot")
+        for _ in range(30):
+            frame = {"type": "subscribe", "view": view}
+            reply = self.request(frame, "subscribe", expect="snapshot", tolerate="unavailable")
+            if reply is None or reply.get("code") != "unavailable":
+                return
+            gevent.sleep((reply.get("detail") or {}).get("retry_after_ms", 500) / 1000)
 
     def resume(self) -> None:
         frame: dict[str, Any] = {"type": "subscribe", "view": self.view}

@@ -20,6 +20,7 @@ from dynamo.deltas import ExamDelta
 from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import ExamStore
 from relay.worker import rebuild
+from tests.conftest import UNIT
 from tests.support.exams import exam_bundle, exam_in
 from worklist_cache import FeedSubscriber, WorklistFeed, keys
 from worklist_cache.feed import urgency_score
@@ -179,7 +180,11 @@ async def test_a_snapshot_taken_while_deltas_flow_plus_later_deltas_equals_the_c
     await asyncio.sleep(0.05)
     snap = await feed.snapshot(tenant, View(statuses=[]), limit=10_000)
     await writing
-    await asyncio.sleep(0.2)
+    final_offset = (await feed.snapshot(tenant, View(statuses=[]), limit=1)).offset
+    for _ in range(int(200 * UNIT)):  # until the collector has heard the last delta
+        if seen and seen[-1]["offset"] == final_offset:
+            break
+        await asyncio.sleep(0.01)
     collector.cancel()
     await asyncio.gather(collector, return_exceptions=True)
     await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -15,16 +15,12 @@
 
 import { dayTime, dueIn, el } from "./format.js";
 
-export const RADPEER = ["1", "2a", "2b", "3a", "3b"];
+// The scores come from the server (`dynamo.review`, their one definition).
+const RADPEER_TABLE = await (await fetch("/api/radpeer")).json();
+export const RADPEER = RADPEER_TABLE.map((s) => s.score);
 // Scores that need a comment and go to the coordinator's arbitration.
-export const DISCREPANT = new Set(["2b", "3a", "3b"]);
-export const RADPEER_LABEL = {
-  1: "Concur with interpretation",
-  "2a": "Discrepancy, understandable miss; unlikely clinically significant",
-  "2b": "Discrepancy, understandable miss; likely clinically significant",
-  "3a": "Discrepancy, should be made most of the time; unlikely clinically significant",
-  "3b": "Discrepancy, should be made most of the time; likely clinically significant",
-};
+export const DISCREPANT = new Set(RADPEER_TABLE.filter((s) => s.discrepant).map((s) => s.score));
+export const RADPEER_LABEL = Object.fromEntries(RADPEER_TABLE.map((s) => [s.score, s.label]));
 const READER_STATE = {
   POOLED: "Sampled",
   ASSIGNED: "Under review",
