@@ -308,3 +308,64 @@ async def test_report_routes_serve_coordinators_of_the_callers_tenant_only(
         assert hidden.status_code == 404
         bad = await http.get("/api/reports/reads?from=yesterday&to=today", headers=coordinator)
         assert bad.status_code == 400
+
+
+@pytest.fixture
+def audit_gateway_env(audit_database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway the `stack` fixture starts reads the audit database under test."""
+    monkeypatch.setenv("AUDIT_DATABASE_URL", audit_database_url)
+    monkeypatch.setenv("AUDIT_TENANT_TIMEZONES", f"northwind={TZ}")
+
+
+@pytest.mark.slow
+async def test_a_coordinator_reads_the_reports_page_in_a_browser(
+    audit_gateway_env: None, seeded: list[Exam], stack: Any, page: Any
+) -> None:
+    from playwright.async_api import expect
+
+    from tests.support.pages import WAIT_MS, log_in
+
+    await log_in(page, stack.http_url, "nw-penrose")  # a northwind coordinator
+    link = page.locator("#reports-link")
+    await expect(link).to_be_visible()
+    await link.click()
+    await expect(page.locator("#report-to")).not_to_have_value("")  # the page's script ran
+    start, end = today_range(seeded)
+    await page.locator("#report-from").fill(start.isoformat())
+    await page.locator("#report-to").fill(end.isoformat())
+    await page.locator("#report-name").select_option("turnaround")
+    await page.locator("#report-run").click()
+    await expect(page.locator("#report-caption")).to_contain_text("northwind", timeout=WAIT_MS)
+    exams = await page.evaluate(
+        """() => {
+          const heads = [...document.querySelectorAll('#report-table th')].map(t => t.textContent);
+          const col = heads.indexOf('exams');
+          return [...document.querySelectorAll('#report-table tbody tr')]
+            .reduce((n, tr) => n + Number(tr.children[col].textContent), 0);
+        }"""
+    )
+    assert exams == len(seeded), "the page shows every read exam of the day once"
+    async with page.expect_download() as download:
+        await page.locator("#report-csv").click()
+    path = await (await download.value).path()
+    rows = list(csv.DictReader(io.StringIO(await asyncio.to_thread(path.read_text))))
+    assert sum(int(r["exams"]) for r in rows) == len(seeded)
+
+
+@pytest.mark.slow
+async def test_a_radiologist_sees_no_reports_link_and_the_api_refuses(
+    audit_gateway_env: None, stack: Any, pages: Any
+) -> None:
+    from playwright.async_api import expect
+
+    from tests.support.pages import log_in
+
+    pages.expect_console_error(r"status of 403")  # the refusal the page shows
+    page = await pages.new()
+    await log_in(page, stack.http_url, "nw-okafor")
+    await expect(page.locator("#reports-link")).to_be_hidden()
+    await page.goto(stack.http_url + "/static/reports.html")
+    await expect(page.locator("#report-to")).not_to_have_value("")  # the page's script ran
+    await page.locator("#report-run").click()
+    await expect(page.locator("#report-message")).to_contain_text("coordinators and admins")
+    assert await page.locator("#report-table tbody tr").count() == 0

@@ -516,6 +516,8 @@ async function enter(session) {
   $("#who").textContent = user.name;
   $("#role").textContent = user.roles.join(" \u00b7 ");
   $("#logout").hidden = false;
+  // The audit's reports are for coordinators and admins (the server checks it too).
+  $("#reports-link").hidden = !user.roles.some((r) => r === "coordinator" || r === "admin");
   $("#conn").hidden = false;
   $("#app").hidden = false;
   $("#readonly-note").hidden = !readOnly;
