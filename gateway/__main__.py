@@ -16,7 +16,8 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
-from gateway.app import ConfigurationError, bind, create_app
+from gateway.app import bind, create_app
+from gateway.exceptions import ConfigurationError
 from gateway.settings import GatewaySettings
 from service.logs import configure_logging
 

@@ -26,14 +26,15 @@ from dynamo.settings import DynamoSettings
 from dynamo.sites import DEMO_TENANTS
 from gateway import reports
 from gateway.auth import mint_token
-from gateway.context import ConfigurationError, Gateway, bind, build_verifier
+from gateway.context import Gateway, bind, build_verifier
 from gateway.demo_users import BY_SUB, DEMO_USERS
+from gateway.exceptions import ConfigurationError
 from gateway.protocol import CloseCode, schema
 from gateway.session import Session
 from gateway.settings import GatewaySettings
 from worklist_cache import CacheSettings
 
-__all__ = ["ConfigurationError", "bind", "build_verifier", "create_app"]
+__all__ = ["bind", "build_verifier", "create_app"]
 
 log = logging.getLogger("gateway")
 

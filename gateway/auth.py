@@ -20,10 +20,10 @@ import jwt
 from jwt.algorithms import has_crypto
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.exceptions import AuthError
 from worklist_cache.views import Scope
 
 __all__ = [
-    "AuthError",
     "JwksVerifier",
     "Principal",
     "Role",
@@ -73,13 +73,6 @@ class Principal(BaseModel):
     def public(self) -> dict[str, Any]:
         """What other users may see of this one (presence)."""
         return {"sub": self.sub, "name": self.name, "roles": [r.value for r in self.roles]}
-
-
-class AuthError(Exception):
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code  # "unauthorized" | "token_expired"
-        self.reason = reason
 
 
 class Verifier(Protocol):

@@ -23,6 +23,7 @@ from dynamo.review import ReviewStore
 from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
 from gateway.auth import JwksVerifier, SecretVerifier, Verifier
+from gateway.exceptions import ConfigurationError
 from gateway.handlers import claiming
 from gateway.handlers.reviewing import ReviewBoard
 from gateway.hub import Hub
@@ -49,10 +50,6 @@ def bind(settings: GatewaySettings) -> socket.socket:
     sock.bind((settings.host, settings.port))
     sock.set_inheritable(True)
     return sock
-
-
-class ConfigurationError(RuntimeError):
-    """The gateway cannot start as configured (the message says what to set)."""
 
 
 def build_verifier(settings: GatewaySettings) -> tuple[Verifier, str]:

@@ -27,7 +27,8 @@ from starlette.routing import Route
 
 from audit.reports import REPORTS, exam_history, run_report, to_csv
 from audit.settings import AuditSettings
-from gateway.auth import AuthError, Principal, Role, Verifier
+from gateway.auth import Principal, Role, Verifier
+from gateway.exceptions import AuthError
 
 __all__ = ["LazyPool", "routes"]
 

@@ -23,7 +23,8 @@ import orjson
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.auth import AuthError, Principal
+from gateway.auth import Principal
+from gateway.exceptions import AuthError, TenantNotBuilt
 from gateway.handlers import dispatch, worklists
 from gateway.hub import Client, Queued, Subscription, coalesce
 from gateway.protocol import (
@@ -387,10 +388,6 @@ class Session:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 3.0)
         self.request_close(CloseCode.INTERNAL, "worklist unavailable: reconnect", flush=False)
-
-
-class TenantNotBuilt(Exception):
-    """The tenant's cache is being rebuilt: its snapshot would be empty or old."""
 
 
 def _scope_of(p: Principal) -> tuple[Any, ...]:

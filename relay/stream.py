@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from dynamo import keys
 from dynamo.deltas import ExamDelta, ReviewDelta
 from dynamo.serde import to_attrs
+from relay.exceptions import LeaseLost
 from relay.normalize import Unreadable, normalize
 
 if TYPE_CHECKING:
@@ -64,10 +65,6 @@ class DeadLetterSink(Protocol):
     async def park(self, source: str, bad: Unreadable) -> None:
         """Keep a record that does not normalize where an operator finds it."""
         ...
-
-
-class LeaseLost(Exception):
-    """Another relay owns the shard now; this one stops reading it."""
 
 
 class DynamoDeadLetters:

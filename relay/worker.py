@@ -41,7 +41,8 @@ from relay.stream import DynamoDeadLetters, StreamRelay
 from service.logs import configure_logging
 from service.runner import run_until_signalled
 from worklist_cache import CacheSettings, WorklistFeed, connect
-from worklist_cache.rebuild import Rebuilder, RebuildIncomplete, TenantGuard
+from worklist_cache.exceptions import RebuildIncomplete
+from worklist_cache.rebuild import Rebuilder, TenantGuard
 
 log = logging.getLogger("relay.worker")
 

@@ -14,7 +14,8 @@ from websockets.exceptions import InvalidStatus
 
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
-from gateway.app import ConfigurationError, create_app
+from gateway.app import create_app
+from gateway.exceptions import ConfigurationError
 from gateway.protocol import server_frame
 from gateway.settings import GatewaySettings
 from tests.conftest import UNIT, Stack, token

@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from websockets.exceptions import ConnectionClosed
 
-from gateway.app import ConfigurationError, build_verifier, create_app
-from gateway.auth import AuthError, JwksVerifier
+from gateway.app import build_verifier, create_app
+from gateway.auth import JwksVerifier
+from gateway.exceptions import AuthError, ConfigurationError
 from gateway.settings import GatewaySettings
 from tests.conftest import UNIT, Stack
 from tests.support.wsclient import WsClient

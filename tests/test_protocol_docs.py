@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 
 from gateway.protocol import DeltaFrame, schema, server_frame
 from tests.conftest import Stack
@@ -52,3 +54,25 @@ def test_spliced_delta_frames_are_valid_protocol_frames() -> None:
     assert parsed[0].sub == "s-1" and not parsed[0].leave
     assert parsed[1].leave
     assert json.loads(sent[1])["delta"] == {"exam_id": "A1", "version": 4}, "no row in a leave"
+
+
+async def test_a_published_message_is_what_feed_message_builds(redis: Any) -> None:
+    """The Lua apply and its Python mirror (used for resume) build the same bytes."""
+    from dynamo.deltas import ExamDelta
+    from tests.support.exams import exam_bundle
+    from worklist_cache import WorklistFeed, keys
+    from worklist_cache.feed import feed_message
+
+    exam, _, _ = exam_bundle()
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.channel(exam.tenant))
+    await pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+    delta = ExamDelta.from_exam(exam)
+    (offset,) = await WorklistFeed(redis).publish([delta])
+    message = None
+    while message is None:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+    await pubsub.aclose()
+    epoch = json.loads(message["data"])["epoch"]
+    expected = feed_message(epoch, offset, orjson.dumps(delta.model_dump(mode="json")))
+    assert message["data"].decode() == expected

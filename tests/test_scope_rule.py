@@ -14,7 +14,8 @@ from dynamo.deltas import ExamDelta
 from dynamo.states import ExamStatus, Modality, Priority
 from tests.support.exams import exam_bundle
 from worklist_cache import WorklistFeed
-from worklist_cache.views import OutOfScope, Scope, View, scope_view
+from worklist_cache.exceptions import OutOfScope
+from worklist_cache.views import Scope, View, scope_view
 
 SITES = ["NW-GEN", "NW-ORT", "NW-IMG"]
 SUBSPECIALTIES = ["neuro", "msk", "body"]

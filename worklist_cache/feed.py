@@ -55,6 +55,14 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def feed_message(epoch: str, offset: str, delta_json: bytes | str) -> str:
+    """A feed message's text, as the apply script publishes it (`scripts.APPLY` builds
+    the same bytes in Lua): `{"epoch":..,"offset":..,"delta":{..}}`. History entries are
+    turned into it for resume, so one routing rule (`gateway.hub.route`) reads both."""
+    delta = delta_json.decode() if isinstance(delta_json, bytes) else delta_json
+    return '{"epoch":"' + epoch + '","offset":"' + offset + '","delta":' + delta + "}"
+
+
 def offset_key(offset: str) -> tuple[int, int]:
     """Redis stream IDs (\"ms-seq\") in feed order."""
     ms, _, seq = offset.partition("-")

@@ -39,6 +39,7 @@ from dynamo.deltas import ExamDelta, ReviewDelta
 from dynamo.models import Exam, exam_from_item, now_ms
 from dynamo.states import OPEN_STATES, ExamStatus, Modality
 from dynamo.store import ExamStore
+from worklist_cache.exceptions import RebuildIncomplete
 from worklist_cache.feed import WorklistFeed
 
 __all__ = ["Divergence", "RebuildIncomplete", "Rebuilder", "TenantGuard", "in_scope"]
@@ -53,14 +54,6 @@ _READS = 16  # consistent point reads in flight
 
 class Sink(Protocol):
     async def publish(self, deltas: Sequence[ExamDelta | ReviewDelta]) -> object: ...
-
-
-class RebuildIncomplete(Exception):
-    """A rebuild could not be marked built (Redis restarted under it, again and again)."""
-
-    def __init__(self, tenant: str) -> None:
-        super().__init__(f"the rebuild of {tenant} did not complete")
-        self.tenant = tenant
 
 
 def in_scope(status: str, scheduled_at: int, cutoff_ms: int) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from dynamo.states import OPEN_STATES, ExamStatus, Modality, Priority
+from worklist_cache.exceptions import OutOfScope
 
 DEFAULT_STATUSES: tuple[ExamStatus, ...] = tuple(s for s in ExamStatus if s in OPEN_STATES)
 
@@ -70,10 +71,6 @@ class Scope:
             and (not self.sites or row.get("site") in self.sites)
             and (not self.subspecialties or row.get("subspecialty") in self.subspecialties)
         )
-
-
-class OutOfScope(Exception):
-    """A view asks for sites or subspecialties its user may not read."""
 
 
 def scope_view(view: View, scope: Scope) -> View:

@@ -15,8 +15,9 @@ import orjson
 from gateway.hub import Subscription, route
 from gateway.protocol import ErrorCode, Subscribe, Unsubscribe
 from worklist_cache import keys
-from worklist_cache.feed import offset_key
-from worklist_cache.views import OutOfScope, scope_view
+from worklist_cache.exceptions import OutOfScope
+from worklist_cache.feed import feed_message, offset_key
+from worklist_cache.views import scope_view
 
 if TYPE_CHECKING:
     from gateway.handlers import Connection
@@ -146,7 +147,7 @@ async def resume(
         if sub.scope.allows(row):
             maybe_held.add(exam_id)
         last.pop(exam_id, None)
-        last[exam_id] = (row, entry_offset, _message(missed.epoch, entry_offset, raw_delta))
+        last[exam_id] = (row, entry_offset, feed_message(missed.epoch, entry_offset, raw_delta))
     # Untouched exams are held iff they match now; a touched one may be held if the
     # user could ever see it, and `route` decides from its last row.
     sub.in_view = got.members | maybe_held
@@ -174,11 +175,6 @@ async def resume(
     for exam_id, text in frames:
         session.client.send(text, sub.key_prefix + exam_id)
     _replay_pending(session, sub, got.offset)
-
-
-def _message(epoch: str, offset: str, raw_delta: bytes) -> str:
-    """A history entry as the feed's live message text (what `route` takes)."""
-    return '{"epoch":"' + epoch + '","offset":"' + offset + '","delta":' + raw_delta.decode() + "}"
 
 
 def _replay_pending(session: Connection, sub: Subscription, after_offset: str) -> None:
