@@ -171,9 +171,13 @@ class Session:
         self._closing.set_result((code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
-        # A client that stopped reading may never take the close frame: bound the wait.
+        # A client that stopped reading takes the close frame only when it reads again
+        # (behind what its buffers hold): it is let go from the feed at once, and the
+        # close frame waits for it, within a bound, so it learns why (4001) rather than
+        # seeing the connection drop.
+        self.gw.tenants_idle(self.gw.hub.detach(self.client))
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(code, reason), 2.0)
+            await asyncio.wait_for(self.ws.close(code, reason), self.gw.settings.close_timeout)
 
     def _overflowed(self, _client: Client) -> None:
         self.gw.metrics["evictions"] += 1

@@ -41,6 +41,9 @@ class GatewaySettings(BaseSettings):
     # The kernel's send buffer per connection (SO_SNDBUF, bytes; 0 = the kernel's own
     # autotuning, which lets a client that stopped reading absorb megabytes unseen).
     send_buffer_bytes: int = 256 * 1024
+    # Seconds a closing connection may take to accept its close frame (a client that
+    # stopped reading gets it when it reads again); then the socket is dropped.
+    close_timeout: float = 15.0
     max_subscriptions: int = 8
     max_frame_bytes: int = 64 * 1024
     snapshot_limit: int = 500
