@@ -345,7 +345,7 @@ class Hl7Sender(User):
 
 
 def planned_exam(prefix: str, n: int) -> Any:
-    from dynamo.sites import DEMO_TENANTS
+    from devstack.sites import DEMO_TENANTS
     from dynamo.states import Priority
     from loadtest.plan import exam_now
 
