@@ -29,6 +29,7 @@ from locust import LoadTestShape, User, between, constant_pacing, task
 
 from gateway.auth import mint_token
 from hl7_ingest.mllp import FrameDecoder, wrap
+from loadtest.people import PEOPLE
 from loadtest.settings import LoadtestSettings
 from loadtest.syncwriter import SyncExamWriter
 
@@ -172,7 +173,7 @@ class Radiologist(User):
 
     def on_start(self) -> None:
         n = next(_users)
-        self.ws = WsSession(self, f"lt-rad-{n}", f"Load Radiologist {n}", ("radiologist",))
+        self.ws = WsSession(self, f"lt-rad-{n % PEOPLE}", f"Load Radiologist {n}", ("radiologist",))
         self.ws.open()
         self.ws.subscribe({"statuses": ["COMPLETED", "PRELIMINARY"]})
 
@@ -202,7 +203,9 @@ class Coordinator(User):
 
     def on_start(self) -> None:
         n = next(_users)
-        self.ws = WsSession(self, f"lt-coord-{n}", f"Load Coordinator {n}", ("coordinator",))
+        self.ws = WsSession(
+            self, f"lt-coord-{n % PEOPLE}", f"Load Coordinator {n}", ("coordinator",)
+        )
         self.ws.open()
         self.ws.subscribe({"statuses": []})
         self.ws.request({"type": "review_list"}, "review_list", expect="reviews")
@@ -227,7 +230,7 @@ class Reconnector(User):
 
     def on_start(self) -> None:
         n = next(_users)
-        self.ws = WsSession(self, f"lt-flaky-{n}", f"Load Flaky {n}", ("radiologist",))
+        self.ws = WsSession(self, f"lt-flaky-{n % PEOPLE}", f"Load Flaky {n}", ("radiologist",))
         self.ws.open()
         self.ws.subscribe({})
 
