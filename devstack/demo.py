@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,7 @@ class Demo:
             "AUDIT_DATABASE_URL": database_url,
             **self.extra_env,
         }
+        self._seed_directory()
         self._spawn("relay", [sys.executable, "-m", "relay"])
         self._spawn("audit", [sys.executable, "-m", "audit"])
         gateway = self._spawn("gateway", [sys.executable, "-m", "gateway"])
@@ -107,6 +109,25 @@ class Demo:
         if self.simulate:
             self._spawn("simulator", [sys.executable, "-m", "loadtest.simulator"])
         return f"http://127.0.0.1:{port}/"
+
+    def _seed_directory(self) -> None:
+        """The demo's groups, sites and people, loaded with the operator's own import
+        (idempotent: a restart over the same table changes nothing)."""
+        from devstack.seed import SEED
+
+        argv = [sys.executable, "-m", "dynamo.directory", "--actor", "make-demo"]
+        done = subprocess.run(
+            [*argv, "import", str(SEED)],
+            env={**os.environ, **self.env},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"seeding the directory failed: {done.stderr.strip()}")
+        _say("directory seeded from " + _rel(SEED))
 
     def _spawn(self, name: str, argv: list[str]) -> ManagedProcess:
         log = (LOG_DIR / f"{name}.log").open("ab")

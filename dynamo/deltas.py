@@ -75,3 +75,15 @@ class ReviewDelta(Review):
     kind: Literal["review"] = "review"
     op: Literal["upsert", "remove"] = "upsert"
     exam_id: str
+
+
+class DirectoryChange(BaseModel):
+    """A tenant, site or person of the directory changed (a notice, not a row: it
+    carries no privileges, only what to read again)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str
+    kind: str  # "tenant" | "site" | "person"
+    key: str  # the tenant's code, the site's code, the person's sub
+    version: int

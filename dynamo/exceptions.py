@@ -10,6 +10,12 @@
     │   ├── NotClaimable          the exam is not in a state that can be read
     │   └── StaleToken            the token is not the current claim's (UPS C301)
     ├── ForeignPatient            the patient id names another tenant's profile
+    ├── DirectoryError            root of the directory's errors (tenants, sites, people)
+    │   ├── DirectoryNotFound     no tenant, site or person with that key
+    │   ├── DirectoryExists       an add of a tenant, site or person already stored
+    │   ├── DirectoryConflict     another operator changed the entry since it was read
+    │   └── InvalidEntry          bad input: an unknown site or role, a duplicate `sub`,
+    │                             a malformed file (names the row and the field)
     ├── StoreUnavailable          DynamoDB kept throttling or failing after every retry
     └── PermanentStoreError       DynamoDB refused for a reason retrying will not fix
 
@@ -140,6 +146,49 @@ class ForeignPatient(StoreError):
 
     def __init__(self) -> None:
         super().__init__("the patient profile belongs to another tenant")
+
+
+class DirectoryError(StoreError):
+    code = "directory_error"
+
+
+class DirectoryNotFound(DirectoryError):
+    code = "not_found"
+
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"no {kind} {key}")
+        self.kind = kind
+        self.key = key
+
+
+class DirectoryExists(DirectoryError):
+    code = "conflict"
+
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"{kind} {key} already exists (update it instead)")
+        self.kind = kind
+        self.key = key
+
+
+class DirectoryConflict(DirectoryError):
+    code = "conflict"
+
+    def __init__(self, kind: str, key: str, expected: int) -> None:
+        super().__init__(f"{kind} {key} changed since version {expected} was read: read it again")
+        self.kind = kind
+        self.key = key
+        self.expected = expected
+
+
+class InvalidEntry(DirectoryError):
+    """Bad input; nothing was changed. `row` is the file's row (1 = the first data
+    row) when the input came from a file."""
+
+    code = "bad_request"
+
+    def __init__(self, message: str, *, row: int | None = None) -> None:
+        super().__init__(f"row {row}: {message}" if row is not None else message)
+        self.row = row
 
 
 class ConditionFailed(Exception):

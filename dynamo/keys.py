@@ -121,3 +121,41 @@ HL7_DEAD_PK = "HL7DEAD"
 
 def hl7_dead_sk(dead_letter_id: str) -> str:
     return f"DL#{dead_letter_id}"
+
+
+# ---- the directory: tenants, sites, people, and the audit of every change ----------
+#    tenant           DIRECTORY            TENANT#{tenant}
+#    site             DIRECTORY#{tenant}   SITE#{code}
+#    person           DIRECTORY#{tenant}   PERSON#{sub}
+#    change record    DIRAUDIT#{tenant}    {ms:013d}#{kind}#{key}#{version}
+# (entity "DIRECTORY" on the first three: the relay turns them into change notices;
+# never STUDY#: they are not exams.)
+
+DIRECTORY_PK = "DIRECTORY"
+TENANT_PREFIX = "TENANT#"
+SITE_PREFIX = "SITE#"
+PERSON_PREFIX = "PERSON#"
+
+
+def directory_tenant_sk(tenant: str) -> str:
+    return f"{TENANT_PREFIX}{tenant}"
+
+
+def directory_pk(tenant: str) -> str:
+    return f"DIRECTORY#{tenant}"
+
+
+def directory_site_sk(code: str) -> str:
+    return f"{SITE_PREFIX}{code}"
+
+
+def directory_person_sk(sub: str) -> str:
+    return f"{PERSON_PREFIX}{sub}"
+
+
+def directory_audit_pk(tenant: str) -> str:
+    return f"DIRAUDIT#{tenant}"
+
+
+def directory_audit_sk(at_ms: int, kind: str, key: str, version: int) -> str:
+    return f"{at_ms:013d}#{kind}#{key}#{version}"

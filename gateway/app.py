@@ -23,12 +23,10 @@ from audit.settings import AuditSettings
 from dynamo.client import dynamodb_client
 from dynamo.review import radpeer_table
 from dynamo.settings import DynamoSettings
-from dynamo.sites import DEMO_TENANTS
 from gateway import reports
-from gateway.auth import mint_token
+from gateway.auth import Role, mint_token
 from gateway.context import Gateway, bind, build_verifier
-from gateway.demo_users import BY_SUB, DEMO_USERS
-from gateway.exceptions import ConfigurationError
+from gateway.exceptions import AuthError, ConfigurationError
 from gateway.protocol import CloseCode, schema
 from gateway.session import Session
 from gateway.settings import GatewaySettings
@@ -138,24 +136,75 @@ def create_app(
         return PlainTextResponse("\n".join(lines) + "\n")
 
     async def tenants(request: Request) -> Response:
-        return JSONResponse([t.model_dump(mode="json") for t in DEMO_TENANTS])
+        """The directory's active tenants and their active sites."""
+        gw: Gateway = request.app.state.gw
+        out = []
+        for t in await gw.directory.tenants():
+            if not t.active:
+                continue
+            sites = [
+                {"code": s.code, "name": s.name, "kind": s.kind}
+                for s in await gw.directory.sites(t.code)
+                if s.active
+            ]
+            out.append({"code": t.code, "name": t.name, "time_zone": t.time_zone, "sites": sites})
+        return JSONResponse(out)
+
+    def _person_json(p: Any) -> dict[str, Any]:
+        data: dict[str, Any] = p.content()
+        data.pop("modalities", None)
+        return data
 
     async def demo_users(request: Request) -> Response:
+        """Demo mode only: who the login screen offers (the directory's active people)."""
+        gw: Gateway = request.app.state.gw
         if not settings.demo:
             return JSONResponse([], status_code=200)
-        return JSONResponse([u.model_dump(mode="json") for u in DEMO_USERS])
+        people = [
+            _person_json(p)
+            for t in await gw.directory.tenants()
+            for p in await gw.directory.people(t.code)
+            if p.active
+        ]
+        return JSONResponse(people)
+
+    async def people(request: Request) -> Response:
+        """The caller's tenant's active people (a coordinator's reviewer picker, an
+        admin's page): bearer token of a coordinator or admin."""
+        gw: Gateway = request.app.state.gw
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return JSONResponse(
+                {"code": "unauthorized", "message": "a bearer token is required"}, status_code=401
+            )
+        try:
+            _, who = await gw.authenticator.authenticate(token.strip())
+        except AuthError as exc:
+            return JSONResponse({"code": exc.code, "message": exc.reason}, status_code=401)
+        if not (who.has(Role.COORDINATOR) or who.has(Role.ADMIN)):
+            return JSONResponse(
+                {"code": "forbidden", "message": "for coordinators and admins"}, status_code=403
+            )
+        found = [_person_json(p) for p in await gw.directory.people(who.tenant) if p.active]
+        return JSONResponse(found)
 
     async def login(request: Request) -> Response:
-        """Demo mode only: a token for one of the demo users."""
+        """Demo mode only: a token for one of the directory's people (the demo's are
+        seed data: `make demo` imports them like an operator would)."""
         gw: Gateway = request.app.state.gw
         if not settings.demo or not gw.signing_secret:
             return JSONResponse(
                 {"code": "forbidden", "message": "log in through your identity provider"},
                 status_code=403,
             )
+        user = None
         try:
             body = await request.json()
-            user = BY_SUB[str(body["user"])]
+            sub = str(body["user"])
+            for t in await gw.directory.tenants():
+                user = user or await gw.directory.person(t.code, sub)
+            if user is None or not user.active:
+                raise LookupError(sub)
         except Exception:
             return JSONResponse(
                 {"code": "bad_request", "message": 'send {"user": <a demo user\'s sub>}'},
@@ -167,11 +216,9 @@ def create_app(
             name=user.name,
             tenant=user.tenant,
             roles=[r.value for r in user.roles],
-            sites=list(user.sites),
-            subspecialties=list(user.subspecialties),
             ttl_s=settings.token_ttl,
         )
-        return JSONResponse({"token": token, "user": user.model_dump(mode="json")})
+        return JSONResponse({"token": token, "user": _person_json(user)})
 
     async def radpeer(request: Request) -> Response:
         return JSONResponse(radpeer_table(), headers={"Cache-Control": "max-age=3600"})
@@ -191,6 +238,7 @@ def create_app(
         Route("/metrics", metrics),
         Route("/api/tenants", tenants),
         Route("/api/demo-users", demo_users),
+        Route("/api/people", people),
         Route("/api/login", login, methods=["POST"]),
         Route("/protocol/schema.json", protocol_schema),
         Route("/api/radpeer", radpeer),

@@ -1,10 +1,13 @@
-"""Who is on the other end: signed, short-lived tokens and the principal they name.
+"""Who is on the other end: signed, short-lived tokens prove an `Identity`; the
+directory says what that person may do (`principal_for` builds the `Principal`).
 
-A token is a JWT with `sub`, `name`, `roles`, `tenant`, `sites`, `subspecialties` and
-`exp`. The verifier is pluggable: `SecretVerifier` checks HS256 tokens signed with the
-gateway's secret (what the demo's login endpoint issues); `JwksVerifier` checks an OIDC
-provider's tokens against its JWKS. Errors carry a stable wire code and never echo the
-token.
+A token is a JWT with `sub`, the tenant (claim `GATEWAY_TENANT_CLAIM`, default
+`tenant`) and `exp`; a roles claim (`GATEWAY_ROLES_CLAIM`, default `roles`) may narrow
+the directory's roles, never widen them. Sites, subspecialties and the display name come
+from the directory only: claims of that kind in a token are ignored. The verifier is
+pluggable: `SecretVerifier` checks HS256 tokens signed with the gateway's secret (what
+the demo's login endpoint issues); `JwksVerifier` checks an OIDC provider's tokens
+against its JWKS. Errors carry a stable wire code and never echo the token.
 """
 
 from __future__ import annotations
@@ -13,35 +16,36 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
 from jwt.algorithms import has_crypto
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dynamo.directory.models import Role
 from gateway.exceptions import AuthError
 from worklist_cache.views import Scope
 
+if TYPE_CHECKING:
+    from dynamo.directory.models import Person
+    from dynamo.directory.store import DirectoryStore
+
 __all__ = [
+    "Authenticator",
+    "Identity",
     "JwksVerifier",
     "Principal",
     "Role",
     "SecretVerifier",
     "Verifier",
     "mint_token",
+    "principal_for",
 ]
 
 log = logging.getLogger("gateway.auth")
 
 ALGORITHM = "HS256"
 LEEWAY_S = 5
-
-
-class Role(StrEnum):
-    RADIOLOGIST = "radiologist"
-    COORDINATOR = "coordinator"
-    ADMIN = "admin"
 
 
 class Principal(BaseModel):
@@ -75,16 +79,62 @@ class Principal(BaseModel):
         return {"sub": self.sub, "name": self.name, "roles": [r.value for r in self.roles]}
 
 
+class Identity(BaseModel):
+    """What a valid token proves: who (`sub` of `tenant`), until when, and the roles the
+    token allows (None: the claim is absent, the directory's roles hold)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sub: str = Field(min_length=1, max_length=128)
+    tenant: str = Field(pattern=r"^[a-z0-9-]{1,40}$")
+    exp: int  # epoch seconds
+    roles: tuple[str, ...] | None = None
+
+
 class Verifier(Protocol):
-    async def verify(self, token: str) -> Principal: ...
+    async def verify(self, token: str) -> Identity: ...
 
 
-def _principal(claims: dict[str, Any]) -> Principal:
+def _identity(claims: dict[str, Any], tenant_claim: str, roles_claim: str) -> Identity:
+    roles = claims.get(roles_claim)
+    if isinstance(roles, str):
+        roles = roles.split()
     try:
-        return Principal.model_validate(claims)
+        return Identity.model_validate(
+            {
+                "sub": claims.get("sub"),
+                "tenant": claims.get(tenant_claim),
+                "exp": claims.get("exp"),
+                "roles": tuple(str(r) for r in roles)
+                if isinstance(roles, list | tuple | set)
+                else None,
+            }
+        )
     except ValidationError as exc:
         fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors()[:3])
         raise AuthError("unauthorized", f"token lacks valid claims: {fields}") from None
+
+
+def principal_for(identity: Identity, person: Person | None) -> Principal:
+    """The session's principal: the directory's person (roles, sites, subspecialties),
+    for as long as the token lasts. An unknown or inactive person is `unauthorized`;
+    a token's roles claim keeps only the directory's roles it also names."""
+    if person is None or not person.active:
+        raise AuthError("unauthorized", "not an active person of this tenant's directory")
+    roles = tuple(person.roles)
+    if identity.roles is not None:
+        roles = tuple(r for r in roles if r.value in identity.roles)
+        if not roles:
+            raise AuthError("unauthorized", "the token allows none of this person's roles")
+    return Principal(
+        sub=person.sub,
+        name=person.name,
+        roles=roles,
+        tenant=person.tenant,
+        sites=person.sites,
+        subspecialties=person.subspecialties,
+        exp=identity.exp,
+    )
 
 
 def _decode_error(exc: jwt.PyJWTError) -> AuthError:
@@ -93,16 +143,42 @@ def _decode_error(exc: jwt.PyJWTError) -> AuthError:
     return AuthError("unauthorized", "the token is not valid")
 
 
+class Authenticator:
+    """A token's identity, then the directory's person: the one way every path (the
+    WebSocket's `auth`, the HTTP API) turns a bearer token into a `Principal`."""
+
+    def __init__(self, verifier: Verifier, directory: DirectoryStore) -> None:
+        self.verifier = verifier
+        self.directory = directory
+
+    async def authenticate(self, token: str) -> tuple[Identity, Principal]:
+        identity = await self.verifier.verify(token)
+        return identity, await self.principal(identity)
+
+    async def principal(self, identity: Identity) -> Principal:
+        """The principal as the directory has it now (a live session's re-check)."""
+        person = await self.directory.person(identity.tenant, identity.sub)
+        return principal_for(identity, person)
+
+
 class SecretVerifier:
     """HS256 tokens signed with a shared secret."""
 
-    def __init__(self, secret: str, *, audience: str | None = None) -> None:
+    def __init__(
+        self,
+        secret: str,
+        *,
+        audience: str | None = None,
+        tenant_claim: str = "tenant",
+        roles_claim: str = "roles",
+    ) -> None:
+        self._claims = (tenant_claim, roles_claim)
         if len(secret) < 32:
             raise ValueError("the signing secret must be at least 32 characters")
         self._secret = secret
         self._audience = audience
 
-    async def verify(self, token: str) -> Principal:
+    async def verify(self, token: str) -> Identity:
         try:
             claims = jwt.decode(
                 token,
@@ -114,7 +190,7 @@ class SecretVerifier:
             )
         except jwt.PyJWTError as exc:
             raise _decode_error(exc) from None
-        return _principal(claims)
+        return _identity(claims, *self._claims)
 
 
 class JwksVerifier:
@@ -140,7 +216,10 @@ class JwksVerifier:
         cache_seconds: float = 300.0,
         cooldown_seconds: float = 30.0,
         fetch_timeout: float = 5.0,
+        tenant_claim: str = "tenant",
+        roles_claim: str = "roles",
     ) -> None:
+        self._claims = (tenant_claim, roles_claim)
         if not audience or not issuer:
             raise ValueError("JWKS mode needs both an issuer and an audience")
         if cache_seconds <= 0 or cooldown_seconds < 0:
@@ -162,7 +241,7 @@ class JwksVerifier:
         self._attempted_at: float | None = None  # last fetch, successful or not
         self._lock = asyncio.Lock()  # one fetch at a time; waiters reuse its result
 
-    async def verify(self, token: str) -> Principal:
+    async def verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -192,7 +271,7 @@ class JwksVerifier:
             )
         except jwt.PyJWTError as exc:
             raise _decode_error(exc) from None
-        return _principal(claims)
+        return _identity(claims, *self._claims)
 
     def _expired(self) -> bool:
         return self._fetched_at is None or (

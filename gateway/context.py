@@ -14,15 +14,18 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import orjson
 from redis.asyncio import Redis
 from starlette.websockets import WebSocket
 
 from dynamo.claims import Claims
+from dynamo.directory import DirectoryStore
+from dynamo.exceptions import StoreError
 from dynamo.models import now_ms
 from dynamo.review import ReviewStore
 from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
-from gateway.auth import JwksVerifier, SecretVerifier, Verifier
+from gateway.auth import Authenticator, JwksVerifier, SecretVerifier, Verifier
 from gateway.exceptions import ConfigurationError
 from gateway.handlers import claiming
 from gateway.handlers.reviewing import ReviewBoard
@@ -76,6 +79,8 @@ def build_verifier(settings: GatewaySettings) -> tuple[Verifier, str]:
                 issuer=settings.jwt_issuer,
                 cache_seconds=settings.jwks_cache_seconds,
                 cooldown_seconds=settings.jwks_cooldown_seconds,
+                tenant_claim=settings.tenant_claim,
+                roles_claim=settings.roles_claim,
             )
         except ValueError as exc:
             raise ConfigurationError(f"GATEWAY_JWKS_URL: {exc}") from None
@@ -90,7 +95,13 @@ def build_verifier(settings: GatewaySettings) -> tuple[Verifier, str]:
         secret = secrets.token_urlsafe(32)  # a demo's tokens die with the process
     if len(secret) < 32:
         raise ConfigurationError("GATEWAY_JWT_SECRET must be at least 32 characters")
-    return SecretVerifier(secret, audience=settings.jwt_audience or None), secret
+    hs256 = SecretVerifier(
+        secret,
+        audience=settings.jwt_audience or None,
+        tenant_claim=settings.tenant_claim,
+        roles_claim=settings.roles_claim,
+    )
+    return hs256, secret
 
 
 class Gateway:
@@ -140,6 +151,10 @@ class Gateway:
         self.claim_renew_seconds = dynamo.claim_renew_seconds
         self.reviews = ReviewStore(self.store, lease_seconds=dynamo.claim_lease_seconds)
         self.reviews_board = ReviewBoard(self)
+        self.directory = DirectoryStore(self.store)
+        self.authenticator = Authenticator(self.verifier, self.directory)
+        self._directory_tenants: set[str] = set()  # tenants whose notices we hear
+        self._rechecks: set[asyncio.Task[None]] = set()
         self.draining = False
         own = {f"http://{settings.host}:{settings.port}", f"http://localhost:{settings.port}"}
         self.origins = own | {o.strip() for o in settings.origins.split(",") if o.strip()}
@@ -149,6 +164,60 @@ class Gateway:
         log.warning("feed gap: resyncing %d sessions", len(self.sessions))
         for session in list(self.sessions):
             session.resync()
+        # Directory notices may have been lost with the connection: read them all again.
+        self._spawn_recheck(list(self.sessions))
+
+    # ---- the directory: live changes to who may see what ---------------------------------
+
+    async def watch_directory(self, tenant: str) -> None:
+        """Hear the tenant's directory change notices (from its first session on)."""
+        if tenant in self._directory_tenants:
+            return
+        self._directory_tenants.add(tenant)
+        try:
+            await self.subscriber.subscribe(keys.directory_channel(tenant), self._directory_changed)
+        except BaseException:
+            self._directory_tenants.discard(tenant)
+            raise
+
+    def _directory_changed(self, raw: bytes) -> None:
+        try:
+            notice = orjson.loads(raw)
+            tenant, kind, key = notice["tenant"], notice["kind"], notice["key"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("unreadable directory notice ignored")
+            return
+        self.metrics["directory_notices"] += 1
+        affected = [
+            s
+            for s in self.sessions
+            if s.principal is not None
+            and s.principal.tenant == tenant
+            and (kind != "person" or s.principal.sub == key)
+        ]
+        self._spawn_recheck(affected)
+
+    def _spawn_recheck(self, sessions: list[Session]) -> None:
+        if not sessions:
+            return
+        task = asyncio.create_task(self.recheck(sessions), name="directory-recheck")
+        self._rechecks.add(task)
+        task.add_done_callback(self._rechecks.discard)
+
+    async def recheck(self, sessions: list[Session]) -> None:
+        """Read each person of these sessions once, and re-scope their sessions."""
+        groups: dict[tuple[str, str], list[Session]] = {}
+        for s in sessions:
+            if s.principal is not None:
+                groups.setdefault((s.principal.tenant, s.principal.sub), []).append(s)
+        for (tenant, sub), group in groups.items():
+            try:
+                person = await self.directory.person(tenant, sub)
+            except StoreError as exc:
+                log.warning("directory re-check failed (%s); next round retries", exc.code)
+                continue
+            for s in group:
+                s.rescope(person)
 
     def tenants_idle(self, tenants: list[str]) -> None:
         """The node's last local subscriber of these tenants left: drop their channels
@@ -219,12 +288,15 @@ class Gateway:
         """One loop for every session: expired tokens end their sessions, and live
         sessions' claims are renewed every `claim_renew_seconds`."""
         loop = asyncio.get_running_loop()
-        last_renewal = loop.time()
+        last_renewal = last_recheck = loop.time()
         while True:
             await asyncio.sleep(0.25)
             now = now_ms()
             for session in list(self.sessions):
                 session.check_expiry(now)
+            if loop.time() - last_recheck >= self.settings.directory_recheck_seconds:
+                last_recheck = loop.time()
+                self._spawn_recheck(list(self.sessions))
             if loop.time() - last_renewal >= self.claim_renew_seconds:
                 last_renewal = loop.time()
                 holders = [s for s in self.sessions if s.claims]
@@ -239,6 +311,8 @@ class Gateway:
     async def aclose(self) -> None:
         for handle in self._idle_tenants.values():
             handle.cancel()
+        for task in list(self._rechecks):
+            task.cancel()
         await self.supervisor.aclose()
         await self.presence.aclose()
         await self.subscriber.aclose()

@@ -55,6 +55,7 @@ class CloseCode(IntEnum):
     TOO_SLOW = 4001  # the client fell too far behind; reconnect and resume
     UNAUTHORIZED = 4003  # no valid `auth` in time, or a bad token: log in again
     TOKEN_EXPIRED = 4004  # the token expired and was not refreshed in-band
+    PRIVILEGES_CHANGED = 4005  # the directory changed what this person may see: reconnect
 
 
 class _Frame(BaseModel):

@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from audit.reports import REPORTS, exam_history, run_report, to_csv
 from audit.settings import AuditSettings
-from gateway.auth import Principal, Role, Verifier
+from gateway.auth import Authenticator, Principal, Role
 from gateway.exceptions import AuthError
 
 __all__ = ["LazyPool", "routes"]
@@ -78,19 +78,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _default_verifier(request: Request) -> Verifier:
-    return request.app.state.gw.verifier  # type: ignore[no-any-return]
+def _default_authenticator(request: Request) -> Authenticator:
+    return request.app.state.gw.authenticator  # type: ignore[no-any-return]
 
 
 def routes(
     pool: LazyPool | Callable[[], Any],
     *,
     settings: AuditSettings | None = None,
-    get_verifier: Callable[[Request], Verifier] = _default_verifier,
+    get_authenticator: Callable[[Request], Authenticator] = _default_authenticator,
 ) -> list[Route]:
     """The report routes. `pool` is a `LazyPool` or an async callable returning an open
-    psycopg pool; `get_verifier` finds the token verifier (by default the gateway's,
-    `app.state.gw.verifier`)."""
+    psycopg pool; `get_authenticator` finds what turns a token into a principal (by
+    default the gateway's, `app.state.gw.authenticator`: the token, then the directory)."""
     settings = settings or AuditSettings()
     get_pool = pool.get if isinstance(pool, LazyPool) else pool
 
@@ -100,7 +100,7 @@ def routes(
         if scheme.lower() != "bearer" or not token:
             return _error(401, "unauthorized", "a bearer token is required")
         try:
-            principal = await get_verifier(request).verify(token.strip())
+            _, principal = await get_authenticator(request).authenticate(token.strip())
         except AuthError as exc:
             return _error(401, exc.code, str(exc))
         if not (principal.has(Role.COORDINATOR) or principal.has(Role.ADMIN)):

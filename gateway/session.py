@@ -23,7 +23,8 @@ import orjson
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.auth import Principal
+from dynamo.directory.models import Person
+from gateway.auth import Identity, Principal, principal_for
 from gateway.exceptions import AuthError, TenantNotBuilt
 from gateway.handlers import dispatch, worklists
 from gateway.hub import Client, Queued, Subscription, coalesce
@@ -88,6 +89,7 @@ class Session:
             max_bytes=gw.settings.client_queue_bytes,
         )
         self.principal: Principal | None = None
+        self.identity: Identity | None = None  # what the token proved (for re-checks)
         self.claims: dict[str, str] = {}  # exam_id -> claim token (this connection's)
         # exam_id -> its site and subspecialty, for scoping what presence shows of it
         self.claim_rows: dict[str, dict[str, Any]] = {}
@@ -310,28 +312,35 @@ class Session:
     async def _auth(self, frame: Auth) -> None:
         """The first `auth` opens the session; a later one refreshes its token.
 
-        A refresh must name the same user with the same tenant, roles, sites and
-        subspecialties: a session is never re-scoped in place (its subscriptions,
-        presence and claims were granted under the old scope). Any failed auth, first
-        or refresh, ends the session with 4003 after its error: `forbidden` for another
-        user or scope, `unauthorized` or `token_expired` for a bad token.
+        The token proves who (`sub` of `tenant`); the directory says what they may see.
+        A refresh must name the same user: another is `forbidden` (4003). When the
+        directory changed the person's roles, sites or subspecialties meanwhile, the
+        session is not re-scoped in place (its subscriptions, presence and claims were
+        granted under the old scope): it closes with 4005, and the client reconnects.
+        Any failed auth, first or refresh, ends the session with 4003 after its error:
+        `unauthorized` or `token_expired` for a bad token or a person who is not active.
         """
         try:
-            principal = await self.gw.verifier.verify(frame.token)
+            identity, principal = await self.gw.authenticator.authenticate(frame.token)
         except AuthError as exc:
             self.gw.metrics["auth_failures"] += 1
             code = ErrorCode(exc.code)
             self.error(frame.id, code, exc.reason)
             self.request_close(CloseCode.UNAUTHORIZED, exc.reason)
             return
-        if self.principal is not None and _scope_of(principal) != _scope_of(self.principal):
-            self.gw.metrics["auth_rescope_refused"] += 1
-            message = "a session cannot change its user or scope: log in again"
-            self.error(frame.id, ErrorCode.FORBIDDEN, message)
-            self.request_close(CloseCode.UNAUTHORIZED, "user or scope changed: log in again")
-            return
+        if self.principal is not None:
+            if (principal.sub, principal.tenant) != (self.principal.sub, self.principal.tenant):
+                self.gw.metrics["auth_rescope_refused"] += 1
+                message = "a session cannot change its user: log in again"
+                self.error(frame.id, ErrorCode.FORBIDDEN, message)
+                self.request_close(CloseCode.UNAUTHORIZED, "user changed: log in again")
+                return
+            if _scope_of(principal) != _scope_of(self.principal):
+                self.privileges_changed()
+                return
         first = self.state is ConnectionState.CONNECTING
         self.principal = principal
+        self.identity = identity
         self.state = ConnectionState.AUTHENTICATED
         self.client.user = principal.sub
         self.send(
@@ -348,7 +357,30 @@ class Session:
             }
         )
         if first:
+            await self.gw.watch_directory(principal.tenant)
             await self.gw.presence.join(self)
+
+    def rescope(self, person: Person | None) -> None:
+        """The directory's person now (after a change notice, or the periodic re-check):
+        a session whose person is gone, inactive, or scoped otherwise than it was is
+        closed at once (4005), dropping what is queued: nothing more of the old scope
+        goes out."""
+        if self.state is not ConnectionState.AUTHENTICATED or self.identity is None:
+            return
+        assert self.principal is not None
+        try:
+            now = principal_for(self.identity, person)
+        except AuthError:
+            self.privileges_changed()
+            return
+        if _scope_of(now) != _scope_of(self.principal):
+            self.privileges_changed()
+
+    def privileges_changed(self) -> None:
+        self.gw.metrics["privileges_changed"] += 1
+        self.request_close(
+            CloseCode.PRIVILEGES_CHANGED, "your privileges changed: reconnect", flush=False
+        )
 
     def check_expiry(self, now: int) -> None:
         """Called by the gateway's housekeeping (one timer for every session, rather than

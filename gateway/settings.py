@@ -24,6 +24,14 @@ class GatewaySettings(BaseSettings):
     # the least seconds between two fetches (an unknown `kid` asks for one).
     jwks_cache_seconds: float = 300.0
     jwks_cooldown_seconds: float = 30.0
+    # The token claims naming the tenant and the roles (Okta, Entra ID and Keycloak
+    # differ). The roles claim may narrow the directory's roles, never widen them; a
+    # token without it gets the directory's roles.
+    tenant_claim: str = "tenant"
+    roles_claim: str = "roles"
+    # Seconds between re-reads of every live session's person in the directory (the
+    # fallback behind the live change notices: a lost notice is caught within this).
+    directory_recheck_seconds: float = 60.0
     # Lifetime of the tokens the demo login issues (seconds).
     token_ttl: int = 3600
     # Browser origins allowed to open a WebSocket, comma-separated. The gateway's own

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from devstack.procs import ManagedProcess, free_port, wait_for_port
-from dynamo.sites import DEMO_TENANTS
+from devstack.sites import DEMO_TENANTS
 from dynamo.states import ExamStatus
 from hl7_ingest.mapping import load_mappings
 from loadtest.hl7.builder import MessageBuilder

@@ -327,7 +327,7 @@ class LoadProcess:
             tenant = tenants[index % len(tenants)]
             token = None
             if secret is not None:
-                token = mint_bench_token(secret, sub=f"bench-{self.name}-{index}", tenant=tenant)
+                token = mint_bench_token(secret, sub="bench-reader", tenant=tenant)
             async with limit:
                 try:
                     conn = await open_session(url, token)

@@ -29,6 +29,7 @@ from locust import LoadTestShape, User, between, constant_pacing, task
 
 from gateway.auth import mint_token
 from hl7_ingest.mllp import FrameDecoder, wrap
+from loadtest.people import PEOPLE
 from loadtest.settings import LoadtestSettings
 from loadtest.syncwriter import SyncExamWriter
 
@@ -184,7 +185,7 @@ class Radiologist(User):
 
     def on_start(self) -> None:
         n = next(_users)
-        self.ws = WsSession(self, f"lt-rad-{n}", f"Load Radiologist {n}", ("radiologist",))
+        self.ws = WsSession(self, f"lt-rad-{n % PEOPLE}", f"Load Radiologist {n}", ("radiologist",))
         self.ws.open()
         self.ws.subscribe({"statuses": ["COMPLETED", "PRELIMINARY"]})
 
@@ -214,7 +215,9 @@ class Coordinator(User):
 
     def on_start(self) -> None:
         n = next(_users)
-        self.ws = WsSession(self, f"lt-coord-{n}", f"Load Coordinator {n}", ("coordinator",))
+        self.ws = WsSession(
+            self, f"lt-coord-{n % PEOPLE}", f"Load Coordinator {n}", ("coordinator",)
+        )
         self.ws.open()
         self.ws.subscribe({"statuses": []})
         self.ws.request({"type": "review_list"}, "review_list", expect="reviews")
@@ -239,7 +242,7 @@ class Reconnector(User):
 
     def on_start(self) -> None:
         n = next(_users)
-        self.ws = WsSession(self, f"lt-flaky-{n}", f"Load Flaky {n}", ("radiologist",))
+        self.ws = WsSession(self, f"lt-flaky-{n % PEOPLE}", f"Load Flaky {n}", ("radiologist",))
         self.ws.open()
         self.ws.subscribe({})
 
@@ -357,7 +360,7 @@ class Hl7Sender(User):
 
 
 def planned_exam(prefix: str, n: int) -> Any:
-    from dynamo.sites import DEMO_TENANTS
+    from devstack.sites import DEMO_TENANTS
     from dynamo.states import Priority
     from loadtest.plan import exam_now
 

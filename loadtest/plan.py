@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from devstack.sites import DEMO_TENANTS, Site, Tenant
 from dynamo.models import Exam, Order, PatientProfile
-from dynamo.sites import DEMO_TENANTS, Site, Tenant
 from dynamo.states import READING_STATES, ExamStatus, Modality, Priority
 from loadtest import catalog
 

@@ -19,11 +19,11 @@ from typing import Any, Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from devstack.sites import DEMO_TENANTS
 from dynamo.claims import Claims
 from dynamo.client import dynamodb_client
 from dynamo.exceptions import ExamAlreadyExists, StoreError
 from dynamo.settings import DynamoSettings
-from dynamo.sites import DEMO_TENANTS
 from dynamo.states import READING_STATES, ExamStatus
 from dynamo.store import ExamStore
 from dynamo.table import wait_for_table

@@ -52,6 +52,28 @@ def locust_command(gateway_ws: str, ui: bool, run_time: str | None) -> list[str]
     return cmd
 
 
+def seed_people(env: dict[str, str], tenant: str) -> None:
+    """Locust's people into the directory, with the operator's import."""
+    import json
+    import tempfile
+
+    from loadtest.people import directory_people
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(directory_people(tenant), f)
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "dynamo.directory", "--actor", "loadtest", "import", f.name],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    finally:
+        os.unlink(f.name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ui", action="store_true", help="serve locust's web UI")
@@ -85,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "LOADTEST_JWT_SECRET": secret,
             "LOADTEST_HL7_PORT": demo.env["HL7_PORT"],
         }
+        seed_people(env, LoadtestSettings().tenant)
         print(f"gateway {url}; running locust ({'web UI' if args.ui else 'headless'})", flush=True)
         locust = subprocess.Popen(locust_command(ws, args.ui, None), env=env, cwd=ROOT)
         try:

@@ -13,10 +13,10 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from devstack.sites import DEMO_TENANTS
 from dynamo.models import Exam, exam_from_item, now_ms
 from dynamo.serde import from_attrs
 from dynamo.settings import DynamoSettings
-from dynamo.sites import DEMO_TENANTS
 from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import create_items, transition_update
 from loadtest import catalog

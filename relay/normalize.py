@@ -8,16 +8,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from dynamo import keys
-from dynamo.deltas import ExamDelta, ReviewDelta
+from dynamo.deltas import DirectoryChange, ExamDelta, ReviewDelta
 from dynamo.models import exam_from_item
 from dynamo.serde import from_attrs
 
-Delta = ExamDelta | ReviewDelta
+Delta = ExamDelta | ReviewDelta | DirectoryChange
 
 
 def record_to_delta(record: dict[str, Any]) -> Delta | None:
     """Normalize one stream record; None for items a worklist does not show (profile,
-    order, audit). Exams become `ExamDelta`s, peer reviews `ReviewDelta`s.
+    order, audit). Exams become `ExamDelta`s, peer reviews `ReviewDelta`s, the
+    directory's tenants, sites and people `DirectoryChange` notices.
 
     INSERT and MODIFY carry the new image; REMOVE carries the old one, with its
     version bumped so the removal outranks every state it follows.
@@ -28,6 +29,11 @@ def record_to_delta(record: dict[str, Any]) -> Delta | None:
     if not image:
         return None
     sk = image.get("SK", {}).get("S", "")
+    if image.get("entity", {}).get("S") == "DIRECTORY":
+        item = from_attrs(image)
+        return DirectoryChange(
+            tenant=item["tenant"], kind=item["kind"], key=item["key"], version=item["version"]
+        )
     if image.get("entity", {}).get("S") == "REVIEW":
         item = from_attrs(image)
         version = int(item["version"]) + (1 if event == "REMOVE" else 0)

@@ -35,3 +35,6 @@ class Sampler:
 
     async def heartbeat(self) -> None:
         await self._feed.heartbeat()
+
+    async def announce(self, notices: Any) -> None:
+        await self._feed.announce(notices)

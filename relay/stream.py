@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dynamo import keys
-from dynamo.deltas import ExamDelta, ReviewDelta
+from dynamo.deltas import DirectoryChange, ExamDelta, ReviewDelta
 from dynamo.serde import to_attrs
 from relay.exceptions import LeaseLost
 from relay.normalize import Unreadable, normalize
@@ -125,8 +125,14 @@ async def deliver(
         )
         if dead_letters is not None:
             await dead_letters.park(source, bad)
-    if deltas:
-        await sink.publish(deltas)
+    notices = [d for d in deltas if isinstance(d, DirectoryChange)]
+    rows = [d for d in deltas if not isinstance(d, DirectoryChange)]
+    if rows:
+        await sink.publish(rows)
+    if notices:
+        announce = getattr(sink, "announce", None)
+        if announce is not None:
+            await announce(notices)
     return len(deltas), len(unreadable)
 
 

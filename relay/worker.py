@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from dynamo.claims import Claims
 from dynamo.client import dynamodb_client, streams_client
+from dynamo.directory import DirectoryStore
 from dynamo.exceptions import StoreError
 from dynamo.review import ReviewStore
 from dynamo.settings import DynamoSettings
@@ -123,9 +124,11 @@ async def known_tenants(
     store: ExamStore, feed: WorklistFeed, *, backfill: bool = False
 ) -> list[str]:
     """Every tenant that has exams (the registry; backfilled by a Scan once, or when
-    asked after a gap), and every tenant a gateway asked to be built."""
+    asked after a gap), every active tenant of the directory, and every tenant a
+    gateway asked to be built."""
     registered, backfilled = await store.tenants()
     found = set(registered)
+    found.update(t.code for t in await DirectoryStore(store).tenants() if t.active)
     if backfill or not backfilled:
         found.update(await store.backfill_tenants())
     found.update(await feed.build_requests())

@@ -10,16 +10,21 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import boto3
 import pytest
 import redis as sync_redis
 import uvicorn
 from redis.asyncio import Redis
 
 from devstack import free_port, start_dynamodb_local, start_redis
+from devstack.seed import SEED
 from dynamo.client import dynamodb_client, streams_client
+from dynamo.directory import DirectoryStore, Person, Site, Tenant
+from dynamo.directory.files import read as read_directory_file
 from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
 from dynamo.table import ensure_table
@@ -40,6 +45,85 @@ UNIT = float(os.environ.get("TEST_TIME_UNIT", "1.0"))
 SECRET = "test-secret-" + "x" * 32
 
 
+# The directory of the running test's table (set by `dynamo_settings`): `token` puts the
+# person it mints for there, so the gateway, which trusts the directory and not the
+# token, scopes them as the test says.
+_current: dict[str, DynamoSettings] = {}
+_pool = ThreadPoolExecutor(1, thread_name_prefix="test-directory")
+_clients: dict[str, Any] = {}
+
+
+class _SyncClient:
+    """boto3's client behind the awaitable calls `ExamStore` makes (the helper runs the
+    directory's own code in a thread, outside the test's event loop)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.exceptions = client.exceptions
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._client, name)
+
+        async def call(**kwargs: Any) -> Any:
+            return fn(**kwargs)
+
+        return call
+
+
+async def _register(settings: DynamoSettings, person: Person) -> None:
+    client = _clients.get(settings.endpoint_url or "")
+    if client is None:
+        client = boto3.client(
+            "dynamodb",
+            endpoint_url=settings.endpoint_url,
+            region_name=settings.region,
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.secret_access_key,
+        )
+        _clients[settings.endpoint_url or ""] = client
+    d = DirectoryStore(ExamStore(_SyncClient(client), settings.table))
+    if await d.tenant(person.tenant) is None:
+        await d.add(Tenant(code=person.tenant, name=person.tenant), actor="tests")
+    known = {s.code for s in await d.sites(person.tenant)}
+    for code in person.sites:
+        if code not in known:
+            await d.add(Site(tenant=person.tenant, code=code, name=code), actor="tests")
+    current = await d.person(person.tenant, person.sub)
+    if current is None:
+        await d.add(person, actor="tests")
+    elif current.content() != person.content():
+        await d.update(person, actor="tests")
+
+
+def register(
+    sub: str,
+    *,
+    name: str = "Dr. Test Ana",
+    tenant: str = "northwind",
+    roles: tuple[str, ...] = ("radiologist",),
+    sites: tuple[str, ...] = (),
+    subspecialties: tuple[str, ...] = (),
+    active: bool = True,
+) -> None:
+    """Put a person in the running test's directory (creating its tenant and sites),
+    or change them to this; nothing when no test table is up."""
+    settings = _current.get("settings")
+    if settings is None:
+        return
+    person = Person.model_validate(
+        {
+            "tenant": tenant,
+            "sub": sub,
+            "name": name,
+            "roles": roles,
+            "sites": sites,
+            "subspecialties": subspecialties,
+            "active": active,
+        }
+    )
+    _pool.submit(asyncio.run, _register(settings, person)).result()
+
+
 def token(
     sub: str = "t-ana",
     *,
@@ -50,6 +134,8 @@ def token(
     subspecialties: tuple[str, ...] = (),
     ttl_s: int = 600,
 ) -> str:
+    """A token for this person, who is put in the test's directory as given."""
+    register(sub, name=name, tenant=tenant, roles=roles, sites=sites, subspecialties=subspecialties)
     return mint_token(
         SECRET,
         sub=sub,
@@ -112,6 +198,7 @@ async def dynamo_settings(dynamo_endpoint: str) -> DynamoSettings:
     settings = DynamoSettings(endpoint_url=dynamo_endpoint, table=f"t-{uuid.uuid4().hex[:12]}")
     async with dynamodb_client(settings) as client:
         await ensure_table(client, settings.table)
+    _current["settings"] = settings
     return settings
 
 
@@ -124,6 +211,13 @@ async def ddb(dynamo_settings: DynamoSettings) -> AsyncIterator[Any]:
 @pytest.fixture
 def store(ddb: Any, dynamo_settings: DynamoSettings) -> ExamStore:
     return ExamStore(ddb, dynamo_settings.table)
+
+
+async def seed_demo_directory(client: Any, table: str) -> None:
+    """The demo's directory (`devstack/seed/directory.json`), loaded as `make demo`
+    does: the operator's import."""
+    entries, rows = read_directory_file(SEED)
+    await DirectoryStore(ExamStore(client, table)).apply(entries, actor="tests", rows=rows)
 
 
 @dataclass
@@ -187,6 +281,8 @@ async def stack(
                 **gateway_overrides,
             }
         )
+        if settings.demo:
+            await seed_demo_directory(c, dynamo_settings.table)
         app = create_app(settings, CacheSettings(redis_url=redis_url), dynamo_settings)
         server, server_task = await _serve(app, port, settings)
         try:
@@ -232,3 +328,10 @@ def audit_database_url(postgres_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(autouse=True)
+def _forget_directory() -> Iterator[None]:
+    """`token` registers people only in the running test's table."""
+    yield
+    _current.clear()

@@ -25,13 +25,14 @@ from audit.settings import AuditSettings
 from devstack.services import ROOT
 from dynamo.claims import Claims
 from dynamo.client import streams_client
+from dynamo.directory import DirectoryStore
 from dynamo.models import Exam
 from dynamo.review import ReviewStore
 from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import ExamStore
 from gateway import reports as report_routes
-from gateway.auth import SecretVerifier
+from gateway.auth import Authenticator, SecretVerifier
 from tests.conftest import SECRET, UNIT, token
 from tests.support.audit import PATH, _true, consumer, read_stream, wait_for
 from tests.support.exams import exam_bundle
@@ -267,15 +268,17 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 
 async def test_report_routes_serve_coordinators_of_the_callers_tenant_only(
-    seeded: list[Exam], pool: AsyncConnectionPool[Any]
+    seeded: list[Exam], pool: AsyncConnectionPool[Any], store: ExamStore
 ) -> None:
     async def get_pool() -> AsyncConnectionPool[Any]:
         return pool
 
     settings = AuditSettings(tenant_timezones=f"northwind={TZ}")
-    verifier = SecretVerifier(SECRET)
+    authenticator = Authenticator(SecretVerifier(SECRET), DirectoryStore(store))
     app = Starlette(
-        routes=report_routes.routes(get_pool, settings=settings, get_verifier=lambda r: verifier)
+        routes=report_routes.routes(
+            get_pool, settings=settings, get_authenticator=lambda r: authenticator
+        )
     )
     start, end = today_range(seeded)
     query = f"from={start}&to={end}"

@@ -22,7 +22,7 @@ from gateway.app import build_verifier, create_app
 from gateway.auth import JwksVerifier
 from gateway.exceptions import AuthError, ConfigurationError
 from gateway.settings import GatewaySettings
-from tests.conftest import UNIT, Stack
+from tests.conftest import UNIT, Stack, register
 from tests.support.wsclient import WsClient
 
 ISSUER = "https://idp.example.test/realms/ris"
@@ -290,6 +290,9 @@ def gateway_overrides(jwks: JwksServer, rsa_key: SigningKey) -> dict[str, Any]:
 async def test_a_websocket_client_logs_in_with_a_providers_rs256_token(
     stack: Stack, rsa_key: SigningKey
 ) -> None:
+    register(
+        "idp-ana", name="Dr. Ana Provider"
+    )  # the directory knows her; the token proves it is her
     client = await WsClient.open(stack.ws_url, rsa_key.token(name="Dr. Ana Provider"))
     try:
         assert client.user is not None

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from dynamo.deltas import ExamDelta, ReviewDelta
+from dynamo.deltas import DirectoryChange, ExamDelta, ReviewDelta
 from dynamo.models import now_ms
 from dynamo.states import OPEN_STATES, PRIORITY_RANK, ExamStatus
 from worklist_cache import keys
@@ -330,6 +330,14 @@ class WorklistFeed:
         """One exam's cached worklist row, if the cache holds it."""
         raw = await self._redis.hget(keys.exams(tenant), exam_id)
         return None if raw is None else dict(orjson.loads(raw))
+
+    async def announce(self, notices: Sequence[DirectoryChange]) -> None:
+        """Publish directory change notices, each on its tenant's directory channel."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for n in notices:
+                payload = orjson.dumps(n.model_dump(mode="json"))
+                await pipe.execute_command(self._publish, keys.directory_channel(n.tenant), payload)
+            await pipe.execute()
 
     async def heartbeat(self, ttl_ms: int = 15_000) -> None:
         """The relay is alive and reading (for the gateway's readiness)."""

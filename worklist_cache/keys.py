@@ -68,6 +68,13 @@ def channel(tenant: str) -> str:
     return f"{_t(tenant)}:live"
 
 
+def directory_channel(tenant: str) -> str:
+    """Pub/sub channel: "this tenant's directory changed" ({"tenant", "kind", "key"}):
+    every gateway node re-reads the people concerned and closes sessions whose
+    privileges changed."""
+    return f"{_t(tenant)}:directory:live"
+
+
 def reviews(tenant: str) -> str:
     """Hash: exam_id -> the newest peer-review delta (JSON)."""
     return f"{_t(tenant)}:reviews"

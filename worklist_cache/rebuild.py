@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from dynamo.deltas import ExamDelta, ReviewDelta
+from dynamo.deltas import DirectoryChange, ExamDelta, ReviewDelta
 from dynamo.models import Exam, exam_from_item, now_ms
 from dynamo.states import OPEN_STATES, ExamStatus, Modality
 from dynamo.store import ExamStore
@@ -316,6 +316,13 @@ class TenantGuard:
                 self._registered.add(tenant)
             await self._rebuilder.ensure_built(tenant)
         return await self._inner.publish(deltas)
+
+    async def announce(self, notices: Sequence[DirectoryChange]) -> None:
+        """Directory change notices: not rows, so no tenant guard (a tenant's first
+        people may come before its first exam)."""
+        announce = getattr(self._inner, "announce", None)
+        if announce is not None:
+            await announce(notices)
 
     async def heartbeat(self) -> None:
         beat = getattr(self._inner, "heartbeat", None)

@@ -624,7 +624,8 @@ function setUpReviews(user, tenantSites) {
 /** The reviewer choices: the tenant's radiologists (the server has the last word). */
 async function loadRadiologists(user) {
   try {
-    const users = await (await fetch("/api/demo-users")).json();
+    const headers = { Authorization: `Bearer ${app.session.token}` };
+    const users = await (await fetch("/api/people", { headers })).json();
     app.reviews.setRadiologists(
       users.filter((u) => u.tenant === user.tenant && u.roles.includes("radiologist")),
     );

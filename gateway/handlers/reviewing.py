@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from dynamo.directory.models import Person
 from dynamo.exceptions import ExamNotFound, StoreError
 from dynamo.models import now_ms
 from dynamo.review import Review, ReviewState
 from gateway.auth import Principal, Role
-from gateway.demo_users import DEMO_USERS
 from gateway.handlers.claiming import store_error
 from gateway.protocol import (
     ErrorCode,
@@ -108,13 +108,16 @@ def visible(review: dict[str, Any], p: Principal) -> dict[str, Any] | None:
     return None
 
 
-def eligible(review: dict[str, Any], tenant: str, open_counts: dict[str, int]) -> list[Any]:
-    """Radiologists who may review it, fewest open reviews first: not its reader,
-    credentialed for its site and subspecialty (empty credentials mean all)."""
+def eligible(
+    review: dict[str, Any], people: list[Person], open_counts: dict[str, int]
+) -> list[Any]:
+    """The tenant's active radiologists (the directory's `people`) who may review it,
+    fewest open reviews first: not its reader, credentialed for its site and
+    subspecialty (empty credentials mean all)."""
     users = [
         u
-        for u in DEMO_USERS
-        if u.tenant == tenant
+        for u in people
+        if u.active
         and Role.RADIOLOGIST in u.roles
         and u.sub != review.get("original_reader")
         and (not u.sites or review.get("site") in u.sites)
@@ -279,7 +282,8 @@ async def assign(session: Connection, frame: ReviewAssign) -> None:
         if row.get("state") in OPEN and row.get("reviewer"):
             open_counts[row["reviewer"]] = open_counts.get(row["reviewer"], 0) + 1
     # Not the coordinator assigning it: they have seen who read it.
-    candidates = [u for u in eligible(_row(current), p.tenant, open_counts) if u.sub != p.sub]
+    people = await gw.directory.people(p.tenant)
+    candidates = [u for u in eligible(_row(current), people, open_counts) if u.sub != p.sub]
     chosen = (
         next((u for u in candidates if u.sub == frame.reviewer), None)
         if frame.reviewer

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from devstack import ManagedProcess, free_port, start_dynamodb_local, start_redis, wait_for_port
 from dynamo.client import dynamodb_client
+from dynamo.directory import DirectoryStore, Person, Tenant
 from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
 from dynamo.table import ensure_table
@@ -85,6 +86,8 @@ class Bench:
         async with dynamodb_client(main) as client:
             await ensure_table(client, main.table)
             await ensure_table(client, ceiling.table)
+        self.main = main
+        await seed_bench_people(main, [TENANT], claimers=CLAIMERS)
         secret = secrets.token_hex(32)
         os.environ["GATEWAY_JWT_SECRET"] = secret  # load clients mint their tokens with it
         self.env = {
@@ -113,6 +116,7 @@ class Bench:
         scale = self.scale
         count = -(-scale.idle_connections // IDLE_PER_TENANT)
         tenants = [f"idle-{i:03d}" for i in range(count)]
+        await seed_bench_people(self.main, tenants)
         port = free_port()
         gateway = self.spawn_gateway("gateway-idle", port)
         await asyncio.to_thread(wait_for_port, port, 30, gateway)
@@ -426,3 +430,23 @@ class Bench:
             f"{name} ({claimers.where}): {rounds} rounds x {CLAIMERS}, p50 {stats['p50_ms']} ms, "
             f"p99 {stats['p99_ms']} ms, double claims {double}"
         )
+
+
+async def seed_bench_people(
+    settings: DynamoSettings, tenants: list[str], *, claimers: int = 0
+) -> None:
+    """The directory's people the load clients log in as (the gateway trusts the
+    directory): one admin reader per tenant (every session of a pool is that person),
+    and one person per claimer."""
+    entries: list[Any] = []
+    for tenant in tenants:
+        entries.append(Tenant(code=tenant, name=f"Bench {tenant}"))
+        entries.append(
+            Person(tenant=tenant, sub="bench-reader", name="Bench Reader", roles=("admin",))
+        )
+        entries.extend(
+            Person(tenant=tenant, sub=f"bench-claimer-{i}", name=f"Claimer {i}", roles=("admin",))
+            for i in range(claimers)
+        )
+    async with dynamodb_client(settings) as client:
+        await DirectoryStore(ExamStore(client, settings.table)).apply(entries, actor="bench")

@@ -9,10 +9,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from devstack.sites import DEMO_TENANTS
 from dynamo.deltas import ExamDelta
 from dynamo.exceptions import StoreError
 from dynamo.models import Exam, Order, PatientProfile, now_ms
-from dynamo.sites import DEMO_TENANTS
 from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import ExamStore
 from loadtest.bench.config import TENANT

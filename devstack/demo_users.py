@@ -1,13 +1,15 @@
 """The demo's users: fictional radiologists, a coordinator and an admin per group.
 
-Only a gateway in demo mode (`GATEWAY_DEMO=true`) lets anyone log in as these.
+Seed data: `devstack/seed/directory.json` is generated from these and `devstack.sites`
+(`python -m devstack.seed`), and `make demo` imports it with the operator's CLI. Only a
+gateway in demo mode (`GATEWAY_DEMO=true`) lets anyone log in as them.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from gateway.auth import Role
+from dynamo.directory.models import Role
 
 
 class DemoUser(BaseModel):

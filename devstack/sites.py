@@ -1,6 +1,7 @@
 """Reference data: the tenants (radiology groups) and the sites they read for.
 
-These are the demo's fictional customers; a deployment loads its own.
+The demo's fictional customers (seed data, see `devstack.seed`); a deployment keeps its
+own in the directory (`python -m dynamo.directory`).
 """
 
 from __future__ import annotations
