@@ -273,7 +273,7 @@ async def test_report_routes_serve_coordinators_of_the_callers_tenant_only(
     async def get_pool() -> AsyncConnectionPool[Any]:
         return pool
 
-    settings = AuditSettings(tenant_timezones=f"northwind={TZ}")
+    settings = AuditSettings(tenant_timezones=f"northwind={TZ},lakeside={TZ}")
     authenticator = Authenticator(SecretVerifier(SECRET), DirectoryStore(store))
     app = Starlette(
         routes=report_routes.routes(
@@ -317,7 +317,7 @@ async def test_report_routes_serve_coordinators_of_the_callers_tenant_only(
 def audit_gateway_env(audit_database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The gateway the `stack` fixture starts reads the audit database under test."""
     monkeypatch.setenv("AUDIT_DATABASE_URL", audit_database_url)
-    monkeypatch.setenv("AUDIT_TENANT_TIMEZONES", f"northwind={TZ}")
+    monkeypatch.setenv("AUDIT_TENANT_TIMEZONES", f"northwind={TZ},lakeside={TZ}")
 
 
 @pytest.mark.slow
