@@ -7,13 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
-from dynamo.settings import DynamoSettings
-from gateway.settings import GatewaySettings
-from hl7_ingest.settings import Hl7Settings
 from loadtest.settings import LoadtestSettings
 from loadtest.simulator import SimSettings
-from relay.worker import RelaySettings
-from worklist_cache.settings import CacheSettings
+from tests.support.settings import PACKAGES, settings_classes
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -21,14 +17,11 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 @pytest.mark.parametrize(
     "settings",
     [
-        GatewaySettings,
-        CacheSettings,
-        DynamoSettings,
-        RelaySettings,
+        *(c for p in PACKAGES for c in settings_classes(p)),
         SimSettings,
-        Hl7Settings,
         LoadtestSettings,
     ],
+    ids=lambda c: c.__name__,
 )
 def test_every_setting_is_in_the_readme(settings: type[BaseSettings]) -> None:
     prefix = str(settings.model_config.get("env_prefix", ""))
