@@ -187,7 +187,7 @@ async def test_a_snapshot_taken_while_deltas_flow_plus_later_deltas_equals_the_c
         await asyncio.sleep(0.01)
     collector.cancel()
     await asyncio.gather(collector, return_exceptions=True)
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
 
     view = {r["exam_id"]: r for r in snap.rows}
     after = tuple(map(int, snap.offset.split("-")))
@@ -208,9 +208,10 @@ async def test_since_gives_exactly_the_missing_deltas_or_a_reset(redis: Redis) -
     tenant = f"r{next(_tenants)}"
     feed = WorklistFeed(redis, maxlen=5)
     rng = random.Random(4)
-    offsets = []
+    offsets: list[str] = []
     for v in range(1, 21):
         (offset,) = await feed.publish([make_delta(tenant, v % 4, v, rng)])
+        assert offset is not None
         offsets.append(offset)
     snap = await feed.snapshot(tenant)
     missed = await feed.since(tenant, snap.epoch, offsets[14])

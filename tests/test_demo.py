@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+from typing import Any
 
 import httpx
 import psutil
@@ -61,7 +62,7 @@ async def test_demo_serves_a_live_worklist_and_stops_cleanly() -> None:
         assert login.status_code == 200, login.text
         client = await WsClient.open(url.replace("http", "ws") + "ws", login.json()["token"])
         await client.subscribe("s1", statuses=[])
-        deltas = []
+        deltas: list[Any] = []
         while len(deltas) < 5:
             frame = await client.until(lambda f: f["type"] == "delta", timeout=30)
             deltas.append(frame["delta"])

@@ -358,9 +358,10 @@ async def frozen_redis(redis_url: str) -> AsyncIterator[FreezingProxy]:
 async def test_a_silently_stalled_pubsub_is_noticed_and_resynced(
     dynamo_settings: Any, redis: Redis, frozen_redis: FreezingProxy
 ) -> None:
+    from devstack import free_port
     from gateway.app import create_app
     from gateway.settings import GatewaySettings
-    from tests.conftest import SECRET, _serve, free_port
+    from tests.conftest import SECRET, _serve
     from worklist_cache import CacheSettings
 
     port = free_port()

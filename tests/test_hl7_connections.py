@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from hl7_ingest.deadletters import DeadLetters
 from hl7_ingest.mapping import Mappings
@@ -112,8 +113,9 @@ async def test_dead_letters_are_rate_limited_per_peer(store: ExamStore) -> None:
     async with running(store, mappings, dead_letters_per_minute=3) as hl7:
         reader, writer = await open_from(hl7.port)
         ghosts = [
-            builder("NWGEN").result(planned("NWGEN"), "FINAL", control_id=cid()) for _ in range(4)
-        ]  # type: ignore[arg-type]
+            builder("NWGEN").result(planned("NWGEN"), ExamStatus.FINAL, control_id=cid())
+            for _ in range(4)
+        ]
         for ghost in ghosts[:3]:
             assert ghost is not None
             writer.write(wrap(ghost))

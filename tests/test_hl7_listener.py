@@ -8,6 +8,7 @@ import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -249,7 +250,7 @@ async def test_close_lets_the_message_in_progress_get_its_ack() -> None:
         def __init__(self, ack: str) -> None:
             self.ack = ack
 
-    async def slow(raw: bytes, peer: str) -> Answer:
+    async def slow(raw: bytes, peer: Any) -> Any:
         started.set()
         await asyncio.sleep(0.3)
         msg = parse(raw.decode())

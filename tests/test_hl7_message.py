@@ -44,8 +44,8 @@ def test_fields_components_repetitions_and_escapes() -> None:
     assert msg.get("MSH-9.2") == "O01"
     # PID-3: the first repetition's ID is the MRN; the second is another identifier.
     assert msg.get("PID-3.1") == "HM0000001"
-    assert msg.segment("PID").repetitions(3) == 2  # type: ignore[union-attr]
-    assert msg.segment("PID").get(3, 1, rep=2) == "ALT77"  # type: ignore[union-attr]
+    assert msg.segment("PID").repetitions(3) == 2
+    assert msg.segment("PID").get(3, 1, rep=2) == "ALT77"
     # \S\ is an escaped component separator inside the family name.
     assert msg.components("PID-5") == ["DOE^X", "JANE", "Q"]
     assert msg.get("OBR-4.2") == "CT head & neck | test"

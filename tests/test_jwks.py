@@ -259,7 +259,7 @@ async def test_a_provider_down_from_the_start_means_unauthorized(
     ],
 )
 def test_jwks_mode_refuses_to_start_without_issuer_and_audience(
-    given: dict[str, str], named: list[str]
+    given: dict[str, Any], named: list[str]
 ) -> None:
     settings = GatewaySettings(jwks_url="http://127.0.0.1:9/jwks.json", **given)
     with pytest.raises(ConfigurationError) as info:

@@ -74,5 +74,6 @@ async def test_a_published_message_is_what_feed_message_builds(redis: Any) -> No
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
     await pubsub.aclose()
     epoch = json.loads(message["data"])["epoch"]
+    assert offset is not None
     expected = feed_message(epoch, offset, orjson.dumps(delta.model_dump(mode="json")))
     assert message["data"].decode() == expected

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from devstack.procs import ManagedProcess
 from devstack.services import ROOT
 from dynamo.client import streams_client
-from dynamo.deltas import ExamDelta
+from dynamo.deltas import ExamDelta, ReviewDelta
 from dynamo.models import exam_to_item
 from dynamo.serde import to_attrs
 from dynamo.settings import DynamoSettings
@@ -297,10 +297,11 @@ def _record(seq: int, version: int, status: ExamStatus) -> dict[str, Any]:
 
 class ListSink:
     def __init__(self) -> None:
-        self.deltas: list[ExamDelta] = []
+        self.deltas: list[ExamDelta | ReviewDelta] = []
 
-    async def publish(self, deltas: Sequence[ExamDelta]) -> None:
+    async def publish(self, deltas: Sequence[ExamDelta | ReviewDelta]) -> object:
         self.deltas.extend(deltas)
+        return None
 
 
 class DictCheckpoints:

@@ -389,4 +389,4 @@ async def test_the_lambda_handler_pools_peer_reviews_like_the_worker(
     assert result == {"batchItemFailures": []}
     review = await ReviewStore(store).get("northwind", exam.accession)
     assert review.state is ReviewState.POOLED
-    assert (await WorklistFeed(redis).row("northwind", exam.accession))["status"] == "FINAL"  # type: ignore[index]
+    assert (await WorklistFeed(redis).row("northwind", exam.accession))["status"] == "FINAL"

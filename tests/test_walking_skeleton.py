@@ -9,7 +9,7 @@ from tests.support.exams import exam_bundle
 from tests.support.wsclient import WsClient
 
 
-def is_delta_for(exam_id: str):  # type: ignore[no-untyped-def]
+def is_delta_for(exam_id: str):
     return lambda f: f["type"] == "delta" and f["delta"]["exam_id"] == exam_id
 
 

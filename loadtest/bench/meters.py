@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil  # type: ignore[import-untyped]
+import psutil
 
 __all__ = ["CpuMeter", "gateway_connections", "percentiles", "settle", "summarize_profile"]
 

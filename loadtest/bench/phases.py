@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil  # type: ignore[import-untyped]
+import psutil
 from redis.asyncio import Redis
 
 from devstack import ManagedProcess, free_port, start_dynamodb_local, start_redis, wait_for_port

@@ -32,8 +32,16 @@ from loadtest.plan import PlannedExam
 from tests.conftest import UNIT
 
 MAPPINGS: Mappings = load_mappings()
-NW = MAPPINGS.get("NWGEN")
-LK = MAPPINGS.get("LKMED")
+
+
+def _shipped(sender: str) -> SiteMapping:
+    mapping = MAPPINGS.get(sender)
+    assert mapping is not None, f"the shipped mapping of {sender}"
+    return mapping
+
+
+NW = _shipped("NWGEN")
+LK = _shipped("LKMED")
 assert NW is not None and LK is not None
 SITES = {"NWGEN": ("northwind", "NW-GEN"), "LKMED": ("lakeside", "LK-MED")}
 

@@ -6,7 +6,7 @@ from hl7_ingest.mapping import SiteMapping
 
 
 def bound(
-    base: SiteMapping, addresses: list[str], certificates: tuple[str, ...] = ()
+    base: SiteMapping, addresses: list[str], certificates: tuple[str, ...] | list[str] = ()
 ) -> SiteMapping:
     data = base.model_dump(mode="json")
     data["peers"] = {"addresses": addresses, "certificates": list(certificates)}

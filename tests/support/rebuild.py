@@ -36,7 +36,9 @@ async def delete_study(store: ExamStore, exam: Exam) -> None:
     )
 
 
-async def cached(feed: WorklistFeed, tenant: str = "northwind", view: View = EVERY_STATE) -> dict:
+async def cached(
+    feed: WorklistFeed, tenant: str = "northwind", view: View = EVERY_STATE
+) -> dict[str, Any]:
     snap = await feed.snapshot(tenant, view, limit=10_000)
     return {r["exam_id"]: (r["status"], r["version"]) for r in snap.rows}
 
