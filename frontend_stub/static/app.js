@@ -19,41 +19,9 @@ import { ReviewDesk } from "./reviews.js";
 import { LiveSocket } from "./socket.js";
 import { Worklist, leaseLive } from "./worklist.js";
 
-const SUB = "wl"; // the one subscription: its id is also its request id
-const $ = (sel) => document.querySelector(sel);
-
-const app = {
-  session: null, // {token, user} from /api/login
-  user: null, // the server's view of who we are (authenticated.user)
-  socket: null,
-  list: null,
-  presence: null,
-  filters: null,
-  sites: [],
-  position: null, // {epoch, offset, key}: where the subscription's feed stands
-  inflight: [], // view keys of subscribe requests not yet answered, oldest first
-  subscribedKey: null, // the view key last asked for
-  resyncing: false, // a server `resync`: the next snapshot replaces everything
-  requests: new Map(), // request id -> {action, examId, then?}
-  seq: 0,
-  tokens: new Set(), // exam ids this connection holds claims on
-  held: new Set(), // exam ids this page holds (survives reconnects and reloads)
-  everLive: false,
-  refreshTimer: null,
-  liveTimer: null,
-  reviews: null, // the peer-review desk (reviews.js)
-  tab: "worklist", // worklist | mine | board
-  wantTab: null, // a tab the address asked for that is not there yet (My reviews loading)
-};
-
-const TAB_PATH = { worklist: "/worklist", mine: "/my-reviews", board: "/peer-review" };
-
-/** The address of what is on screen: the tab, and the worklist's filters. */
-function address() {
-  return `${TAB_PATH[app.wantTab || app.tab]}${toQuery(app.filters)}`;
-}
-
-// ---- connection indicator ------------------------------------------------------------
+import { $, SUB, address, app } from "./state.js";
+import { endSession, logout, refreshToken, scheduleRefresh, showLogin } from "./session.js";
+import { setUpReviews } from "./tabs.js";
 
 function setConn(state, text) {
   const c = $("#conn");
@@ -69,7 +37,7 @@ function setConn(state, text) {
 
 // ---- requests ------------------------------------------------------------------------
 
-function request(frame, meta = {}) {
+export function request(frame, meta = {}) {
   const id = `${frame.type}-${++app.seq}`;
   if (!app.socket.send({ ...frame, id })) {
     notify("Not connected: try again once the indicator shows live.", "warn");
@@ -377,138 +345,9 @@ function announce(text) {
   $("#status-text").textContent = text;
 }
 
-// ---- tokens --------------------------------------------------------------------------
-
-function scheduleRefresh(expiresAt) {
-  clearTimeout(app.refreshTimer);
-  const wait = Math.max(5_000, expiresAt - Date.now() - 60_000);
-  app.refreshTimer = setTimeout(refreshToken, wait);
-}
-
-// Demo mode: a fresh token from the login endpoint, sent in-band so the session (and
-// its claims) carries on. Elsewhere the server closes with 4004 and the login returns.
-async function refreshToken() {
-  try {
-    const fresh = await postLogin(app.session.user.sub);
-    app.session = fresh;
-    sessionStorage.setItem("session", JSON.stringify(fresh));
-    app.socket.send({ type: "auth", id: "reauth", token: fresh.token });
-  } catch {
-    // Nothing to do: the token runs out and the page returns to the login.
-  }
-}
-
-async function postLogin(sub) {
-  const resp = await fetch("/api/login", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ user: sub }),
-  });
-  if (!resp.ok) throw new Error(`login refused (${resp.status})`);
-  return resp.json();
-}
-
-// ---- login / logout ------------------------------------------------------------------
-
-async function showLogin() {
-  const message = sessionStorage.getItem("loginMessage");
-  sessionStorage.removeItem("loginMessage");
-  $("#app").hidden = true;
-  $("#logout").hidden = true;
-  $("#conn").hidden = true;
-  $("#login").hidden = false;
-  if (message) $("#login-message").textContent = message;
-  let users = [];
-  try {
-    users = await (await fetch("/api/demo-users")).json();
-  } catch {
-    $("#login-message").textContent = "The gateway cannot be reached. Reload to try again.";
-    return;
-  }
-  let tenants = [];
-  try {
-    tenants = await (await fetch("/api/tenants")).json();
-  } catch {
-    tenants = [];
-  }
-  const list = $("#users");
-  list.replaceChildren();
-  if (!users.length) {
-    $("#login-message").textContent = "Sign in through your organisation's identity provider.";
-    return;
-  }
-  const byTenant = new Map();
-  for (const u of users) {
-    if (!byTenant.has(u.tenant)) byTenant.set(u.tenant, []);
-    byTenant.get(u.tenant).push(u);
-  }
-  for (const [tenant, group] of byTenant) {
-    const head = el("li", "tenant-head", tenants.find((t) => t.code === tenant)?.name || tenant);
-    list.append(head);
-    for (const u of group) {
-      const li = el("li");
-      const b = el("button", "user");
-      b.type = "button";
-      b.dataset.user = u.sub;
-      b.append(el("span", "user-name", u.name), el("span", "title", u.title));
-      b.onclick = async () => {
-        b.disabled = true;
-        try {
-          const session = await postLogin(u.sub);
-          sessionStorage.setItem("session", JSON.stringify(session));
-          sessionStorage.removeItem("held");
-          $("#login").hidden = true;
-          await enter(session);
-        } catch {
-          b.disabled = false;
-          $("#login-message").textContent = "The login was refused; try again.";
-        }
-      };
-      li.append(b);
-      list.append(li);
-    }
-  }
-}
-
-async function logout() {
-  // Give back what this page holds so colleagues can take it at once.
-  const waits = [...app.tokens].map(
-    (examId) =>
-      new Promise((resolve) => {
-        const id = request({ type: "release", exam_id: examId }, { background: true });
-        if (!id) return resolve();
-        const poll = setInterval(() => {
-          if (!app.requests.has(id)) {
-            clearInterval(poll);
-            resolve();
-          }
-        }, 25);
-      }),
-  );
-  await Promise.race([Promise.all(waits), new Promise((r) => setTimeout(r, 1500))]);
-  app.socket?.stop();
-  sessionStorage.removeItem("session");
-  sessionStorage.removeItem("held");
-  location.reload(); // the same address: logging back in lands on the same view
-}
-
-function endSession(code) {
-  app.socket?.stop();
-  sessionStorage.removeItem("session");
-  sessionStorage.removeItem("held");
-  const why =
-    code === 4004
-      ? "Your session expired. Log in again."
-      : code === 1008
-        ? "This page's origin is not allowed to connect."
-        : "Please log in again.";
-  sessionStorage.setItem("loginMessage", why);
-  location.reload(); // the same address: logging back in lands on the same view
-}
-
 // ---- start ---------------------------------------------------------------------------
 
-async function enter(session) {
+export async function enter(session) {
   app.session = session;
   const user = session.user;
   app.user = user;
@@ -587,103 +426,6 @@ async function enter(session) {
   });
   setConn("connecting", "Connecting\u2026");
   app.socket.start();
-}
-
-// ---- peer review and tabs -------------------------------------------------------------
-
-function setUpReviews(user, tenantSites) {
-  const coordinator = user.roles.includes("coordinator") || user.roles.includes("admin");
-  const reader = user.roles.includes("radiologist");
-  // What is not this user's is not on the page at all.
-  if (!coordinator) for (const node of [$("#board-view"), $("#tab-board")]) node.remove();
-  if (!reader) for (const node of [$("#mine-view"), $("#tab-mine")]) node.remove();
-  app.reviews = new ReviewDesk({
-    me: user,
-    board: coordinator ? $("#board-view") : null,
-    mine: reader ? $("#mine-view") : null,
-    sites: tenantSites,
-    send: (frame, meta) => request(frame, { ...meta, review: true, background: true }),
-    notify,
-    onChange: updateTabs,
-  });
-  if (coordinator) loadRadiologists(user);
-
-  const wanted = Object.keys(TAB_PATH).find((t) => TAB_PATH[t] === location.pathname);
-  if (coordinator) $("#tab-board").hidden = false;
-  for (const name of Object.keys(TAB_PATH)) {
-    const tab = $(`#tab-${name}`);
-    if (!tab) continue;
-    tab.onclick = () => showTab(name);
-    tab.onkeydown = onTabKey;
-  }
-  if (wanted === "board" && coordinator) showTab("board");
-  else if (wanted === "mine" && reader) app.wantTab = "mine"; // once its reviews are in
-  updateTabs({ loaded: false, todo: 0, mine: 0, arbitration: 0 });
-}
-
-/** The reviewer choices: the tenant's radiologists (the server has the last word). */
-async function loadRadiologists(user) {
-  try {
-    const headers = { Authorization: `Bearer ${app.session.token}` };
-    const users = await (await fetch("/api/people", { headers })).json();
-    app.reviews.setRadiologists(
-      users.filter((u) => u.tenant === user.tenant && u.roles.includes("radiologist")),
-    );
-  } catch {
-    // Without the list, "Suggest" still assigns (the server picks).
-  }
-}
-
-function updateTabs(summary) {
-  const mineTab = $("#tab-mine");
-  const hasMine = !!mineTab && summary.mine > 0;
-  if (mineTab) mineTab.hidden = !hasMine;
-  badge($("#mine-badge"), summary.todo, `${summary.todo} to review`);
-  badge($("#board-badge"), summary.arbitration, `${summary.arbitration} awaiting arbitration`);
-  $("#tabs").hidden = [...$("#tabs").children].filter((t) => !t.hidden).length < 2;
-  if (summary.loaded && app.wantTab) {
-    const want = app.wantTab;
-    app.wantTab = null;
-    if (want === "mine" && hasMine) showTab("mine");
-    else history.replaceState(null, "", address());
-  }
-  if (app.tab === "mine" && !hasMine && summary.loaded) showTab("worklist");
-}
-
-function badge(node, n, title) {
-  if (!node) return;
-  node.hidden = !n;
-  node.textContent = String(n);
-  node.title = title;
-  node.classList.toggle("hot", n > 0);
-}
-
-function showTab(name) {
-  app.tab = name;
-  for (const t of Object.keys(TAB_PATH)) {
-    const tab = $(`#tab-${t}`);
-    if (!tab) continue;
-    const on = t === name;
-    tab.setAttribute("aria-selected", String(on));
-    tab.tabIndex = on ? 0 : -1;
-    $(`#${t}-view`).hidden = !on;
-  }
-  if (app.filters) history.replaceState(null, "", address());
-}
-
-/** Arrow keys move between tabs (the WAI-ARIA tabs pattern). */
-function onTabKey(ev) {
-  const tabs = [...$("#tabs").querySelectorAll('[role="tab"]:not([hidden])')];
-  const at = tabs.indexOf(ev.currentTarget);
-  const step = { ArrowRight: 1, ArrowLeft: -1 }[ev.key];
-  let next = null;
-  if (step) next = tabs[(at + step + tabs.length) % tabs.length];
-  else if (ev.key === "Home") next = tabs[0];
-  else if (ev.key === "End") next = tabs[tabs.length - 1];
-  if (!next) return;
-  ev.preventDefault();
-  next.focus();
-  next.click();
 }
 
 function initTheme() {
