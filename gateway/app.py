@@ -1,6 +1,6 @@
 """The gateway's Starlette app: one lifespan wires the shared resources
 (`gateway.context.Gateway`); the routes are the WebSocket, login, health, metrics, the
-audit's reports and the page."""
+audit's reports, the admin's API and the page."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from audit.settings import AuditSettings
 from dynamo.client import dynamodb_client
 from dynamo.review import radpeer_table
 from dynamo.settings import DynamoSettings
-from gateway import reports
+from gateway import admin, reports
 from gateway.auth import Role, mint_token
 from gateway.context import Gateway, bind, build_verifier
 from gateway.exceptions import AuthError, ConfigurationError
@@ -243,6 +243,7 @@ def create_app(
         Route("/protocol/schema.json", protocol_schema),
         Route("/api/radpeer", radpeer),
         *reports.routes(audit_pool),
+        *admin.routes(),
         Mount("/static", StaticFiles(directory=static_dir), name="static"),
         Route("/{path:path}", index),
     ]

@@ -357,6 +357,7 @@ export async function enter(session) {
   $("#logout").hidden = false;
   // The audit's reports are for coordinators and admins (the server checks it too).
   $("#reports-link").hidden = !user.roles.some((r) => r === "coordinator" || r === "admin");
+  $("#admin-link").hidden = !user.roles.includes("admin"); // the group's people
   $("#conn").hidden = false;
   $("#app").hidden = false;
   $("#readonly-note").hidden = !readOnly;
@@ -418,6 +419,9 @@ export async function enter(session) {
     onFrame,
     onDown: (code, attempt) => {
       app.tokens.clear();
+      // 4005: what this person may see changed; a resume would keep rows now out of
+      // scope, so the next subscribe asks for a fresh snapshot.
+      if (code === 4005) app.position = null;
       for (const id of [...app.requests.keys()]) settle(id);
       setConn("reconnecting", attempt > 1 ? `Reconnecting\u2026 (try ${attempt})` : "Reconnecting\u2026");
       announce(code === 1012 ? "The gateway is restarting; reconnecting." : "Connection lost; reconnecting.");

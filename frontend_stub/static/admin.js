@@ -1,0 +1,146 @@
+// The group's admin page (GET/PATCH /api/admin/people, POST .../deactivate,
+// GET /api/admin/online), for admins: the session is the worklist page's
+// (sessionStorage, this tab), sent as a bearer token; the server scopes everything to
+// the token's tenant. The table refreshes every few seconds; a row being edited is kept.
+
+const $ = (sel) => document.querySelector(sel);
+const REFRESH_MS = 3000;
+
+const state = { sites: [], people: [], online: new Map(), dirty: new Set() };
+
+function session() {
+  try {
+    return JSON.parse(sessionStorage.getItem("session") || "null");
+  } catch {
+    return null;
+  }
+}
+
+function say(text) {
+  $("#admin-message").textContent = text;
+}
+
+async function api(path, options = {}) {
+  const s = session();
+  if (!s) {
+    say("Log in on the worklist first.");
+    return null;
+  }
+  const resp = await fetch(path, {
+    ...options,
+    headers: { Authorization: `Bearer ${s.token}`, "Content-Type": "application/json" },
+  });
+  if (!resp.ok) {
+    let message = `The request failed (${resp.status}).`;
+    try {
+      const error = (await resp.json()).error;
+      message = error.reason || message;
+    } catch {
+      // not JSON: keep the status
+    }
+    say(message);
+    return null;
+  }
+  return resp.json();
+}
+
+function cell(content) {
+  const td = document.createElement("td");
+  if (typeof content === "string") td.textContent = content;
+  else if (content) td.append(content);
+  return td;
+}
+
+function rowOf(p) {
+  const tr = document.createElement("tr");
+  tr.dataset.sub = p.sub;
+  tr.dataset.version = String(p.version);
+  tr.dataset.active = String(p.active);
+  const conns = state.online.get(p.sub) || 0;
+  const dot = document.createElement("span");
+  dot.className = "online-dot";
+  dot.dataset.online = String(conns > 0);
+  dot.textContent = conns > 0 ? `\u25cf ${conns}` : "\u25cb";
+  dot.title = conns > 0 ? `online (${conns} connection${conns === 1 ? "" : "s"})` : "offline";
+  const boxes = document.createElement("span");
+  for (const site of state.sites) {
+    const label = document.createElement("label");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = site.code;
+    box.checked = p.sites.includes(site.code);
+    box.disabled = !p.active;
+    box.addEventListener("change", () => state.dirty.add(p.sub));
+    label.append(box, ` ${site.code} `);
+    boxes.append(label);
+  }
+  const actions = document.createElement("span");
+  const save = document.createElement("button");
+  save.type = "button";
+  save.textContent = "Save";
+  save.disabled = !p.active;
+  save.addEventListener("click", () => saveRow(tr, p));
+  const off = document.createElement("button");
+  off.type = "button";
+  off.textContent = "Deactivate";
+  off.disabled = !p.active;
+  off.addEventListener("click", () => deactivate(p));
+  actions.append(save, " ", off);
+  tr.append(
+    cell(dot),
+    cell(p.name),
+    cell(p.sub),
+    cell(p.roles.join(", ")),
+    cell(boxes),
+    cell(p.active ? "yes" : "no"),
+    cell(actions),
+  );
+  return tr;
+}
+
+function render() {
+  const body = $("#people-table tbody");
+  const kept = new Map([...body.querySelectorAll("tr")].map((tr) => [tr.dataset.sub, tr]));
+  const rows = state.people.map((p) =>
+    state.dirty.has(p.sub) && kept.has(p.sub) ? kept.get(p.sub) : rowOf(p),
+  );
+  body.replaceChildren(...rows);
+  const online = [...state.online.values()].filter((n) => n > 0).length;
+  $("#admin-caption").textContent = `${state.people.length} people \u00b7 ${online} online`;
+}
+
+async function refresh() {
+  const [people, online] = await Promise.all([api("/api/admin/people"), api("/api/admin/online")]);
+  if (!people) return;
+  state.sites = people.sites.filter((s) => s.active);
+  state.people = people.people;
+  state.online = new Map((online?.online || []).map((u) => [u.sub, u.connections]));
+  $("#tenant").textContent = people.tenant;
+  render();
+}
+
+async function saveRow(tr, p) {
+  const sites = [...tr.querySelectorAll("input[type=checkbox]:checked")].map((b) => b.value);
+  const saved = await api(`/api/admin/people/${encodeURIComponent(p.sub)}`, {
+    method: "PATCH",
+    body: JSON.stringify({ version: p.version, sites }),
+  });
+  state.dirty.delete(p.sub);
+  if (saved) say(`Saved ${saved.name}'s privileges.`);
+  await refresh();
+}
+
+async function deactivate(p) {
+  if (!confirm(`Deactivate ${p.name} (${p.sub})? Their open pages are closed at once.`)) return;
+  const saved = await api(`/api/admin/people/${encodeURIComponent(p.sub)}/deactivate`, {
+    method: "POST",
+  });
+  state.dirty.delete(p.sub);
+  if (saved) say(`Deactivated ${saved.name}.`);
+  await refresh();
+}
+
+if (session()) {
+  refresh();
+  setInterval(refresh, REFRESH_MS);
+} else say("Log in on the worklist first.");

@@ -1,0 +1,177 @@
+"""A group's admin over HTTP: its people and their privileges, who is online, and
+deactivating someone. For admins of the caller's own tenant only.
+
+    GET   /api/admin/people                  the tenant's people and sites
+    PATCH /api/admin/people/{sub}            {"version": n, "sites"?: [..],
+                                              "subspecialties"?: [..]}
+    POST  /api/admin/people/{sub}/deactivate
+    GET   /api/admin/online                  subs online, their connection counts
+
+The caller authenticates as on the WebSocket (`Authorization: Bearer <token>`, the
+gateway's `Authenticator`); the tenant comes from the token, never from the request.
+Every write is the directory's versioned, audited write with the admin's sub as the
+actor; that write alone re-scopes or closes (4005) the person's open sessions
+(`gateway.context`). Errors: `{"error": {"code", "reason"}}` with 401 `unauthorized`,
+403 `forbidden`, 400 `bad_request`, 404 `not_found`, 409 `conflict` (the version read
+is stale: read again).
+
+Mount with `*admin.routes()` in the gateway's route list.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dynamo.directory.models import Person
+from dynamo.exceptions import DirectoryConflict, InvalidEntry
+from gateway.auth import Principal, Role
+from gateway.exceptions import AuthError
+
+__all__ = ["routes"]
+
+log = logging.getLogger("gateway.admin")
+
+
+def _error(status: int, code: str, reason: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "reason": reason}}, status_code=status)
+
+
+def _person(p: Person) -> dict[str, Any]:
+    return {
+        "sub": p.sub,
+        "name": p.name,
+        "title": p.title,
+        "roles": [r.value for r in p.roles],
+        "sites": list(p.sites),
+        "subspecialties": list(p.subspecialties),
+        "active": p.active,
+        "version": p.version,
+    }
+
+
+def _codes(body: dict[str, Any], field: str) -> tuple[str, ...] | None:
+    if field not in body:
+        return None
+    value = body[field]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"`{field}` must be a list of codes")
+    return tuple(value)
+
+
+def routes() -> list[Route]:
+    async def authorize(request: Request) -> Principal | Response:
+        gw = request.app.state.gw
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _error(401, "unauthorized", "a bearer token is required")
+        try:
+            who: Principal
+            _, who = await gw.authenticator.authenticate(token.strip())
+        except AuthError as exc:
+            return _error(401, exc.code, exc.reason)
+        if not who.has(Role.ADMIN):
+            return _error(403, "forbidden", "for the group's admins only")
+        return who
+
+    async def people(request: Request) -> Response:
+        who = await authorize(request)
+        if isinstance(who, Response):
+            return who
+        directory = request.app.state.gw.directory
+        found = sorted(await directory.people(who.tenant), key=lambda p: (p.name, p.sub))
+        sites = [
+            {"code": s.code, "name": s.name, "active": s.active}
+            for s in await directory.sites(who.tenant)
+        ]
+        return JSONResponse(
+            {"tenant": who.tenant, "sites": sites, "people": [_person(p) for p in found]}
+        )
+
+    async def target(request: Request, who: Principal) -> Person | Response:
+        sub = request.path_params["sub"]
+        person = await request.app.state.gw.directory.person(who.tenant, sub)
+        if person is None:
+            return _error(404, "not_found", f"no person {sub!r} in {who.tenant}")
+        return person  # type: ignore[no-any-return]
+
+    async def update(request: Request) -> Response:
+        who = await authorize(request)
+        if isinstance(who, Response):
+            return who
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("send a JSON object")
+            version = body.get("version")
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise ValueError("`version` (the version read) is required")
+            sites = _codes(body, "sites")
+            subspecialties = _codes(body, "subspecialties")
+            if sites is None and subspecialties is None:
+                raise ValueError("send `sites` and/or `subspecialties`")
+        except ValueError as exc:
+            return _error(400, "bad_request", str(exc))
+        person = await target(request, who)
+        if isinstance(person, Response):
+            return person
+        directory = request.app.state.gw.directory
+        changes: dict[str, Any] = {}
+        if sites is not None:
+            known = {s.code for s in await directory.sites(who.tenant) if s.active}
+            unknown = [s for s in sites if s not in known]
+            if unknown:
+                return _error(
+                    400,
+                    "bad_request",
+                    f"unknown site {unknown[0]!r} (sites of {who.tenant}:"
+                    f" {', '.join(sorted(known)) or 'none'})",
+                )
+            changes["sites"] = sites
+        if subspecialties is not None:
+            changes["subspecialties"] = subspecialties
+        try:
+            entry = Person.model_validate({**person.content(), **changes})
+            saved = await directory.update(entry, actor=who.sub, expected_version=version)
+        except DirectoryConflict as exc:
+            return _error(409, "conflict", str(exc))
+        except (InvalidEntry, ValueError) as exc:
+            return _error(400, "bad_request", str(exc))
+        log.info("admin %s updated %s/%s", who.sub, who.tenant, saved.sub)
+        return JSONResponse(_person(saved))
+
+    async def deactivate(request: Request) -> Response:
+        who = await authorize(request)
+        if isinstance(who, Response):
+            return who
+        person = await target(request, who)
+        if isinstance(person, Response):
+            return person
+        if person.sub == who.sub:
+            return _error(400, "bad_request", "you cannot deactivate yourself")
+        try:
+            saved = await request.app.state.gw.directory.deactivate(person, actor=who.sub)
+        except DirectoryConflict as exc:
+            return _error(409, "conflict", str(exc))
+        log.info("admin %s deactivated %s/%s", who.sub, who.tenant, saved.sub)
+        return JSONResponse(_person(saved))
+
+    async def online(request: Request) -> Response:
+        who = await authorize(request)
+        if isinstance(who, Response):
+            return who
+        users = await request.app.state.gw.presence.users(who.tenant)
+        return JSONResponse(
+            {"online": [{"sub": u["sub"], "connections": u["connections"]} for u in users.values()]}
+        )
+
+    return [
+        Route("/api/admin/people", people),
+        Route("/api/admin/online", online),
+        Route("/api/admin/people/{sub}", update, methods=["PATCH"]),
+        Route("/api/admin/people/{sub}/deactivate", deactivate, methods=["POST"]),
+    ]
