@@ -95,7 +95,10 @@ class Row:
     table: ClassVar[str]
 
     def values(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """The columns: every field but `current` (kept for the projections only)."""
+        out = dict(self.__dict__)
+        out.pop("current", None)
+        return out
 
 
 @dataclass(frozen=True)
@@ -126,11 +129,6 @@ class ExamChange(Row):
     # For the projections only (not columns of exam_event).
     current: dict[str, Any] | None = None
 
-    def values(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        del out["current"]
-        return out
-
 
 @dataclass(frozen=True)
 class ReviewChange(Row):
@@ -155,11 +153,6 @@ class ReviewChange(Row):
     has_comment: bool
     changed_at: datetime
     current: dict[str, Any] | None = None
-
-    def values(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        del out["current"]
-        return out
 
 
 @dataclass(frozen=True)

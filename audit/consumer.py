@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from audit.changes import parse_record
 from audit.exceptions import LeaseLost
 from audit.writer import ShardPosition, take_lease, write_batch
+from dynamo.table import list_shards
 
 __all__ = ["AuditConsumer", "ConsumerMetrics"]
 
@@ -141,17 +142,7 @@ class AuditConsumer:
         self.metrics.shards_reading = len(self._readers)
 
     async def _list_shards(self) -> list[dict[str, Any]]:
-        shards: list[dict[str, Any]] = []
-        start: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"StreamArn": self.stream_arn}
-            if start:
-                kwargs["ExclusiveStartShardId"] = start
-            desc = (await self._streams.describe_stream(**kwargs))["StreamDescription"]
-            shards.extend(desc.get("Shards", []))
-            start = desc.get("LastEvaluatedShardId")
-            if not start:
-                return shards
+        return await list_shards(self._streams, self.stream_arn)
 
     async def _discover(self) -> None:
         shards = await self._list_shards()

@@ -64,6 +64,21 @@ async def stream_arn(client: Any, name: str) -> str:
     return str(arn)
 
 
+async def list_shards(streams: Any, arn: str) -> list[dict[str, Any]]:
+    """Every shard a stream lists now (DescribeStream, paginated), oldest first."""
+    shards: list[dict[str, Any]] = []
+    start: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"StreamArn": arn}
+        if start:
+            kwargs["ExclusiveStartShardId"] = start
+        desc = (await streams.describe_stream(**kwargs))["StreamDescription"]
+        shards.extend(desc.get("Shards", []))
+        start = desc.get("LastEvaluatedShardId")
+        if not start:
+            return shards
+
+
 async def wait_for_table(client: Any, name: str, timeout: float | None = None) -> str:
     """Wait until the table exists and streams (another process creates it); its stream ARN.
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from dynamo import keys
 from dynamo.deltas import DirectoryChange, ExamDelta, ReviewDelta
 from dynamo.serde import to_attrs
+from dynamo.table import list_shards
 from relay.exceptions import LeaseLost
 from relay.normalize import Unreadable, normalize
 
@@ -269,17 +270,7 @@ class StreamRelay:
             self._readers[sid] = asyncio.create_task(self._read_shard(sid), name=f"shard:{sid}")
 
     async def _list_shards(self) -> list[dict[str, Any]]:
-        shards: list[dict[str, Any]] = []
-        start: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"StreamArn": self.stream_arn}
-            if start:
-                kwargs["ExclusiveStartShardId"] = start
-            desc = (await self._streams.describe_stream(**kwargs))["StreamDescription"]
-            shards.extend(desc.get("Shards", []))
-            start = desc.get("LastEvaluatedShardId")
-            if not start:
-                return shards
+        return await list_shards(self._streams, self.stream_arn)
 
     async def _iterator(self, shard_id: str) -> str:
         checkpoint = await self._checkpoints.get(shard_id)
