@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCTION = ["dynamo", "worklist_cache", "relay", "gateway", "hl7_ingest", "audit", "service"]
+PRODUCTION = [
+    "dynamo",
+    "worklist_cache",
+    "relay",
+    "gateway",
+    "hl7_ingest",
+    "audit",
+    "orchestration",
+    "service",
+]
 TOOLING = {"loadtest", "tests", "devstack", "frontend_stub"}
 PACKAGES = [*PRODUCTION, "loadtest", "devstack", "frontend_stub"]
 

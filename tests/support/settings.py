@@ -9,7 +9,16 @@ from pydantic_settings import BaseSettings
 
 # loadtest is left out: importing locust patches the interpreter (gevent); its settings
 # classes are listed by hand where they are needed.
-PACKAGES = ("audit", "dynamo", "gateway", "hl7_ingest", "relay", "service", "worklist_cache")
+PACKAGES = (
+    "audit",
+    "dynamo",
+    "gateway",
+    "hl7_ingest",
+    "orchestration",
+    "relay",
+    "service",
+    "worklist_cache",
+)
 
 
 def settings_classes(package: str) -> list[type[BaseSettings]]:
