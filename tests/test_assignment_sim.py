@@ -91,12 +91,15 @@ def test_push_reads_stats_sooner_than_free_picking() -> None:
 
 
 def test_the_cli_writes_both_modes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--seed", "3", "--exams", "200", "--out", str(tmp_path)]) == 0
+    argv = ["--seed", "3", "--exams", "200", "--seeds", "2", "--out", str(tmp_path)]
+    assert main(argv) == 0
     data = json.loads((tmp_path / "assignment.json").read_text())
     for mode in ("free", "push"):
         for key in ("stat_p90_min", "routine_p90_min", "breaches", "rvu_cv"):
             assert isinstance(data[mode][key], int | float), (mode, key)
     assert data["params"]["seed"] == 3
+    spread = data["across_seeds"]
+    assert spread["seeds"] == [1, 2] and 0 <= spread["push_lower_on"]["stat_p90_min"] <= 2
     markdown = (tmp_path / "assignment.md").read_text()
     assert "| figure | free | push |" in markdown and markdown in capsys.readouterr().out
     assert (tmp_path / "assignment.png").read_bytes().startswith(b"\x89PNG")

@@ -69,6 +69,19 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     for sub, rate in free["rvu_per_hour_by_reader"].items():
         tag = " (cherry-picks in free mode)" if sub in p["cherry_picker_names"] else ""
         lines.append(f"| {sub}{tag} | {rate} | {push['rvu_per_hour_by_reader'][sub]} |")
+    spread = data.get("across_seeds")
+    if spread:
+        n = len(spread["seeds"])
+        lines += [
+            "",
+            f"Other days: seeds 1-{n}, the same model (`--seeds {n}`), means:",
+            "",
+            "| figure | free | push | push lower on |",
+            "|---|---|---|---|",
+        ]
+        for key, mean in spread["mean"]["free"].items():
+            push_mean, lower = spread["mean"]["push"][key], spread["push_lower_on"][key]
+            lines.append(f"| {key} | {mean} | {push_mean} | {lower} of {n} days |")
     return "\n".join(lines) + "\n"
 
 
