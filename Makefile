@@ -67,3 +67,9 @@ protocol-schema: $(VENV)/.stamp
 .PHONY: bench
 bench: deps
 	$(PY) -m loadtest.bench $(if $(QUICK),--quick) $(if $(PROFILE),--profile)
+
+# The assignment simulation alone (free picking vs push on one seeded day; `make bench`
+# runs it too): loadtest/results/assignment.{json,md,png}. SEED=N for another day.
+.PHONY: assignment
+assignment: $(VENV)/.stamp
+	$(PY) -m loadtest.assignment $(if $(SEED),--seed $(SEED))

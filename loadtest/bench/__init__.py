@@ -20,6 +20,10 @@ Phases, in order:
    p50/p99 and double claims.
 6. baseline: the fan-out of phase 4 through `loadtest.baseline`, for its CPU per delivery.
 
+After the phases, with everything stopped, it runs the assignment simulation
+(`loadtest.assignment`: free picking against push orchestration on the default seeded
+day) and writes `assignment.json`, `assignment.md` and `assignment.png` beside them.
+
 All data is synthetic. Quick mode (`--quick`) runs a reduced scale in under two minutes;
 `--tiny` is for the test suite.
 

@@ -15,6 +15,7 @@ import orjson
 
 from dynamo.client import dynamodb_client
 from dynamo.store import ExamStore
+from loadtest import assignment
 from loadtest.bench.claimers import StoreClaimers, ws_claims_available
 from loadtest.bench.config import RESULTS, SCALES, Scale, say
 from loadtest.bench.phases import Bench
@@ -112,4 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         stack.stop()
     write_results(results, out)
+    # Not a phase: pure Python, no server, a few seconds; the same files as
+    # `python -m loadtest.assignment` (the default day, free picking against push).
+    say("assignment simulation: free picking against push on the default day")
+    assignment.main(["--out", str(out)])
     return 0
