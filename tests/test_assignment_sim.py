@@ -103,3 +103,24 @@ def test_the_cli_writes_both_modes(tmp_path: Path, capsys: pytest.CaptureFixture
     markdown = (tmp_path / "assignment.md").read_text()
     assert "| figure | free | push |" in markdown and markdown in capsys.readouterr().out
     assert (tmp_path / "assignment.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_push_keeps_a_patients_related_studies_with_one_reader(
+    day: Day, runs: dict[str, RunResult]
+) -> None:
+    exams = {e.exam_id: e for e in day.exams}
+    allows = {r.sub: r.allows() for r in day.readers}
+    result = runs["push"]
+    rule = {e.exam: e.rule for e in result.log if e.event == "claim"}
+    pairs = [(exams[e.related_to], e) for e in day.exams if e.related_to]
+    checked = 0
+    for a, b in pairs:
+        first, second = sorted((a, b), key=lambda e: result.claimed_at[e.exam_id])
+        reader = result.claimed_by[first.exam_id]
+        if allows[reader](second.candidate.row):  # else scope splits them, rightly
+            # To that reader, or to another who holds (or just read) a study of the
+            # same patient: the plan has patients with more than one exam that day.
+            together = result.claimed_by[second.exam_id] == reader
+            assert together or rule[second.exam_id] == "same-patient", (first, second)
+            checked += together
+    assert checked > 0

@@ -146,6 +146,19 @@ class _Run:
         else:
             r.queue.append((exam.exam_id, ms, False))
         self._log("claim", exam.exam_id, r, rule)
+        if self.mode == "push":
+            self._group(exam)
+
+    def _group(self, exam: SimExam) -> None:
+        """The same patient's other waiting studies follow a claimed one (OnePACS's "one
+        patient's studies together"): `choose_reader` names the reader now holding it."""
+        for other in [e for e in self.waiting.values() if e.patient == exam.patient]:
+            if other.exam_id not in self.waiting:
+                continue  # claimed meanwhile, grouped with one claimed just before
+            loads = [self._load(r) for r in self._online()]
+            decision = choose_reader(other.candidate, loads, self.rules)
+            if decision is not None and decision.rule == "same-patient":
+                self._claim(self.readers[decision.reader], other, decision.rule, start=False)
 
     def _start(self, r: _Reader, exam_id: str, ms: int) -> None:
         r.current, r.current_end = exam_id, self.now + ms
