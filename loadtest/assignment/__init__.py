@@ -40,7 +40,9 @@ accepted STAT preempts a non-STAT read (modelling choice: the paused read stays 
 and resumes after it, one minute slower); it queues behind a STAT being read. A new
 non-STAT goes to the reader holding (or who signed within `group_patient_minutes`)
 the same patient's study, else to an idle reader with the fewest RVUs, else waits for
-the next `next_case`. At the end of a shift, reserved cases not started go back.
+the next `next_case`; a claimed study pulls the same patient's waiting studies to the
+same reader (`choose_reader`'s same-patient rule, caps permitting). At the end of a
+shift, reserved cases not started go back.
 
 Figures (`metrics`): turnaround (ready to signed) and ready-to-claimed p50/p90 by
 priority, breaches of the reading deadlines, and RVUs per hour of shift per reader
