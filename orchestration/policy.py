@@ -69,9 +69,17 @@ class ReaderLoad:
     rvu_shift: float = 0.0  # RVUs read (signed) or held this shift
     patients: frozenset[str] = frozenset()  # patients of the cases they hold
     allows: Allows | None = None  # their scope rule (None: everything in the tenant)
+    # Hours on shift so far: balance weighs RVUs per hour when known (a reader who has
+    # just started is not "behind" the others), else cumulative RVUs.
+    shift_hours: float = 0.0
 
     def may_read(self, candidate: Candidate) -> bool:
         return self.allows is None or self.allows(candidate.row)
+
+    @property
+    def rvu_rate(self) -> float:
+        """RVUs per hour on shift, or the cumulative RVUs when the shift is unknown."""
+        return self.rvu_shift / self.shift_hours if self.shift_hours > 0 else self.rvu_shift
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +108,15 @@ def rank(
 ) -> list[Candidate]:
     """The cases this reader may take, best first (eligibility and caps applied)."""
     eligible = [c for c in candidates if reader.may_read(c) and not _at_cap(reader, c, rules)]
-    target = reader.rvu_shift if mean_rvu is None else mean_rvu
+    # `mean_rvu` is the group's figure in the unit of `ReaderLoad.rvu_rate`.
+    behind = mean_rvu is None or reader.rvu_rate <= mean_rvu
 
     def key(c: Candidate) -> tuple[int, int, int, float, int, str]:
         grouped = 0 if reader.patients and c.patient in reader.patients else 1
         prio, bucket = c.urgency()
         # Below the mean: the heavier case first; above it: the lighter one.
         rvu = rvu_of(c.procedure_code, rules.rvu_overrides)
-        balance = -rvu if reader.rvu_shift <= target else rvu
+        balance = -rvu if behind else rvu
         return (grouped, prio, bucket, balance, c.ready_at, c.exam_id)
 
     return sorted(eligible, key=key)
@@ -162,10 +171,10 @@ def choose_reader(
         best = min(grouped, key=lambda r: (r.open_claims, r.sub))
         rule = "same-patient"
     elif candidate.priority == "STAT":
-        best = min(able, key=lambda r: (r.stat_claims, r.open_claims, r.rvu_shift, r.sub))
+        best = min(able, key=lambda r: (r.stat_claims, r.open_claims, r.rvu_rate, r.sub))
         rule = "lowest-stat-load"
     else:
-        best = min(able, key=lambda r: (r.rvu_shift, r.open_claims, r.sub))
+        best = min(able, key=lambda r: (r.rvu_rate, r.open_claims, r.sub))
         rule = "lowest-rvu"
     return Decision(
         candidate.exam_id,
@@ -177,6 +186,7 @@ def choose_reader(
             "reader_stat_claims": best.stat_claims,
             "reader_open_claims": best.open_claims,
             "reader_rvu_shift": round(best.rvu_shift, 2),
+            "reader_rvu_per_hour": round(best.rvu_rate, 2),
             "readers_considered": len(able),
         },
     )

@@ -94,3 +94,15 @@ def test_tenant_rvu_override() -> None:
     assert rvu_of("70553") == 2.29
     assert rvu_of("70553", Rules(rvu_overrides={"70553": 3.0}).rvu_overrides) == 3.0
     assert rvu_of("99999") == 1.0
+
+
+def test_balance_weighs_rvus_per_hour_on_shift() -> None:
+    # 6 RVUs in 6 hours is behind 2 RVUs in 1 hour: the routine case goes to the former.
+    veteran = ReaderLoad("veteran", rvu_shift=6.0, shift_hours=6.0)
+    newcomer = ReaderLoad("newcomer", rvu_shift=2.0, shift_hours=1.0)
+    chosen = choose_reader(case("r"), [veteran, newcomer], Rules())
+    assert chosen is not None and chosen.reader == "veteran"
+    assert chosen.figures["reader_rvu_per_hour"] == 1.0
+    light, heavy = case("xr", code="71046", due_min=600), case("mr", code="70553", due_min=601)
+    ahead = next_case(newcomer, [light, heavy], Rules(), mean_rvu=1.5)
+    assert ahead is not None and ahead.exam_id == "xr"

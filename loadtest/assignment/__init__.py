@@ -39,8 +39,9 @@ lets the 60-second offer lapse, and the next reader is offered it (`exclude`). A
 accepted STAT preempts a non-STAT read (modelling choice: the paused read stays claimed
 and resumes after it, one minute slower); it queues behind a STAT being read. A new
 non-STAT goes to the reader holding (or who signed within `group_patient_minutes`)
-the same patient's study, else to an idle reader with the fewest RVUs, else waits for
-the next `next_case`; a claimed study pulls the same patient's waiting studies to the
+the same patient's study, else to the idle reader with the fewest RVUs per hour on
+shift, else waits for the next `next_case` (idle readers are woken furthest behind
+first); a claimed study pulls the same patient's waiting studies to the
 same reader (`choose_reader`'s same-patient rule, caps permitting). At the end of a
 shift, reserved cases not started go back.
 

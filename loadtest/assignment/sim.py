@@ -196,7 +196,12 @@ class _Run:
 
     def _wake_idle(self) -> None:
         idle = [r for r in self.readers.values() if r.online and r.idle]
-        for r in sorted(idle, key=lambda r: (r.idle_since, r.spec.sub)):
+        if self.mode == "push":
+            # Orchestration: the reader furthest behind on RVUs per hour goes first.
+            idle.sort(key=lambda r: (self._load(r).rvu_rate, r.spec.sub))
+        else:
+            idle.sort(key=lambda r: (r.idle_since, r.spec.sub))
+        for r in idle:
             if self.waiting:
                 self._next(r)
 
@@ -275,6 +280,7 @@ class _Run:
             open_claims=len(held),
             stat_claims=sum(1 for e in held if e.priority == Priority.STAT),
             rvu_shift=r.shift_rvu + sum(e.rvu for e in held),
+            shift_hours=max(self.now - r.shift_start, MINUTE) / HOUR if r.online else 0.0,
             patients=frozenset(patients),
             allows=r.allows,
         )
@@ -285,15 +291,13 @@ class _Run:
     def _push_next(self, r: _Reader) -> tuple[SimExam, str] | None:
         # Balance against the group's RVUs per hour on shift, scaled to this reader's
         # hours so far: a reader who just started is not "behind" the others.
-        online = self._online()
-        hours = {o.spec.sub: max(self.now - o.shift_start, MINUTE) / HOUR for o in online}
-        loads = {o.spec.sub: self._load(o) for o in online}
-        rate = sum(x.rvu_shift for x in loads.values()) / sum(hours.values())
+        loads = {o.spec.sub: self._load(o) for o in self._online()}
+        rate = sum(x.rvu_shift for x in loads.values()) / sum(x.shift_hours for x in loads.values())
         decision = next_case(
             loads[r.spec.sub],
             [e.candidate for e in self.waiting.values()],
             self.rules,
-            mean_rvu=rate * hours[r.spec.sub],
+            mean_rvu=rate,
         )
         return None if decision is None else (self.exams[decision.exam_id], decision.rule)
 
