@@ -49,6 +49,7 @@ def _person(p: Person) -> dict[str, Any]:
         "roles": [r.value for r in p.roles],
         "sites": list(p.sites),
         "subspecialties": list(p.subspecialties),
+        "modalities": list(p.modalities),
         "active": p.active,
         "version": p.version,
     }

@@ -1,7 +1,7 @@
 """Live worklist subscriptions: scoped views, snapshot or resume, then deltas.
 
-A view is narrowed to what the user may read (tenant, sites, subspecialties) before
-anything is read, so every snapshot row and every later delta is filtered server-side
+A view is narrowed to what the user may read (tenant, sites, subspecialties, modalities)
+before anything is read, so every snapshot row and every later delta is filtered server-side
 by the same matcher.
 """
 
