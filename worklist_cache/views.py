@@ -68,6 +68,12 @@ class Scope:
     subspecialties: frozenset[str] = frozenset()
     modalities: frozenset[str] = frozenset()
 
+    @property
+    def fingerprint(self) -> str:
+        """The scope as a stable text (equal scopes, equal texts)."""
+        parts = (self.sites, self.subspecialties, self.modalities)
+        return "|".join([self.tenant, *(",".join(sorted(p)) for p in parts)])
+
     def allows(self, row: dict[str, Any]) -> bool:
         return (
             row.get("tenant") == self.tenant
