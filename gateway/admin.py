@@ -1,10 +1,13 @@
 """A group's admin over HTTP: its people and their privileges, who is online, and
 deactivating someone. For admins of the caller's own tenant only.
 
-    GET   /api/admin/people                  the tenant's people and sites
+    GET   /api/admin/people                  the tenant's people and sites, and the
+                                             modalities a person may be limited to
     PATCH /api/admin/people/{sub}            {"version": n, "sites"?: [..],
-                                              "subspecialties"?: [..]}
+                                              "subspecialties"?: [..], "modalities"?: [..]}
+                                             (empty lists: every one)
     POST  /api/admin/people/{sub}/deactivate
+    POST  /api/admin/people/{sub}/reactivate
     GET   /api/admin/online                  subs online, their connection counts
 
 The caller authenticates as on the WebSocket (`Authorization: Bearer <token>`, the
@@ -23,12 +26,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dynamo.directory.files import explain
 from dynamo.directory.models import Person
 from dynamo.exceptions import DirectoryConflict, InvalidEntry
+from dynamo.states import Modality
 from gateway.auth import Principal, Role
 from gateway.exceptions import AuthError
 
@@ -49,6 +55,7 @@ def _person(p: Person) -> dict[str, Any]:
         "roles": [r.value for r in p.roles],
         "sites": list(p.sites),
         "subspecialties": list(p.subspecialties),
+        "modalities": list(p.modalities),
         "active": p.active,
         "version": p.version,
     }
@@ -89,7 +96,12 @@ def routes() -> list[Route]:
             for s in await directory.sites(who.tenant)
         ]
         return JSONResponse(
-            {"tenant": who.tenant, "sites": sites, "people": [_person(p) for p in found]}
+            {
+                "tenant": who.tenant,
+                "sites": sites,
+                "modalities": [m.value for m in Modality],
+                "people": [_person(p) for p in found],
+            }
         )
 
     async def target(request: Request, who: Principal) -> Person | Response:
@@ -112,8 +124,9 @@ def routes() -> list[Route]:
                 raise ValueError("`version` (the version read) is required")
             sites = _codes(body, "sites")
             subspecialties = _codes(body, "subspecialties")
-            if sites is None and subspecialties is None:
-                raise ValueError("send `sites` and/or `subspecialties`")
+            modalities = _codes(body, "modalities")
+            if sites is None and subspecialties is None and modalities is None:
+                raise ValueError("send `sites`, `subspecialties` and/or `modalities`")
         except ValueError as exc:
             return _error(400, "bad_request", str(exc))
         person = await target(request, who)
@@ -134,8 +147,13 @@ def routes() -> list[Route]:
             changes["sites"] = sites
         if subspecialties is not None:
             changes["subspecialties"] = subspecialties
+        if modalities is not None:
+            changes["modalities"] = modalities
         try:
             entry = Person.model_validate({**person.content(), **changes})
+        except ValidationError as exc:
+            return _error(400, "bad_request", explain(exc))
+        try:
             saved = await directory.update(entry, actor=who.sub, expected_version=version)
         except DirectoryConflict as exc:
             return _error(409, "conflict", str(exc))
@@ -160,6 +178,25 @@ def routes() -> list[Route]:
         log.info("admin %s deactivated %s/%s", who.sub, who.tenant, saved.sub)
         return JSONResponse(_person(saved))
 
+    async def reactivate(request: Request) -> Response:
+        who = await authorize(request)
+        if isinstance(who, Response):
+            return who
+        person = await target(request, who)
+        if isinstance(person, Response):
+            return person
+        try:
+            entry = person.model_copy(update={"active": True})
+            saved = await request.app.state.gw.directory.update(
+                entry, actor=who.sub, expected_version=person.version
+            )
+        except DirectoryConflict as exc:
+            return _error(409, "conflict", str(exc))
+        except InvalidEntry as exc:  # e.g. a site privilege whose site is gone
+            return _error(400, "bad_request", str(exc))
+        log.info("admin %s reactivated %s/%s", who.sub, who.tenant, saved.sub)
+        return JSONResponse(_person(saved))
+
     async def online(request: Request) -> Response:
         who = await authorize(request)
         if isinstance(who, Response):
@@ -174,4 +211,5 @@ def routes() -> list[Route]:
         Route("/api/admin/online", online),
         Route("/api/admin/people/{sub}", update, methods=["PATCH"]),
         Route("/api/admin/people/{sub}/deactivate", deactivate, methods=["POST"]),
+        Route("/api/admin/people/{sub}/reactivate", reactivate, methods=["POST"]),
     ]

@@ -152,7 +152,6 @@ def create_app(
 
     def _person_json(p: Any) -> dict[str, Any]:
         data: dict[str, Any] = p.content()
-        data.pop("modalities", None)
         return data
 
     async def demo_users(request: Request) -> Response:

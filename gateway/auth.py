@@ -3,11 +3,12 @@ directory says what that person may do (`principal_for` builds the `Principal`).
 
 A token is a JWT with `sub`, the tenant (claim `GATEWAY_TENANT_CLAIM`, default
 `tenant`) and `exp`; a roles claim (`GATEWAY_ROLES_CLAIM`, default `roles`) may narrow
-the directory's roles, never widen them. Sites, subspecialties and the display name come
-from the directory only: claims of that kind in a token are ignored. The verifier is
-pluggable: `SecretVerifier` checks HS256 tokens signed with the gateway's secret (what
-the demo's login endpoint issues); `JwksVerifier` checks an OIDC provider's tokens
-against its JWKS. Errors carry a stable wire code and never echo the token.
+the directory's roles, never widen them. Sites, subspecialties, modalities and the
+display name come from the directory only: claims of that kind in a token are ignored.
+The verifier is pluggable: `SecretVerifier` checks HS256 tokens signed with the
+gateway's secret (what the demo's login endpoint issues); `JwksVerifier` checks an OIDC
+provider's tokens against its JWKS. Errors carry a stable wire code and never echo the
+token.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ LEEWAY_S = 5
 
 class Principal(BaseModel):
     """The authenticated user of a session. Empty `sites` means every site of the tenant;
-    empty `subspecialties` means every subspecialty."""
+    empty `subspecialties` every subspecialty; empty `modalities` every modality."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -60,6 +61,7 @@ class Principal(BaseModel):
     tenant: str = Field(pattern=r"^[a-z0-9-]{1,40}$")
     sites: tuple[str, ...] = ()
     subspecialties: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = ()
     exp: int  # epoch seconds
 
     def has(self, role: Role) -> bool:
@@ -68,7 +70,12 @@ class Principal(BaseModel):
     @property
     def scope(self) -> Scope:
         """What this principal may see (the one rule every path applies)."""
-        return Scope(self.tenant, frozenset(self.sites), frozenset(self.subspecialties))
+        return Scope(
+            self.tenant,
+            frozenset(self.sites),
+            frozenset(self.subspecialties),
+            frozenset(self.modalities),
+        )
 
     @property
     def expires_at_ms(self) -> int:
@@ -133,6 +140,7 @@ def principal_for(identity: Identity, person: Person | None) -> Principal:
         tenant=person.tenant,
         sites=person.sites,
         subspecialties=person.subspecialties,
+        modalities=person.modalities,
         exp=identity.exp,
     )
 

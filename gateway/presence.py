@@ -9,7 +9,8 @@ difference (`presence_diff`), as Phoenix Presence does. Notices to one user (a b
 lock) travel on the same channel.
 
 What each viewer is shown of `reading` passes the viewer's own scope (the rule every
-path uses): an exam at a site or subspecialty the viewer may not read never appears.
+path uses): an exam at a site, subspecialty or modality the viewer may not read never
+appears.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class Presence:
     def _entry(self, session: Connection) -> bytes:
         p = session.principal
         assert p is not None
-        # Each exam with what a viewer's scope is checked against (site, subspecialty).
+        # Each exam with what a viewer's scope checks (site, subspecialty, modality).
         reading = [
             {"tenant": p.tenant, "exam_id": exam_id, **session.claim_rows.get(exam_id, {})}
             for exam_id in sorted(session.claims)

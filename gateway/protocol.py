@@ -254,6 +254,7 @@ class UserInfo(_Frame):
     tenant: str
     sites: list[str]  # empty: every site of the tenant
     subspecialties: list[str]  # empty: every subspecialty
+    modalities: list[str] = []  # empty: every modality
 
 
 class Authenticated(_Frame):

@@ -352,6 +352,7 @@ class Session:
                     "tenant": principal.tenant,
                     "sites": list(principal.sites),
                     "subspecialties": list(principal.subspecialties),
+                    "modalities": list(principal.modalities),
                 },
                 "expires_at": principal.expires_at_ms,
             }

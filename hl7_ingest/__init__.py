@@ -5,6 +5,8 @@
     listener     the asyncio MLLP server: many connections, each in order, capped
     peers        who a connection proves it is (certificate or source address)
     mapping      the adaptive layer: one JSON file per sending facility (mappings/)
+    directory    the directory binds facilities to tenants and sites; the default
+                 dialect (dialects/) of facilities that have no mapping file
     interpret    message + mapping -> a command (new order, move, patient update, merge)
     apply        command -> store writes, through the exam state machine
     ledger       accepted control IDs per sender (a repeat is answered AA, once)

@@ -16,6 +16,7 @@ from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
 from dynamo.table import wait_for_table
 from hl7_ingest.deadletters import ensure_dead_letter_table
+from hl7_ingest.directory import SiteDirectory, load_dialect
 from hl7_ingest.exceptions import MappingError
 from hl7_ingest.listener import listener_for
 from hl7_ingest.mapping import Mappings, load_mappings
@@ -31,7 +32,8 @@ async def run_listener(settings: Hl7Settings, dynamo: DynamoSettings, mappings: 
     async with dynamodb_client(dynamo) as client:
         await wait_for_table(client, dynamo.table)
         store = ExamStore(client, dynamo.table)
-        ingest = Ingest(store, mappings, settings)
+        directory = SiteDirectory(store, settings.directory_cache_seconds)
+        ingest = Ingest(store, mappings, settings, directory=directory)
         await ensure_dead_letter_table(store, ingest.dead_letters.table)
         listener = listener_for(ingest, settings)
         senders = ", ".join(f"{m.sender} ({m.tenant})" for m in mappings)
@@ -48,6 +50,7 @@ def main() -> int:
     configure_logging(settings.log_level)
     try:
         mappings = load_mappings(settings.mappings_dir or None)
+        load_dialect(settings.default_dialect, settings.dialects_dir or None)  # fail early
     except MappingError as exc:
         log.error("HL7 ingest not started: %s", exc.reason)
         print(f"HL7 ingest not started: {exc.reason}", file=sys.stderr)

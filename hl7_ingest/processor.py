@@ -3,14 +3,19 @@
     parse            not HL7, or more parts than the HL7_MAX_* limits -> AR (counted
                      before anything is built; fields are split when first read)
     MSH-4            no mapping for the sending facility, or one that does not admit
-                     this connection's peer (`peers`: certificate or address) -> AR
+                     this connection's peer (`peers`: certificate or address) -> AR;
+                     with the directory (`hl7_ingest.directory`, always in the listener
+                     process): a facility the directory does not bind to an active site
+                     of the mapping's tenant -> AR, and one it binds without a mapping
+                     file speaks the default dialect
     MSH-11           not this listener's processing ID -> AR
     MSH-9            a type the site's mapping does not list -> AR
     MSH-10           accepted before from this facility (the ledger) with the same
                      content digest -> AA again, nothing written; with another
                      content -> AE (a different message reusing the control ID)
     interpret+apply  through the site's mapping into the store -> AA, or AE naming the
-                     field and the reason
+                     field and the reason; a new order for a site the directory does not
+                     bind to this facility, or marks inactive -> AR, nothing applied
     record           the control ID, after the write (see `ledger`)
 
 Every AE and AR of an authenticated peer is dead-lettered before it is sent; nothing
@@ -39,6 +44,7 @@ from dynamo.store import ExamStore
 from hl7_ingest.ack import build_ack
 from hl7_ingest.apply import apply
 from hl7_ingest.deadletters import DeadLetters, PeerBudget, dead_letter_table
+from hl7_ingest.directory import FacilityBinding, SiteDirectory, load_dialect
 from hl7_ingest.exceptions import (
     DATA_TYPE_ERROR,
     DUPLICATE_KEY,
@@ -54,7 +60,7 @@ from hl7_ingest.exceptions import (
     NotAcknowledged,
     Rejection,
 )
-from hl7_ingest.interpret import interpret
+from hl7_ingest.interpret import NewOrder, interpret
 from hl7_ingest.ledger import Ledger
 from hl7_ingest.mapping import Mappings, SiteMapping
 from hl7_ingest.message import Message, parse
@@ -124,11 +130,25 @@ def _safe(value: str, limit: int = 24) -> str:
 
 class Ingest:
     def __init__(
-        self, store: ExamStore, mappings: Mappings, settings: Hl7Settings | None = None
+        self,
+        store: ExamStore,
+        mappings: Mappings,
+        settings: Hl7Settings | None = None,
+        *,
+        directory: SiteDirectory | None = None,
     ) -> None:
+        """`directory`: the directory decides which facility sends for which tenant and
+        site (the listener process always has one); None: the mapping files alone do
+        (a library use, and the tests of the mappings themselves)."""
         self.store = store
         self.mappings = mappings
         self.settings = settings or Hl7Settings()
+        self.directory = directory
+        self.dialect = (
+            load_dialect(self.settings.default_dialect, self.settings.dialects_dir or None)
+            if directory is not None
+            else None
+        )
         self.ledger = Ledger(store, keep_days=self.settings.dedupe_days)
         self.dead_letters = DeadLetters(
             store,
@@ -154,14 +174,14 @@ class Ingest:
         except MessageRejected as exc:
             control_id = _guess_control_id(decode(raw[:4096]))
             # Kept only when the peer is somebody: a site's RIS sending garbage.
-            known = bool(self.mappings.admitting(peer))
+            known = self._known_peer(peer)
             return await self._reject(raw, None, exc, peer, started, "", control_id, keep=known)
         msh = message.msh
         sender = msh.get(4)
         control_id = msh.get(10)
         kind = f"{msh.get(9, 1)}^{msh.get(9, 2)}"
         try:
-            mapping = self._identify(sender, peer)
+            mapping, binding = await self._identify(sender, peer)
         except Rejection as exc:
             return await self._reject(
                 raw, message, exc, peer, started, kind, control_id, keep=False
@@ -171,14 +191,32 @@ class Ingest:
         except Rejection as exc:
             return await self._reject(raw, message, exc, peer, started, kind, control_id)
         async with self._exclusive(mapping.sender, control_id):
-            return await self._process(raw, message, mapping, control_id, kind, peer, started)
+            return await self._process(
+                raw, message, mapping, control_id, kind, peer, started, binding
+            )
+
+    def _known_peer(self, peer: Peer) -> bool:
+        """Whether `peer` may send as some facility (a mapping's or the dialect's)."""
+        if self.mappings.admitting(peer):
+            return True
+        return self.dialect is not None and self.dialect.peers.admits(peer)
 
     async def _parse(self, raw: bytes) -> Message:
         return parse(decode(raw), self._limits)
 
-    def _identify(self, sender: str, peer: Peer) -> SiteMapping:
-        """The mapping of MSH-4, if this connection is bound to it (else AR)."""
+    async def _identify(
+        self, sender: str, peer: Peer
+    ) -> tuple[SiteMapping, FacilityBinding | None]:
+        """The mapping of MSH-4 (and the directory's binding of it), if the directory
+        binds the facility and this connection may send as it (else AR)."""
         mapping = self.mappings.get(sender)
+        binding: FacilityBinding | None = None
+        if self.directory is not None:
+            binding = await self.directory.binding(sender)
+            binding.check(mapping)
+            if mapping is None:
+                assert self.dialect is not None
+                mapping = self.directory.dialect(binding, self.dialect)
         if mapping is None:
             raise MessageRejected(UNKNOWN_KEY, "MSH-4", "no mapping for this sending facility")
         if not mapping.peers.admits(peer):
@@ -190,7 +228,7 @@ class Ingest:
             raise MessageRejected(
                 UNKNOWN_KEY, "MSH-4", f"this connection may not send as {mapping.sender}: {how}"
             )
-        return mapping
+        return mapping, binding
 
     def _check(self, message: Message, mapping: SiteMapping, control_id: str, kind: str) -> None:
         if not control_id:
@@ -224,6 +262,7 @@ class Ingest:
         kind: str,
         peer: Peer,
         started: float,
+        binding: FacilityBinding | None = None,
     ) -> Outcome:
         sender = mapping.sender
         digest = content_digest(raw)
@@ -241,6 +280,9 @@ class Ingest:
                 self._log("AA", sender, control_id, kind, started, "duplicate, not applied again")
                 return self._outcome("AA", message, sender, control_id, kind, duplicate=True)
             command = interpret(message, mapping)
+            if binding is not None and isinstance(command, NewOrder):
+                site_path = mapping.site.paths[0] if mapping.site.paths else "MSH-4"
+                binding.check_site(command.exam.site, site_path)
             summary = await apply(self.store, command)
             await self.ledger.record(sender, control_id, kind, summary, digest=digest)
         except Rejection as exc:
@@ -371,7 +413,7 @@ class Ingest:
         """Bytes that arrived outside an MLLP frame: a message among them is never
         acknowledged (the sender will resend it); it is kept as a dead letter when its
         peer is bound to its MSH-4 (or it names none), and the peer's budget allows."""
-        known = self.mappings.admitting(peer)
+        known = self._known_peer(peer)
         if b"MSH" not in raw or not known:
             log.warning(
                 "hl7 peer=%s discarded %d bytes outside any MLLP frame%s",
@@ -390,7 +432,7 @@ class Ingest:
             message = None
         if message is not None:
             sender = message.msh.get(4)
-            mapping = self.mappings.get(sender)
+            mapping = self.mappings.get(sender) or self.dialect
             if mapping is None or not mapping.peers.admits(peer):
                 log.warning(
                     "hl7 peer=%s message outside an MLLP frame for a facility it is not"

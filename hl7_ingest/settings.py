@@ -23,6 +23,13 @@ class Hl7Settings(BaseSettings):
     tls_client_ca: str = ""
     # Directory of site mapping files (*.json); empty: the ones shipped in the package.
     mappings_dir: str = ""
+    # The directory binds facilities to sites (a site's `hl7_facility`); it is re-read at
+    # most this often (seconds), so a change reaches HL7 within this bound.
+    directory_cache_seconds: float = 10.0
+    # The dialect (a mapping file's stem in `dialects_dir`; empty: the shipped ones) of
+    # facilities the directory binds but no mapping file describes.
+    default_dialect: str = "v231-orm"
+    dialects_dir: str = ""
     # MSH-11 this listener accepts: P(roduction), T(raining) or D(ebugging).
     processing_id: str = "P"
     # MSH-3 / MSH-4 of the ACKs this listener sends.

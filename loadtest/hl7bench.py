@@ -18,8 +18,12 @@ import numpy as np
 
 from devstack.procs import ManagedProcess, free_port, wait_for_port
 from devstack.sites import DEMO_TENANTS
+from dynamo.client import dynamodb_client
+from dynamo.directory import DirectoryStore, Site, Tenant
+from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus
-from hl7_ingest.mapping import load_mappings
+from dynamo.store import ExamStore
+from hl7_ingest.mapping import SiteMapping, load_mappings
 from loadtest.hl7.builder import MessageBuilder
 from loadtest.hl7.client import MllpClient
 from loadtest.plan import PlannedExam, exam_now
@@ -50,6 +54,24 @@ async def _connection(
     return ok, refused
 
 
+async def _bind_in_directory(env: Mapping[str, str], mapping: SiteMapping, site: str) -> None:
+    """The directory binds the facility to its site (the listener refuses it otherwise)."""
+    settings = DynamoSettings(endpoint_url=env["DYNAMO_ENDPOINT_URL"], table=env["DYNAMO_TABLE"])
+    async with dynamodb_client(settings) as client:
+        d = DirectoryStore(ExamStore(client, settings.table))
+        if await d.tenant(mapping.tenant) is None:
+            await d.add(Tenant(code=mapping.tenant, name=mapping.tenant), actor="bench")
+        bound = Site(tenant=mapping.tenant, code=site, name=site, hl7_facility=mapping.sender)
+        current = await d.site(mapping.tenant, site)
+        if current is None:
+            await d.add(bound, actor="bench")
+        elif current.hl7_facility != mapping.sender or not current.active:
+            await d.update(
+                current.model_copy(update={"hl7_facility": mapping.sender, "active": True}),
+                actor="bench",
+            )
+
+
 async def hl7_phase(
     env: Mapping[str, str], messages: int, connections: int, log_dir: Any
 ) -> dict[str, Any]:
@@ -66,6 +88,7 @@ async def hl7_phase(
         await asyncio.to_thread(wait_for_port, port, 60, proc)
         mapping = load_mappings().for_site("northwind", "NW-GEN")
         assert mapping is not None
+        await _bind_in_directory(env, mapping, "NW-GEN")
         builder = MessageBuilder(mapping)
         exams = [_exam(n) for n in range(max(1, messages // (1 + len(_MOVES))))]
         shares = [exams[i::connections] for i in range(connections)]

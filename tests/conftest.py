@@ -103,6 +103,7 @@ def register(
     roles: tuple[str, ...] = ("radiologist",),
     sites: tuple[str, ...] = (),
     subspecialties: tuple[str, ...] = (),
+    modalities: tuple[str, ...] = (),
     active: bool = True,
 ) -> None:
     """Put a person in the running test's directory (creating its tenant and sites),
@@ -118,6 +119,7 @@ def register(
             "roles": roles,
             "sites": sites,
             "subspecialties": subspecialties,
+            "modalities": modalities,
             "active": active,
         }
     )
@@ -132,10 +134,19 @@ def token(
     roles: tuple[str, ...] = ("radiologist",),
     sites: tuple[str, ...] = (),
     subspecialties: tuple[str, ...] = (),
+    modalities: tuple[str, ...] = (),
     ttl_s: int = 600,
 ) -> str:
     """A token for this person, who is put in the test's directory as given."""
-    register(sub, name=name, tenant=tenant, roles=roles, sites=sites, subspecialties=subspecialties)
+    register(
+        sub,
+        name=name,
+        tenant=tenant,
+        roles=roles,
+        sites=sites,
+        subspecialties=subspecialties,
+        modalities=modalities,
+    )
     return mint_token(
         SECRET,
         sub=sub,

@@ -1,6 +1,7 @@
-"""The group's admin page and its API (`gateway.admin`): an admin edits a person's site
-privileges or deactivates them, and the person's open pages feel it at once; nobody
-else gets in. Real gateway, DynamoDB Local, Redis and Chromium."""
+"""The group's admin page and its API (`gateway.admin`): an admin edits a person's site,
+subspecialty and modality privileges, deactivates or reactivates them, and the person's
+open pages feel it at once; nobody else gets in. Real gateway, DynamoDB Local, Redis and
+Chromium."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import httpx
 import pytest
 
 from dynamo.directory import DirectoryStore
-from dynamo.states import ExamStatus
+from dynamo.states import ExamStatus, Modality
 from dynamo.store import ExamStore
 from tests.conftest import Stack, token
 from tests.support.exams import exam_in
@@ -70,6 +71,44 @@ async def test_the_api_edits_privileges_with_versions_and_audits_the_admin(
     ]
 
 
+async def test_the_api_limits_subspecialties_and_modalities_and_reactivates(
+    stack: Stack, store: ExamStore
+) -> None:
+    boss = token("t-boss", roles=("admin",))
+    token("t-mod")
+    async with httpx.AsyncClient(base_url=stack.http_url, headers=_auth(boss)) as http:
+        listing = (await http.get("/api/admin/people")).json()
+        assert listing["modalities"] == ["CT", "MR", "XR", "US", "NM", "MG"]
+        mod = next(p for p in listing["people"] if p["sub"] == "t-mod")
+        assert (mod["subspecialties"], mod["modalities"]) == ([], [])
+
+        bad = await http.patch(
+            "/api/admin/people/t-mod", json={"version": mod["version"], "modalities": ["MRI"]}
+        )
+        assert bad.status_code == 400, bad.text
+        assert "unknown modality 'MRI'" in bad.json()["error"]["reason"]
+        ok = await http.patch(
+            "/api/admin/people/t-mod",
+            json={"version": mod["version"], "subspecialties": ["neuro"], "modalities": ["CT"]},
+        )
+        assert ok.status_code == 200, ok.text
+        assert (ok.json()["subspecialties"], ok.json()["modalities"]) == (["neuro"], ["CT"])
+        assert ok.json()["version"] == mod["version"] + 1  # the refused one wrote nothing
+
+        assert (await http.post("/api/admin/people/t-mod/deactivate")).status_code == 200
+        back = await http.post("/api/admin/people/t-mod/reactivate")
+        assert back.status_code == 200 and back.json()["active"] is True
+        assert back.json()["modalities"] == ["CT"]  # privileges kept across the pause
+        assert (await http.post("/api/admin/people/nobody/reactivate")).status_code == 404
+
+    changes = [c for c in await DirectoryStore(store).changes("northwind") if c.key == "t-mod"]
+    assert [(c.action, c.actor) for c in changes[-3:]] == [
+        ("update", "t-boss"),
+        ("deactivate", "t-boss"),
+        ("update", "t-boss"),
+    ]
+
+
 async def test_the_api_refuses_everyone_but_admins(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.http_url) as http:
         assert (await http.get("/api/admin/people")).status_code == 401
@@ -79,6 +118,7 @@ async def test_the_api_refuses_everyone_but_admins(stack: Stack) -> None:
             ("GET", "/api/admin/online"),
             ("PATCH", "/api/admin/people/nw-okafor"),
             ("POST", "/api/admin/people/nw-okafor/deactivate"),
+            ("POST", "/api/admin/people/nw-okafor/reactivate"),
         ):
             resp = await http.request(method, path, headers=coordinator, json={"version": 1})
             assert resp.status_code == 403, (method, path)
@@ -156,6 +196,51 @@ async def test_an_admin_deactivates_someone_and_their_page_loses_its_session(
     await expect(rad.locator("#login")).to_be_visible(timeout=WAIT_MS)
     await expect(rad.locator("#login-message")).to_contain_text("log in again")
     await expect(rad.locator('#users button[data-user="nw-okafor"]')).to_have_count(0)
+
+    # Reactivated: the row is active again and the radiologist can log in.
+    await line.get_by_role("button", name="Reactivate").click()
+    await expect(line).to_have_attribute("data-active", "true", timeout=WAIT_MS)
+    await expect(admin.locator("#admin-message")).to_contain_text("Reactivated")
+    await log_in(rad, stack.http_url, "nw-okafor")
+
+
+async def test_an_admin_limits_a_radiologist_to_ct_and_their_page_loses_the_mr_rows(
+    stack: Stack, store: ExamStore, pages: Any
+) -> None:
+    from playwright.async_api import expect
+
+    from tests.support.pages import WAIT_MS, log_in
+
+    ct = await exam_in(store, ExamStatus.COMPLETED, site="NW-GEN", subspecialty="msk")
+    mr = await exam_in(
+        store, ExamStatus.COMPLETED, site="NW-GEN", subspecialty="msk", modality=Modality.MR
+    )
+    rad = await pages.new()
+    await log_in(rad, stack.http_url, "nw-lindqvist")  # NW-ORT and NW-GEN, msk
+    for exam in (ct, mr):
+        await expect(rad.locator(f'tr[data-exam-id="{exam.accession}"]')).to_have_count(
+            1, timeout=WAIT_MS
+        )
+
+    admin = await pages.new()
+    await log_in(admin, stack.http_url, "nw-admin")
+    await admin.goto(stack.http_url + "/static/admin.html")
+    line = admin.locator('#people-table tr[data-sub="nw-lindqvist"]')
+    await line.locator('input.modality-box[value="CT"]').check()
+    await line.locator("input.subspecialties").fill("msk, neuro")
+    await line.get_by_role("button", name="Save").click()
+    await expect(admin.locator("#admin-message")).to_contain_text("Saved", timeout=WAIT_MS)
+    await expect(line.locator('input.modality-box[value="CT"]')).to_be_checked()
+    await expect(line.locator('input.modality-box[value="MR"]')).not_to_be_checked()
+
+    # The radiologist's page was closed (4005), came back by itself, CT only.
+    await expect(rad.locator(f'tr[data-exam-id="{mr.accession}"]')).to_have_count(
+        0, timeout=WAIT_MS
+    )
+    await expect(rad.locator(f'tr[data-exam-id="{ct.accession}"]')).to_have_count(1)
+    person = await DirectoryStore(store).person("northwind", "nw-lindqvist")
+    assert person is not None
+    assert (person.modalities, person.subspecialties) == (("CT",), ("msk", "neuro"))
 
 
 async def test_a_radiologist_sees_no_admin_link_and_the_page_is_refused(

@@ -108,6 +108,10 @@ async def test_csv_onboarding_is_idempotent(directory: DirectoryStore) -> None:
             "row 8: person 'hb-new': unknown site 'HB-WEST'",
         ),
         ("planet,harbor,,,,,,,,,,,,,,,", "row 8: record must be tenant, site or person"),
+        (
+            "person,harbor,,hb-new,New,,,,,,,,radiologist,,,CT;MRI,",
+            "row 8: modalities: Value error, unknown modality 'MRI' (use CT, MR, XR, US, NM, MG)",
+        ),
     ],
 )
 async def test_a_file_with_one_bad_row_changes_nothing(

@@ -32,6 +32,7 @@ from tests.support.hl7 import (
     patient,
     planned,
     running,
+    seed_demo_directory,
     table_items,
     without_bookkeeping,
 )
@@ -280,6 +281,7 @@ async def test_rejected_messages_are_dead_lettered_and_change_nothing(
 async def test_replay_of_a_dead_letter_after_the_cause_is_fixed(
     hl7: Running, store: ExamStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    await seed_demo_directory(store)  # the replay checks the directory, as the listener does
     exam = planned("NWGEN")
     result = builder("NWGEN").result(exam, S.FINAL, control_id=cid())
     # The result arrives before its order: AE, kept.

@@ -17,7 +17,7 @@ from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from tests.conftest import UNIT
-from tests.support.hl7 import builder, cid, patient, planned
+from tests.support.hl7 import builder, cid, patient, planned, seed_demo_directory
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +41,7 @@ async def run(args: list[str], env: dict[str, str]) -> tuple[int, str]:
 async def test_listener_send_and_deadletters_as_processes(
     dynamo_settings: DynamoSettings, store: ExamStore, tmp_path: Path
 ) -> None:
+    await seed_demo_directory(store)  # the directory binds the facilities (make demo)
     port = free_port()
     env = {
         "DYNAMO_ENDPOINT_URL": dynamo_settings.endpoint_url,

@@ -4,18 +4,11 @@ unknown kids, a provider outage, the required `iss`/`aud`, and a WebSocket login
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from websockets.exceptions import ConnectionClosed
 
 from gateway.app import build_verifier, create_app
@@ -23,81 +16,8 @@ from gateway.auth import JwksVerifier
 from gateway.exceptions import AuthError, ConfigurationError
 from gateway.settings import GatewaySettings
 from tests.conftest import UNIT, Stack, register
+from tests.support.jwks import AUDIENCE, ISSUER, JwksServer, SigningKey
 from tests.support.wsclient import WsClient
-
-ISSUER = "https://idp.example.test/realms/ris"
-AUDIENCE = "ris-gateway"
-
-
-class SigningKey:
-    """A provider's key pair: its public JWK and tokens signed with its private half."""
-
-    def __init__(self, kind: str) -> None:
-        self.kid = f"{kind}-{uuid.uuid4().hex[:8]}"
-        if kind == "rsa":
-            self.alg = "RS256"
-            self.private: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            public = RSAAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
-        else:
-            self.alg = "ES256"
-            self.private = ec.generate_private_key(ec.SECP256R1())
-            public = ECAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
-        self.jwk = {**public, "kid": self.kid, "use": "sig", "alg": self.alg}
-
-    def token(self, *, kid: str | None = None, **claims: Any) -> str:
-        now = int(time.time())
-        body = {
-            "sub": "idp-ana",
-            "name": "Dr. Ana Provider",
-            "roles": ["radiologist"],
-            "tenant": "northwind",
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "iat": now,
-            "exp": now + 600,
-            **claims,
-        }
-        body = {k: v for k, v in body.items() if v is not None}
-        return jwt.encode(body, self.private, algorithm=self.alg, headers={"kid": kid or self.kid})
-
-
-class JwksServer:
-    """A real HTTP server on a free loopback port serving a JWKS the test can change."""
-
-    def __init__(self) -> None:
-        self.keys: list[dict[str, Any]] = []
-        self.requests = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.requests += 1
-                body = json.dumps({"keys": list(outer.keys)}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/.well-known/jwks.json"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-        self._up = True
-
-    def publish(self, *keys: SigningKey) -> None:
-        self.keys = [k.jwk for k in keys]
-
-    def stop(self) -> None:
-        """The provider goes away: its port refuses connections."""
-        if self._up:
-            self._up = False
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._thread.join(5 * UNIT)
 
 
 @pytest.fixture

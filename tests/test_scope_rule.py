@@ -1,5 +1,6 @@
 """One rule for "may this principal see this row": the live path's matcher, the snapshot's
-Lua script and `Scope.allows` agree on random rows, views and scopes."""
+Lua script and `Scope.allows` agree on random rows, views and scopes (tenant, sites,
+subspecialties, modalities)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,11 @@ views = st.builds(
     st.lists(st.sampled_from(list(ExamStatus)), unique=True, max_size=4),
     st.booleans(),
 )
-scopes = st.tuples(subsets, st.lists(st.sampled_from(SUBSPECIALTIES), unique=True, max_size=3))
+scopes = st.tuples(
+    subsets,
+    st.lists(st.sampled_from(SUBSPECIALTIES), unique=True, max_size=3),
+    st.lists(st.sampled_from([m.value for m in Modality]), unique=True, max_size=3),
+)
 
 
 @settings(
@@ -63,10 +68,13 @@ scopes = st.tuples(subsets, st.lists(st.sampled_from(SUBSPECIALTIES), unique=Tru
 )
 @given(rows=rows, view=views, scope=scopes)
 async def test_live_matcher_snapshot_script_and_scope_agree(
-    redis: Redis, rows: list[dict[str, Any]], view: View, scope: tuple[list[str], list[str]]
+    redis: Redis,
+    rows: list[dict[str, Any]],
+    view: View,
+    scope: tuple[list[str], list[str], list[str]],
 ) -> None:
     tenant = f"scope-{next(_tenants)}"
-    principal = Scope(tenant, frozenset(scope[0]), frozenset(scope[1]))
+    principal = Scope(tenant, *(frozenset(part) for part in scope))
     try:
         scoped = scope_view(view, principal)
     except OutOfScope:
@@ -83,7 +91,10 @@ async def test_live_matcher_snapshot_script_and_scope_agree(
     matcher = scoped.matcher(ME)
     live = {d.exam_id for d in deltas if matcher(d.model_dump(mode="json"))}
     assert in_snapshot == live, "the snapshot script and the live matcher disagree"
+    asked = view.matcher(ME)
     for d in deltas:
         row = d.model_dump(mode="json")
         if matcher(row):
             assert principal.allows(row), "a scoped view admitted a row outside the scope"
+        # Exactly the view within the scope: nothing more, and nothing in scope lost.
+        assert matcher(row) == (asked(row) and principal.allows(row))

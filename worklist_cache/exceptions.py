@@ -1,7 +1,8 @@
 """Errors of the worklist cache.
 
 CacheError              root of every error this package raises
-├── OutOfScope          a view asks for sites or subspecialties its user may not read
+├── OutOfScope          a view asks for sites, subspecialties or modalities its user
+│                       may not read
 └── RebuildIncomplete   a rebuild could not be marked built (Redis restarted under
                         it, again and again)
 """
@@ -14,7 +15,7 @@ class CacheError(Exception):
 
 
 class OutOfScope(CacheError):
-    """A view asks for sites or subspecialties its user may not read."""
+    """A view asks for sites, subspecialties or modalities its user may not read."""
 
 
 class RebuildIncomplete(CacheError):

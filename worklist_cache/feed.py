@@ -70,6 +70,30 @@ def offset_key(offset: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class ScopeMark:
+    """A person's scope (`Scope.fingerprint`) and the feed position from which their
+    worklists were served under it."""
+
+    scope: str
+    epoch: str
+    offset: str
+    # It replaced a mark of another scope: a scope change writes nothing to the feed, so
+    # the very position it took effect at may have been earned under the scope before.
+    changed: bool = False
+
+    def covers(self, scope: str, epoch: str, offset: str) -> bool:
+        """Whether a client's position (`epoch`, `offset`) was earned under `scope` as
+        it is now: the same scope and, when that scope replaced another, a position
+        after the one at which it took effect. (The person's first recorded scope is
+        the only one known: any position holds under it.)"""
+        if scope != self.scope:
+            return False
+        if not self.changed or epoch != self.epoch:
+            return True  # another epoch: the resume is a reset anyway, or all is later
+        return offset_key(offset) > offset_key(self.offset)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     epoch: str
     offset: str
@@ -325,6 +349,30 @@ class WorklistFeed:
 
     async def mark_built(self, tenant: str) -> None:
         await self._redis.set(keys.built(tenant), "1")
+
+    async def scope_mark(self, tenant: str, person: str) -> ScopeMark | None:
+        """The scope `person` was last served under, and the feed position since which."""
+        raw = await self._redis.hget(keys.scope_marks(tenant), person)
+        if raw is None:
+            return None
+        data = orjson.loads(raw)
+        return ScopeMark(data["scope"], data["epoch"], data["offset"], bool(data.get("changed")))
+
+    async def mark_scope(self, tenant: str, person: str, mark: ScopeMark) -> None:
+        """Record that `person` is served under `mark.scope` from `mark`'s position on,
+        unless that scope is already recorded (its earlier position stands)."""
+        current = await self.scope_mark(tenant, person)
+        if current is not None and current.scope == mark.scope:
+            return
+        value = orjson.dumps(
+            {
+                "scope": mark.scope,
+                "epoch": mark.epoch,
+                "offset": mark.offset,
+                "changed": current is not None,
+            }
+        )
+        await self._redis.hset(keys.scope_marks(tenant), person, value)
 
     async def row(self, tenant: str, exam_id: str) -> dict[str, Any] | None:
         """One exam's cached worklist row, if the cache holds it."""

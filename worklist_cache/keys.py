@@ -58,6 +58,13 @@ def presence(tenant: str) -> str:
     return f"{_t(tenant)}:presence"
 
 
+def scope_marks(tenant: str) -> str:
+    """Hash: person (sub) -> the scope their worklists were last served under and the
+    feed position (epoch, offset) from which it held (JSON): a resume from an earlier
+    position, or under another scope, is answered with a reset snapshot."""
+    return f"{_t(tenant)}:scopes"
+
+
 def presence_channel(tenant: str) -> str:
     """Pub/sub channel: "presence of this tenant changed"."""
     return f"{_t(tenant)}:presence:live"

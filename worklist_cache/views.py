@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dynamo.states import OPEN_STATES, ExamStatus, Modality, Priority
 from worklist_cache.exceptions import OutOfScope
 
+_MODALITIES = frozenset(m.value for m in Modality)
 DEFAULT_STATUSES: tuple[ExamStatus, ...] = tuple(s for s in ExamStatus if s in OPEN_STATES)
 
 
@@ -56,20 +57,29 @@ class RowMatcher:
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """What one principal may see: a tenant, and within it some sites and subspecialties
-    (empty means every one). The one definition of "may this principal see this row",
-    used by every path (snapshot, delta, resume, presence, reviews, claims, errors);
-    `scope_view` narrows views with it, so a view's matcher never admits more than it."""
+    """What one principal may see: a tenant, and within it some sites, subspecialties and
+    modalities (empty means every one). The one definition of "may this principal see
+    this row", used by every path (snapshot, delta, resume, presence, reviews, claims,
+    errors); `scope_view` narrows views with it, so a view's matcher never admits more
+    than it."""
 
     tenant: str
     sites: frozenset[str] = frozenset()
     subspecialties: frozenset[str] = frozenset()
+    modalities: frozenset[str] = frozenset()
+
+    @property
+    def fingerprint(self) -> str:
+        """The scope as a stable text (equal scopes, equal texts)."""
+        parts = (self.sites, self.subspecialties, self.modalities)
+        return "|".join([self.tenant, *(",".join(sorted(p)) for p in parts)])
 
     def allows(self, row: dict[str, Any]) -> bool:
         return (
             row.get("tenant") == self.tenant
             and (not self.sites or row.get("site") in self.sites)
             and (not self.subspecialties or row.get("subspecialty") in self.subspecialties)
+            and (not self.modalities or row.get("modality") in self.modalities)
         )
 
 
@@ -80,12 +90,24 @@ def scope_view(view: View, scope: Scope) -> View:
     narrowed, so a client never mistakes a forbidden filter for an empty worklist.
     """
     update: dict[str, Any] = {}
-    for field_name, allowed in (("sites", scope.sites), ("subspecialties", scope.subspecialties)):
+    for field_name, allowed in (
+        ("sites", scope.sites),
+        ("subspecialties", scope.subspecialties),
+        ("modalities", scope.modalities),
+    ):
         if not allowed:
             continue
         asked = getattr(view, field_name)
-        outside = sorted(set(asked) - set(allowed))
+        outside = sorted(set(map(str, asked)) - set(allowed))
         if outside:
             raise OutOfScope(f"{field_name} not yours: {', '.join(outside)}")
-        update[field_name] = list(asked) if asked else sorted(allowed)
+        if asked:
+            update[field_name] = list(asked)
+        elif field_name == "modalities":
+            known = [Modality(m) for m in sorted(allowed) if m in _MODALITIES]
+            if not known:  # never widened to "any" by a code nobody reads
+                raise OutOfScope("none of your modalities is one this worklist knows")
+            update[field_name] = known
+        else:
+            update[field_name] = sorted(allowed)
     return view.model_copy(update=update) if update else view

@@ -13,7 +13,14 @@ from devstack.sites import DEMO_TENANTS
 
 SEED = Path(__file__).with_name("directory.json")
 TIME_ZONES = {"northwind": "America/Chicago", "lakeside": "America/New_York"}
-FACILITIES = {"NW-GEN": "NWGEN", "NW-ORT": "NWORT", "NW-IMG": "NWIMG", "LK-MED": "LKMED"}
+# LK-WMN receives through Lakeside Medical's interface (LKMED names the site in PV1-3.4).
+FACILITIES = {
+    "NW-GEN": "NWGEN",
+    "NW-ORT": "NWORT",
+    "NW-IMG": "NWIMG",
+    "LK-MED": "LKMED",
+    "LK-WMN": "LKMED",
+}
 
 
 def directory() -> dict[str, Any]:

@@ -131,7 +131,7 @@ def _build(kind: str, data: dict[str, Any]) -> Entry:
     try:
         return _MODELS[kind].model_validate(data)
     except ValidationError as exc:
-        raise InvalidEntry(files._explain(exc)) from None
+        raise InvalidEntry(files.explain(exc)) from None
 
 
 async def run(argv: list[str], d: DirectoryStore, out: Any = sys.stdout) -> None:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from dynamo.directory.models import PRIORITIES, Entry, Person, Site, Tenant, kind_of
 from dynamo.exceptions import InvalidEntry
 
-__all__ = ["CSV_COLUMNS", "dump", "parse"]
+__all__ = ["CSV_COLUMNS", "dump", "explain", "parse"]
 
 CSV_COLUMNS = [
     "record",
@@ -44,7 +44,8 @@ _SECTIONS: dict[str, _Model] = {"tenants": Tenant, "sites": Site, "people": Pers
 _RECORDS: dict[str, _Model] = {"tenant": Tenant, "site": Site, "person": Person}
 
 
-def _explain(exc: ValidationError) -> str:
+def explain(exc: ValidationError) -> str:
+    """A model's validation error as one line (at most three problems, each with where)."""
     parts = []
     for err in exc.errors(include_url=False)[:3]:
         loc = ".".join(str(p) for p in err["loc"])
@@ -56,7 +57,7 @@ def _build(model: _Model, data: dict[str, Any], row: int) -> Entry:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidEntry(_explain(exc), row=row) from None
+        raise InvalidEntry(explain(exc), row=row) from None
 
 
 def _from_csv_row(raw: dict[str, Any], row: int) -> Entry:

@@ -1,6 +1,7 @@
 """What the directory holds: tenants (radiology groups), their sites, and their people.
 
-Empty `sites` or `subspecialties` on a person means "all of the tenant's"; the gateway
+Empty `sites`, `subspecialties` or `modalities` on a person means "all of the tenant's"
+(modalities are the worklist's codes: CT, MR, XR, US, NM, MG); the gateway
 turns a person into its scope (`worklist_cache.views.Scope`) and nothing else decides
 what a person may read.
 """
@@ -12,6 +13,8 @@ from typing import Any
 from zoneinfo import available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dynamo.states import Modality
 
 __all__ = ["PRIORITIES", "Person", "Role", "Site", "Tenant"]
 
@@ -96,6 +99,15 @@ class Person(_Entry):
     @classmethod
     def _unique(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(dict.fromkeys(value))
+
+    @field_validator("modalities", mode="after")
+    @classmethod
+    def _modalities(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = [m.value for m in Modality]
+        unknown = [m for m in value if m not in known]
+        if unknown:
+            raise ValueError(f"unknown modality {unknown[0]!r} (use {', '.join(known)})")
+        return value
 
     @property
     def key(self) -> str:

@@ -1,12 +1,12 @@
-// The group's admin page (GET/PATCH /api/admin/people, POST .../deactivate,
-// GET /api/admin/online), for admins: the session is the worklist page's
+// The group's admin page (GET/PATCH /api/admin/people, POST .../deactivate and
+// .../reactivate, GET /api/admin/online), for admins: the session is the worklist page's
 // (sessionStorage, this tab), sent as a bearer token; the server scopes everything to
 // the token's tenant. The table refreshes every few seconds; a row being edited is kept.
 
 const $ = (sel) => document.querySelector(sel);
 const REFRESH_MS = 3000;
 
-const state = { sites: [], people: [], online: new Map(), dirty: new Set() };
+const state = { sites: [], modalities: [], people: [], online: new Map(), dirty: new Set() };
 
 function session() {
   try {
@@ -62,36 +62,53 @@ function rowOf(p) {
   dot.dataset.online = String(conns > 0);
   dot.textContent = conns > 0 ? `\u25cf ${conns}` : "\u25cb";
   dot.title = conns > 0 ? `online (${conns} connection${conns === 1 ? "" : "s"})` : "offline";
-  const boxes = document.createElement("span");
-  for (const site of state.sites) {
-    const label = document.createElement("label");
-    const box = document.createElement("input");
-    box.type = "checkbox";
-    box.value = site.code;
-    box.checked = p.sites.includes(site.code);
-    box.disabled = !p.active;
-    box.addEventListener("change", () => state.dirty.add(p.sub));
-    label.append(box, ` ${site.code} `);
-    boxes.append(label);
-  }
+  const checkboxes = (kind, codes, held) => {
+    const boxes = document.createElement("span");
+    for (const code of codes) {
+      const label = document.createElement("label");
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.className = `${kind}-box`;
+      box.value = code;
+      box.checked = held.includes(code);
+      box.disabled = !p.active;
+      box.addEventListener("change", () => state.dirty.add(p.sub));
+      label.append(box, ` ${code} `);
+      boxes.append(label);
+    }
+    return boxes;
+  };
+  const subspecialties = document.createElement("input");
+  subspecialties.type = "text";
+  subspecialties.className = "subspecialties";
+  subspecialties.value = p.subspecialties.join(", ");
+  subspecialties.placeholder = "every subspecialty";
+  subspecialties.setAttribute("aria-label", `Subspecialties of ${p.name}`);
+  subspecialties.disabled = !p.active;
+  subspecialties.addEventListener("input", () => state.dirty.add(p.sub));
   const actions = document.createElement("span");
-  const save = document.createElement("button");
-  save.type = "button";
-  save.textContent = "Save";
-  save.disabled = !p.active;
-  save.addEventListener("click", () => saveRow(tr, p));
-  const off = document.createElement("button");
-  off.type = "button";
-  off.textContent = "Deactivate";
-  off.disabled = !p.active;
-  off.addEventListener("click", () => deactivate(p));
-  actions.append(save, " ", off);
+  const button = (text, enabled, onClick) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = text;
+    b.disabled = !enabled;
+    b.addEventListener("click", onClick);
+    return b;
+  };
+  actions.append(button("Save", p.active, () => saveRow(tr, p)), " ");
+  actions.append(
+    p.active
+      ? button("Deactivate", true, () => deactivate(p))
+      : button("Reactivate", true, () => reactivate(p)),
+  );
   tr.append(
     cell(dot),
     cell(p.name),
     cell(p.sub),
     cell(p.roles.join(", ")),
-    cell(boxes),
+    cell(checkboxes("site", state.sites.map((s) => s.code), p.sites)),
+    cell(subspecialties),
+    cell(checkboxes("modality", state.modalities, p.modalities || [])),
     cell(p.active ? "yes" : "no"),
     cell(actions),
   );
@@ -113,6 +130,7 @@ async function refresh() {
   const [people, online] = await Promise.all([api("/api/admin/people"), api("/api/admin/online")]);
   if (!people) return;
   state.sites = people.sites.filter((s) => s.active);
+  state.modalities = people.modalities || [];
   state.people = people.people;
   state.online = new Map((online?.online || []).map((u) => [u.sub, u.connections]));
   $("#tenant").textContent = people.tenant;
@@ -120,10 +138,20 @@ async function refresh() {
 }
 
 async function saveRow(tr, p) {
-  const sites = [...tr.querySelectorAll("input[type=checkbox]:checked")].map((b) => b.value);
+  const checked = (kind) => [...tr.querySelectorAll(`input.${kind}-box:checked`)].map((b) => b.value);
+  const subspecialties = tr
+    .querySelector("input.subspecialties")
+    .value.split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
   const saved = await api(`/api/admin/people/${encodeURIComponent(p.sub)}`, {
     method: "PATCH",
-    body: JSON.stringify({ version: p.version, sites }),
+    body: JSON.stringify({
+      version: p.version,
+      sites: checked("site"),
+      subspecialties,
+      modalities: checked("modality"),
+    }),
   });
   state.dirty.delete(p.sub);
   if (saved) say(`Saved ${saved.name}'s privileges.`);
@@ -137,6 +165,15 @@ async function deactivate(p) {
   });
   state.dirty.delete(p.sub);
   if (saved) say(`Deactivated ${saved.name}.`);
+  await refresh();
+}
+
+async function reactivate(p) {
+  const saved = await api(`/api/admin/people/${encodeURIComponent(p.sub)}/reactivate`, {
+    method: "POST",
+  });
+  state.dirty.delete(p.sub);
+  if (saved) say(`Reactivated ${saved.name}.`);
   await refresh();
 }
 

@@ -127,7 +127,9 @@ export function paintDue(node, now) {
 }
 
 export function credentialed(u, r) {
-  return (!u.sites.length || u.sites.includes(r.site)) && (!u.subspecialties.length || u.subspecialties.includes(r.subspecialty));
+  const modalities = u.modalities || [];
+  return (!u.sites.length || u.sites.includes(r.site)) && (!u.subspecialties.length || u.subspecialties.includes(r.subspecialty))
+    && (!modalities.length || modalities.includes(r.modality));
 }
 
 /** Final scores of done reviews grouped by `keyOf`: counts per RADPEER score, the total

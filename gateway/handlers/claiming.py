@@ -48,7 +48,12 @@ async def _locate(
     try:
         if row is None:
             exam = await gw.store.find_exam(tenant, exam_id)
-            row = {"tenant": exam.tenant, "site": exam.site, "subspecialty": exam.subspecialty}
+            row = {
+                "tenant": exam.tenant,
+                "site": exam.site,
+                "subspecialty": exam.subspecialty,
+                "modality": exam.modality.value,
+            }
             patient_id = exam.patient_id
         else:
             patient_id = await gw.store.locate(tenant, exam_id)
@@ -59,7 +64,9 @@ async def _locate(
         session.error(request_id, ErrorCode.NOT_FOUND, f"no exam {exam_id} on your worklist")
         return None
     if into is not None:
-        into.update(site=row.get("site"), subspecialty=row.get("subspecialty"))
+        into.update(
+            site=row.get("site"), subspecialty=row.get("subspecialty"), modality=row.get("modality")
+        )
     return patient_id
 
 

@@ -4,7 +4,7 @@ reader's feedback, each blinded as RADPEER practice asks.
 Who sees what of a review (`visible`, the one rule every review path applies: the
 `reviews` list, live `review` frames, `review_ok` replies and errors):
 - nobody sees a review outside their scope (`Principal.scope`: tenant, sites,
-  subspecialties), whatever their role: it is `not_found` to them;
+  subspecialties, modalities), whatever their role: it is `not_found` to them;
 - the assigned reviewer: the exam and the review's work (an allow-list), never the
   original reader; someone it was assigned to before: nothing;
 - the original reader: the exam, the outcome and the reviewer's random number (an
@@ -112,8 +112,8 @@ def eligible(
     review: dict[str, Any], people: list[Person], open_counts: dict[str, int]
 ) -> list[Any]:
     """The tenant's active radiologists (the directory's `people`) who may review it,
-    fewest open reviews first: not its reader, credentialed for its site and
-    subspecialty (empty credentials mean all)."""
+    fewest open reviews first: not its reader, credentialed for its site,
+    subspecialty and modality (empty credentials mean all)."""
     users = [
         u
         for u in people
@@ -122,6 +122,7 @@ def eligible(
         and u.sub != review.get("original_reader")
         and (not u.sites or review.get("site") in u.sites)
         and (not u.subspecialties or review.get("subspecialty") in u.subspecialties)
+        and (not u.modalities or review.get("modality") in u.modalities)
     ]
     return sorted(users, key=lambda u: (open_counts.get(u.sub, 0), u.sub))
 

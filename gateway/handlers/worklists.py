@@ -1,8 +1,14 @@
 """Live worklist subscriptions: scoped views, snapshot or resume, then deltas.
 
-A view is narrowed to what the user may read (tenant, sites, subspecialties) before
-anything is read, so every snapshot row and every later delta is filtered server-side
+A view is narrowed to what the user may read (tenant, sites, subspecialties, modalities)
+before anything is read, so every snapshot row and every later delta is filtered server-side
 by the same matcher.
+
+A resume is not taken on the client's word: every snapshot records the scope the person
+is served under and, when it changed, the position from which (`WorklistFeed.mark_scope`);
+a resume from a position earned under another scope (a site revoked or granted since,
+in this session or while the client was away), or with no record of the person, is
+answered with a reset snapshot, never with the old membership.
 """
 
 from __future__ import annotations
@@ -11,12 +17,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from gateway.hub import Subscription, route
 from gateway.protocol import ErrorCode, Subscribe, Unsubscribe
 from worklist_cache import keys
 from worklist_cache.exceptions import OutOfScope
-from worklist_cache.feed import feed_message, offset_key
+from worklist_cache.feed import ScopeMark, feed_message, offset_key
 from worklist_cache.views import scope_view
 
 if TYPE_CHECKING:
@@ -114,6 +121,11 @@ async def send_snapshot(
         }
     )
     _replay_pending(session, sub, snap.offset)
+    try:
+        mark = ScopeMark(sub.scope.fingerprint, snap.epoch, snap.offset)
+        await session.gw.feed.mark_scope(sub.tenant, me, mark)
+    except RedisError as exc:  # without the mark, the person's next resume is a reset
+        log.warning("scope mark not recorded (%s)", type(exc).__name__)
 
 
 async def resume(
@@ -132,6 +144,12 @@ async def resume(
     sub.pending = []
     gw = session.gw
     me = session.principal.sub if session.principal else ""
+    mark = await gw.feed.scope_mark(sub.tenant, me)
+    if mark is None or not mark.covers(sub.scope.fingerprint, epoch, offset):
+        # The client's rows may be of another scope: replace them all.
+        gw.metrics["resume_scope_resets"] += 1
+        await send_snapshot(session, sub, request_id, limit, reset=True)
+        return
     got = await gw.feed.recover(sub.tenant, sub.view, epoch, offset, me=me)
     missed = got.missed
     if missed.reset:

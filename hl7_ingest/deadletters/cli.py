@@ -18,6 +18,7 @@ from dynamo.client import dynamodb_client
 from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
 from hl7_ingest.deadletters.store import DeadLetter, DeadLetters, dead_letter_table
+from hl7_ingest.directory import SiteDirectory
 from hl7_ingest.mapping import load_mappings
 from hl7_ingest.message import parse
 from hl7_ingest.processor import Ingest
@@ -96,8 +97,14 @@ async def run_command(args: argparse.Namespace, store: ExamStore, settings: Any)
     if letter.raw_truncated:
         print("this message was stored cut short and cannot be replayed", file=sys.stderr)
         return 2
-    ingest = Ingest(store, load_mappings(settings.mappings_dir or None), settings)
-    # As the peer that sent it: a mapping that no longer admits it refuses the replay.
+    ingest = Ingest(
+        store,
+        load_mappings(settings.mappings_dir or None),
+        settings,
+        directory=SiteDirectory(store, 0),
+    )
+    # As the peer that sent it: a mapping that no longer admits it, or a directory that
+    # no longer binds its facility, refuses the replay.
     outcome = await ingest.handle(letter.raw, letter.sent_by)
     if outcome.code == "AA":
         await letters.resolve(letter.id)

@@ -14,13 +14,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from devstack import free_port
+from devstack.seed import SEED
 from dynamo import keys
+from dynamo.directory import DirectoryStore
+from dynamo.directory.files import read as read_directory
 from dynamo.exceptions import StoreUnavailable
 from dynamo.models import PatientProfile, now_ms
 from dynamo.serde import from_attrs
 from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import ExamStore
 from hl7_ingest.deadletters import ensure_dead_letter_table
+from hl7_ingest.directory import SiteDirectory, load_dialect
 from hl7_ingest.listener import MllpListener, listener_for
 from hl7_ingest.mapping import Mappings, SiteMapping, load_mappings
 from hl7_ingest.processor import Ingest
@@ -129,9 +133,15 @@ def site_copy(base: SiteMapping, sender: str, tenant: str, **changes: Any) -> Si
 async def running(
     store: ExamStore, mappings: Mappings | None = None, **overrides: Any
 ) -> AsyncIterator[Running]:
-    """An HL7 listener on a free loopback port, writing into the test's table."""
-    settings = Hl7Settings(**{"port": free_port(), "drain_seconds": 1.0, **overrides})
-    ingest = Ingest(store, mappings or MAPPINGS, settings)
+    """An HL7 listener on a free loopback port, writing into the test's table; with
+    `directory`, the directory binds facilities as in the listener process (read afresh
+    for every message unless `directory_cache_seconds` is given)."""
+    directory = bool(overrides.pop("directory", False))
+    settings = Hl7Settings(
+        **{"port": free_port(), "drain_seconds": 1.0, "directory_cache_seconds": 0, **overrides}
+    )
+    sites = SiteDirectory(store, settings.directory_cache_seconds) if directory else None
+    ingest = Ingest(store, mappings or MAPPINGS, settings, directory=sites)
     with contextlib.suppress(StoreUnavailable):  # the tests of a store that is away
         await ensure_dead_letter_table(store, ingest.dead_letters.table)
     listener = listener_for(ingest, settings)
@@ -161,3 +171,31 @@ def without_bookkeeping(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 S = ExamStatus
+
+
+async def seed_demo_directory(store: ExamStore) -> None:
+    """The demo's directory (its sites bind the shipped mappings' facilities), loaded
+    with the operator's import as `make demo` does."""
+    entries, rows = read_directory(SEED)
+    await DirectoryStore(store).apply(entries, actor="tests", rows=rows)
+
+
+def directory_sender(facility: str, tenant: str, site: str, time_zone: str = "UTC") -> SiteMapping:
+    """The sending side of a facility only the directory knows: a RIS speaking the
+    listener's default dialect, its MSH-4 naming the facility."""
+    data = load_dialect(Hl7Settings().default_dialect).model_dump(mode="json")
+    data["site"] = {"paths": ["MSH-4"], "codes": {facility: site}, "default": site}
+    data.update(sender=facility, tenant=tenant, time_zone=time_zone)
+    return SiteMapping.model_validate(data)
+
+
+def planned_at(tenant: str, site: str, prefix: str, **kw: Any) -> PlannedExam:
+    """`planned`'s synthetic exam for any tenant and site."""
+    exam = planned("NWGEN", **kw)
+    return replace(
+        exam,
+        tenant=tenant,
+        site=site,
+        accession=f"{prefix}{exam.accession[3:]}",
+        patient=kw.get("who") or patient(tenant),
+    )
