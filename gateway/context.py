@@ -30,6 +30,7 @@ from gateway.exceptions import ConfigurationError
 from gateway.handlers import claiming
 from gateway.handlers.reviewing import ReviewBoard
 from gateway.hub import Hub
+from gateway.orchestrate import Orchestrator
 from gateway.presence import Presence
 from gateway.protocol import CloseCode
 from gateway.settings import GatewaySettings
@@ -153,6 +154,12 @@ class Gateway:
         self.reviews_board = ReviewBoard(self)
         self.directory = DirectoryStore(self.store)
         self.authenticator = Authenticator(self.verifier, self.directory)
+        self.orchestrator = Orchestrator(
+            self.redis,
+            self.feed,
+            self.directory,
+            rules_ttl=settings.directory_recheck_seconds,
+        )
         self._directory_tenants: set[str] = set()  # tenants whose notices we hear
         self._rechecks: set[asyncio.Task[None]] = set()
         self.draining = False
@@ -165,6 +172,7 @@ class Gateway:
         for session in list(self.sessions):
             session.resync()
         # Directory notices may have been lost with the connection: read them all again.
+        self.orchestrator.forget_rules()
         self._spawn_recheck(list(self.sessions))
 
     # ---- the directory: live changes to who may see what ---------------------------------
@@ -188,6 +196,10 @@ class Gateway:
             log.warning("unreadable directory notice ignored")
             return
         self.metrics["directory_notices"] += 1
+        if kind == "rules":
+            # The tenant's orchestration rules: read afresh on next use; nobody's scope moved.
+            self.orchestrator.forget_rules(tenant)
+            return
         affected = [
             s
             for s in self.sessions

@@ -41,6 +41,9 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"  # frame above the size limit (the connection closes, 1009)
     TOO_MANY = "too_many_subscriptions"
     UNAVAILABLE = "unavailable"  # the store is throttled or down: retry with backoff
+    NOTHING_ELIGIBLE = "nothing_eligible"  # `next`: no waiting case you may read
+    AT_CAP = "at_cap"  # `next`: you hold your tenant's maximum of open claims already
+    ASSIGNMENT_ONLY = "assignment_only"  # a hand-picked `claim` in a push-mode tenant
     INTERNAL = "internal"  # the server failed; retrying may help
 
 
@@ -110,6 +113,15 @@ class ClaimRequest(_Frame):
     type: Literal["claim"]
     id: RequestId
     exam_id: ExamId
+
+
+class NextRequest(_Frame):
+    """Hand me the best case I may read, already claimed for me: the reply is `claimed`
+    (with its secret token and `decision`, why this case), or `nothing_eligible` /
+    `at_cap`."""
+
+    type: Literal["next"]
+    id: RequestId
 
 
 class Release(_Frame):
@@ -222,6 +234,7 @@ ClientFrameType = (
     | Unsubscribe
     | Ping
     | ClaimRequest
+    | NextRequest
     | Release
     | Sign
     | BreakLock
@@ -346,6 +359,9 @@ class Claimed(_Frame):
     token: str
     version: int
     lease_expires_at: int
+    # Only in answer to `next`: why this case went to you (`orchestration.Decision`:
+    # `rule` and the figures weighed).
+    decision: dict[str, Any] | None = None
 
 
 class Released(_Frame):

@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dynamo.models import now_ms
-from gateway.handlers import claiming, reviewing, worklists
+from gateway.handlers import assigning, claiming, reviewing, worklists
 from gateway.protocol import (
     BreakLock,
     ClaimRequest,
     ErrorCode,
+    NextRequest,
     Ping,
     PresenceRequest,
     Release,
@@ -80,6 +81,7 @@ HANDLERS: dict[type[Any], Handler] = {
     Unsubscribe: _unsubscribe,
     Ping: _ping,
     ClaimRequest: claiming.claim,
+    NextRequest: assigning.next_request,
     Release: claiming.release,
     Sign: claiming.sign,
     BreakLock: claiming.break_lock,
