@@ -83,6 +83,18 @@ function onAction(action, row) {
   }
 }
 
+// "Next case": the server picks the best case this reader may read and claims it for
+// them; the reply is an ordinary `claimed`, plus `decision` (why this case).
+function nextCase() {
+  const button = $("#next-case");
+  if (request({ type: "next" }, { next: true })) button.disabled = true;
+}
+
+const RULES = {
+  "same-patient": "another study of a patient you hold",
+  "most-urgent": "the most urgent case you may read",
+};
+
 function askBreakLock(row) {
   const dialog = $("#break-dialog");
   $("#break-what").textContent = `${row.exam_id} (${row.procedure}) is held by ${row.claimed_by_name}. They will be told.`;
@@ -266,6 +278,13 @@ function onDelta(f) {
 
 function onClaimed(f) {
   const req = settle(f.id);
+  if (req?.next) {
+    $("#next-case").disabled = false;
+    const why = RULES[f.decision?.rule] || "the next case";
+    announce(`Next case: ${f.exam_id} (${why}).`);
+    notify(`Next case: ${f.exam_id}, claimed for you (${why}).`, "info");
+    $("#worklist").querySelector(`tr[data-exam-id="${CSS.escape(f.exam_id)}"]`)?.scrollIntoView({ block: "nearest" });
+  }
   app.tokens.add(f.exam_id);
   app.held.add(f.exam_id);
   saveHeld();
@@ -276,7 +295,7 @@ function onClaimed(f) {
     lease_expires_at: f.lease_expires_at,
   });
   if (req?.then) request(req.then);
-  else if (req && !req.reclaim) announce(`You claimed ${f.exam_id}.`);
+  else if (req && !req.reclaim && !req.next) announce(`You claimed ${f.exam_id}.`);
 }
 
 function onError(f) {
@@ -305,7 +324,20 @@ function onError(f) {
     if (f.code !== "rate_limited") console.warn("gateway:", f.code, f.message);
     return;
   }
+  if (req.next) $("#next-case").disabled = false;
   switch (f.code) {
+    case "nothing_eligible":
+      notify("Nothing is waiting that you may read. The list updates live.", "info");
+      announce("No case waiting for you.");
+      break;
+    case "at_cap": {
+      const max = f.detail?.max_open_claims;
+      notify(`You hold ${max ? `the maximum of ${max}` : "too many"} open cases: sign or release one first.`, "warn");
+      break;
+    }
+    case "assignment_only":
+      notify("Cases are handed out here: press Next case.", "warn");
+      break;
     case "conflict": {
       const holder = f.detail?.holder?.name || "Someone else";
       if (req.reclaim) {
@@ -362,6 +394,8 @@ export async function enter(session) {
   $("#app").hidden = false;
   $("#readonly-note").hidden = !readOnly;
   $("#f-mine-label").hidden = readOnly;
+  $("#next-case").hidden = readOnly;
+  $("#next-case").onclick = nextCase;
   document.body.classList.toggle("coordinator", readOnly);
   $("#users").replaceChildren(); // the login list names everyone: not kept behind the app
 
@@ -419,6 +453,7 @@ export async function enter(session) {
     onFrame,
     onDown: (code, attempt) => {
       app.tokens.clear();
+      $("#next-case").disabled = false;
       // 4005: what this person may see changed; a resume would keep rows now out of
       // scope, so the next subscribe asks for a fresh snapshot.
       if (code === 4005) app.position = null;
