@@ -30,6 +30,7 @@ from gateway.exceptions import ConfigurationError
 from gateway.handlers import claiming
 from gateway.handlers.reviewing import ReviewBoard
 from gateway.hub import Hub
+from gateway.offers import OfferDesk
 from gateway.orchestrate import Orchestrator
 from gateway.presence import Presence
 from gateway.protocol import CloseCode
@@ -160,6 +161,7 @@ class Gateway:
             self.directory,
             rules_ttl=settings.directory_recheck_seconds,
         )
+        self.offers = OfferDesk(self)
         self._directory_tenants: set[str] = set()  # tenants whose notices we hear
         self._rechecks: set[asyncio.Task[None]] = set()
         self.draining = False

@@ -179,10 +179,11 @@ class Orchestrator:
 
     # ---- records -------------------------------------------------------------------------
 
-    async def record(self, tenant: str, decision: Decision, *, how: str) -> None:
-        """Keep why a case went to whom (the coordinator reads these); never fails the
-        assignment it records."""
-        entry = {"at": now_ms(), "how": how, **decision.explain()}
+    async def record(self, tenant: str, decision: Decision | dict[str, Any], *, how: str) -> None:
+        """Keep why a case went to whom, and every offer, acceptance, decline, lapse and
+        escalation (the coordinator reads these); never fails what it records."""
+        what = decision.explain() if isinstance(decision, Decision) else decision
+        entry = {"at": now_ms(), "how": how, **what}
         try:
             await self.redis.xadd(
                 keys.decisions(tenant),

@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     NOTHING_ELIGIBLE = "nothing_eligible"  # `next`: no waiting case you may read
     AT_CAP = "at_cap"  # `next`: you hold your tenant's maximum of open claims already
     ASSIGNMENT_ONLY = "assignment_only"  # a hand-picked `claim` in a push-mode tenant
+    OFFER_GONE = "offer_gone"  # `offer_accept`/`offer_decline`: no live offer of it to you
     INTERNAL = "internal"  # the server failed; retrying may help
 
 
@@ -122,6 +123,22 @@ class NextRequest(_Frame):
 
     type: Literal["next"]
     id: RequestId
+
+
+class OfferAccept(_Frame):
+    """Take the STAT offered to you: the reply is `claimed`, as for `next`."""
+
+    type: Literal["offer_accept"]
+    id: RequestId
+    exam_id: ExamId
+
+
+class OfferDecline(_Frame):
+    """Pass the STAT offered to you to the next reader; the reply is `offer_ended`."""
+
+    type: Literal["offer_decline"]
+    id: RequestId
+    exam_id: ExamId
 
 
 class Release(_Frame):
@@ -235,6 +252,8 @@ ClientFrameType = (
     | Ping
     | ClaimRequest
     | NextRequest
+    | OfferAccept
+    | OfferDecline
     | Release
     | Sign
     | BreakLock
@@ -364,6 +383,40 @@ class Claimed(_Frame):
     decision: dict[str, Any] | None = None
 
 
+class Offer(_Frame):
+    """A STAT ready to read is offered to you alone until `expires_at` (epoch ms): accept
+    it (`offer_accept`) or decline it (`offer_decline`); silence passes it on too."""
+
+    type: Literal["offer"] = "offer"
+    exam_id: str
+    row: ExamDelta  # the worklist row, as your worklist shows it
+    expires_at: int
+    decision: dict[str, Any]  # why you (`orchestration.Decision`)
+
+
+class OfferEnded(_Frame):
+    """An offer to you ended without your accepting it: you declined it (the reply to
+    `offer_decline`, with its `id`), it lapsed, or the case was taken or left the list."""
+
+    type: Literal["offer_ended"] = "offer_ended"
+    id: RequestId | None = None
+    exam_id: str
+    reason: Literal["declined", "lapsed", "taken"]
+
+
+class Alert(_Frame):
+    """To coordinators and admins whose scope allows the row: a STAT needs a person.
+    `no_reader`: no eligible reader online (or all passed); `waiting`: it has waited
+    longer than the tenant's `stat_alert_minutes`."""
+
+    type: Literal["alert"] = "alert"
+    kind: Literal["no_reader", "waiting"]
+    exam_id: str
+    row: ExamDelta
+    waiting_ms: int
+    message: str
+
+
 class Released(_Frame):
     type: Literal["released"] = "released"
     id: RequestId
@@ -473,6 +526,9 @@ ServerFrameType = (
     | Unsubscribed
     | Pong
     | Claimed
+    | Offer
+    | OfferEnded
+    | Alert
     | Released
     | Signed
     | LockBroken

@@ -148,3 +148,15 @@ def decisions(tenant: str) -> str:
     """Stream: every assignment's decision (who, which case, the rule and the figures
     weighed), newest last, capped."""
     return f"{_t(tenant)}:orch:decisions"
+
+
+def offer_lease(tenant: str) -> str:
+    """String with a TTL (SET NX PX, renewed by its holder): the gateway node that drives
+    the tenant's STAT offers now; any other node takes over when it lapses."""
+    return f"{_t(tenant)}:orch:offer-lease"
+
+
+def offers(tenant: str) -> str:
+    """Hash: exam_id -> the STAT offer's state (JSON: reader offered to, until when, who
+    declined, alerts raised), read and written by every node."""
+    return f"{_t(tenant)}:orch:offers"

@@ -90,6 +90,43 @@ function nextCase() {
   if (request({ type: "next" }, { next: true })) button.disabled = true;
 }
 
+// ---- STAT offers: one reader at a time, with a countdown ---------------------------------
+
+function showOffer(f) {
+  app.offer = { examId: f.exam_id, expiresAt: f.expires_at };
+  const r = f.row;
+  $("#offer-what").textContent = `${f.exam_id} \u00b7 ${r.procedure} \u00b7 ${r.site}`;
+  $("#offer").hidden = false;
+  $("#offer-accept").disabled = $("#offer-decline").disabled = false;
+  $("#offer-accept").onclick = () => answerOffer("offer_accept");
+  $("#offer-decline").onclick = () => answerOffer("offer_decline");
+  clearInterval(app.offerTimer);
+  const tick = () => {
+    const left = Math.max(0, Math.ceil((app.offer.expiresAt - Date.now()) / 1000));
+    $("#offer-clock").textContent = `${left}s`;
+  };
+  tick();
+  app.offerTimer = setInterval(tick, 250);
+  announce(`STAT ${f.exam_id} offered to you.`);
+}
+
+function hideOffer(examId) {
+  if (!app.offer || (examId && app.offer.examId !== examId)) return false;
+  clearInterval(app.offerTimer);
+  app.offer = null;
+  $("#offer").hidden = true;
+  return true;
+}
+
+function answerOffer(type) {
+  if (!app.offer) return;
+  if (request({ type, exam_id: app.offer.examId }, { offer: true })) {
+    $("#offer-accept").disabled = $("#offer-decline").disabled = true;
+  }
+}
+
+const ENDED = { lapsed: "lapsed: it went to the next reader", taken: "was taken or left the list" };
+
 const RULES = {
   "same-patient": "another study of a patient you hold",
   "most-urgent": "the most urgent case you may read",
@@ -170,6 +207,22 @@ function onFrame(f) {
       break;
     case "claimed":
       onClaimed(f);
+      break;
+    case "offer":
+      showOffer(f);
+      break;
+    case "offer_ended":
+      if (f.id) {
+        settle(f.id);
+        hideOffer(f.exam_id);
+        announce(`You passed STAT ${f.exam_id} on.`);
+      } else if (hideOffer(f.exam_id) && !app.held.has(f.exam_id)) {
+        notify(`The STAT offer of ${f.exam_id} ${ENDED[f.reason] || "ended"}.`, "info");
+      }
+      break;
+    case "alert":
+      notify(`${f.message}: ${f.exam_id} (${f.row.modality} ${f.row.procedure}, ${f.row.site}).`, "warn", 0);
+      announce(`Alert: ${f.message} (${f.exam_id}).`);
       break;
     case "released": {
       settle(f.id);
@@ -278,6 +331,10 @@ function onDelta(f) {
 
 function onClaimed(f) {
   const req = settle(f.id);
+  if (req?.offer) {
+    hideOffer(f.exam_id);
+    announce(`You accepted STAT ${f.exam_id}.`);
+  }
   if (req?.next) {
     $("#next-case").disabled = false;
     const why = RULES[f.decision?.rule] || "the next case";
@@ -295,7 +352,7 @@ function onClaimed(f) {
     lease_expires_at: f.lease_expires_at,
   });
   if (req?.then) request(req.then);
-  else if (req && !req.reclaim && !req.next) announce(`You claimed ${f.exam_id}.`);
+  else if (req && !req.reclaim && !req.next && !req.offer) announce(`You claimed ${f.exam_id}.`);
 }
 
 function onError(f) {
@@ -326,6 +383,10 @@ function onError(f) {
   }
   if (req.next) $("#next-case").disabled = false;
   switch (f.code) {
+    case "offer_gone":
+      hideOffer(examId);
+      notify(`The STAT offer of ${examId} is no longer yours.`, "warn");
+      break;
     case "nothing_eligible":
       notify("Nothing is waiting that you may read. The list updates live.", "info");
       announce("No case waiting for you.");
@@ -454,6 +515,7 @@ export async function enter(session) {
     onDown: (code, attempt) => {
       app.tokens.clear();
       $("#next-case").disabled = false;
+      hideOffer(null); // an offer outlives a drop on the server, but its answer must wait
       // 4005: what this person may see changed; a resume would keep rows now out of
       // scope, so the next subscribe asks for a fresh snapshot.
       if (code === 4005) app.position = null;

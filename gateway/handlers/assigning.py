@@ -1,4 +1,6 @@
-"""`next`: hand a reader the best case they may read, already claimed for them.
+"""`next`: hand a reader the best case they may read, already claimed for them; and the
+answers to a STAT offer (`offer_accept`, `offer_decline`; the offers are made by
+`gateway.offers`).
 
 The ranking is `orchestration.next_case` (urgency and deadline first, then eligibility by
 the reader's scope rule, `Scope.allows`, then balance); the assignment is the ordinary
@@ -14,8 +16,9 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from dynamo.exceptions import AlreadyClaimed, ExamNotFound, NotClaimable, StoreError
+from dynamo.models import now_ms
 from gateway.handlers.claiming import publish_claim, reads, store_error
-from gateway.protocol import ErrorCode, NextRequest
+from gateway.protocol import ErrorCode, NextRequest, OfferAccept, OfferDecline
 from orchestration import next_case, rank
 from orchestration.policy import Allows
 
@@ -51,7 +54,16 @@ async def next_request(session: Connection, frame: NextRequest) -> None:
         )
         return
     mean = board.mean_rvu()
-    ranked = rank(reader, board.candidates_for(principal.sub), rules, mean_rvu=mean)
+    # A STAT offered to someone else is theirs to answer until the offer ends.
+    now = now_ms()
+    offered = {
+        exam_id
+        for exam_id, state in (await gw.offers.all(tenant)).items()
+        if state.get("reader") not in (None, principal.sub)
+        and int(state.get("expires_at", 0)) > now
+    }
+    waiting = [c for c in board.candidates_for(principal.sub) if c.exam_id not in offered]
+    ranked = rank(reader, waiting, rules, mean_rvu=mean)
     tries = 0
     for i, candidate in enumerate(ranked):
         if tries >= MAX_CLAIM_TRIES:
@@ -100,4 +112,85 @@ async def next_request(session: Connection, frame: NextRequest) -> None:
         ErrorCode.NOTHING_ELIGIBLE,
         "no waiting case you may read",
         {"open_claims": reader.open_claims},
+    )
+
+
+async def _live_offer(session: Connection, request_id: str, exam_id: str) -> dict[str, Any] | None:
+    """The offer of `exam_id` to this reader, if it is still theirs to answer."""
+    principal = session.principal
+    assert principal is not None
+    state = await session.gw.offers.get(principal.tenant, exam_id)
+    if (
+        state is None
+        or state.get("reader") != principal.sub
+        or int(state.get("expires_at", 0)) <= now_ms()
+    ):
+        session.error(request_id, ErrorCode.OFFER_GONE, f"no live offer of {exam_id} to you")
+        return None
+    return state
+
+
+async def offer_accept(session: Connection, frame: OfferAccept) -> None:
+    principal = session.principal
+    assert principal is not None
+    if not reads(session, frame.id):
+        return
+    gw = session.gw
+    tenant = principal.tenant
+    state = await _live_offer(session, frame.id, frame.exam_id)
+    if state is None:
+        return
+    try:
+        patient_id = await gw.store.locate(tenant, frame.exam_id)
+        result = await gw.claims.claim(patient_id, frame.exam_id, principal.sub, principal.name)
+    except (AlreadyClaimed, NotClaimable, ExamNotFound):
+        await gw.offers.drop(tenant, frame.exam_id)
+        session.error(frame.id, ErrorCode.OFFER_GONE, f"{frame.exam_id} was taken meanwhile")
+        return
+    except StoreError as exc:
+        store_error(session, frame.id, exc)
+        return
+    await gw.offers.drop(tenant, frame.exam_id)
+    gw.metrics["offers_accepted"] += 1
+    exam = result.exam
+    session.claims[frame.exam_id] = result.token
+    session.claim_rows[frame.exam_id] = {"site": exam.site, "subspecialty": exam.subspecialty}
+    session.send(
+        {
+            "type": "claimed",
+            "id": frame.id,
+            "exam_id": frame.exam_id,
+            "token": result.token,
+            "version": exam.version,
+            "lease_expires_at": exam.lease_expires_at,
+            "decision": state.get("decision"),
+        }
+    )
+    await gw.orchestrator.record(
+        tenant, {"exam_id": frame.exam_id, "reader": principal.sub}, how="offer-accepted"
+    )
+    await publish_claim(session, exam)
+    await gw.presence.update(session)
+
+
+async def offer_decline(session: Connection, frame: OfferDecline) -> None:
+    principal = session.principal
+    assert principal is not None
+    if not reads(session, frame.id):
+        return
+    gw = session.gw
+    state = await _live_offer(session, frame.id, frame.exam_id)
+    if state is None:
+        return
+    state["declined"] = [*state.get("declined", []), principal.sub]
+    state["reader"] = None
+    await gw.offers.put(principal.tenant, state)
+    gw.metrics["offers_declined"] += 1
+    await gw.orchestrator.record(
+        principal.tenant,
+        {"exam_id": frame.exam_id, "reader": principal.sub},
+        how="offer-declined",
+    )
+    session.send(
+        {"type": "offer_ended", "id": frame.id, "exam_id": frame.exam_id, "reason": "declined"}
     )
