@@ -35,6 +35,7 @@ from gateway.orchestrate import Orchestrator
 from gateway.presence import Presence
 from gateway.protocol import CloseCode
 from gateway.settings import GatewaySettings
+from gateway.workload import WorkloadBoard
 from service.supervise import Supervisor
 from worklist_cache import CacheSettings, FeedSubscriber, WorklistFeed, connect, keys
 
@@ -162,6 +163,7 @@ class Gateway:
             rules_ttl=settings.directory_recheck_seconds,
         )
         self.offers = OfferDesk(self)
+        self.workload = WorkloadBoard(self)
         self._directory_tenants: set[str] = set()  # tenants whose notices we hear
         self._rechecks: set[asyncio.Task[None]] = set()
         self.draining = False

@@ -137,11 +137,20 @@ class Presence:
         *,
         roles: tuple[str, ...] | None = None,
         row: dict[str, Any] | None = None,
+        claim: dict[str, Any] | None = None,
     ) -> None:
         """Deliver `frame` to every connection of `user` (or, with `roles`, of everyone
         holding one of them), on whichever node; with `row`, only to those whose scope
-        allows the row (the frame then carries something of it)."""
-        message = {"kind": "notice", "to": user, "roles": roles, "row": row, "frame": frame}
+        allows the row (the frame then carries something of it). `claim` (a claim's
+        token, site and subspecialty) is kept by the receiving connections, never sent."""
+        message = {
+            "kind": "notice",
+            "to": user,
+            "roles": roles,
+            "row": row,
+            "claim": claim,
+            "frame": frame,
+        }
         await self._publish(tenant, orjson.dumps(message))
 
     def local_tenants(self) -> list[str]:
@@ -258,6 +267,13 @@ class Presence:
                 frame = message["frame"]
                 if frame.get("type") == "claim_lost":
                     session.claims.pop(frame.get("exam_id"), None)
+                claim = message.get("claim")
+                if claim and frame.get("exam_id"):
+                    session.claims[frame["exam_id"]] = claim["token"]
+                    session.claim_rows[frame["exam_id"]] = {
+                        "site": claim.get("site"),
+                        "subspecialty": claim.get("subspecialty"),
+                    }
                 session.send(frame)
             return
         self._dirty.add(tenant)

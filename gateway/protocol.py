@@ -141,6 +141,25 @@ class OfferDecline(_Frame):
     exam_id: ExamId
 
 
+class BoardRequest(_Frame):
+    """Coordinators and admins: the live workload board (a `board` frame now, then a
+    fresh one whenever it changes)."""
+
+    type: Literal["board"]
+    id: RequestId
+
+
+class Reassign(_Frame):
+    """Coordinators and admins: give an exam to another online reader who may read it;
+    the holder (if any) loses it and is told, the new reader holds it at once."""
+
+    type: Literal["reassign"]
+    id: RequestId
+    exam_id: ExamId
+    to: str = Field(min_length=1, max_length=128)
+    reason: str = Field(default="", max_length=200)
+
+
 class Release(_Frame):
     """Give a claimed exam back. `token` defaults to the one this connection holds."""
 
@@ -254,6 +273,8 @@ ClientFrameType = (
     | NextRequest
     | OfferAccept
     | OfferDecline
+    | BoardRequest
+    | Reassign
     | Release
     | Sign
     | BreakLock
@@ -417,6 +438,43 @@ class Alert(_Frame):
     message: str
 
 
+class Board(_Frame):
+    """The workload board, as the viewer's scope allows: per reader (`readers`: sub,
+    name, online, open_claims, stat_claims, rvu_shift, offers, holding: the exams they
+    hold that the viewer may see), the unassigned queue by
+    priority and age (`queue`), turnaround breaches (`breaches`: cases past
+    `tat_due_at`, waiting or held), and the latest assignment decisions (`decisions`).
+    The answer to `board` carries its `id`; later ones (on change) none."""
+
+    type: Literal["board"] = "board"
+    id: RequestId | None = None
+    at: int
+    readers: list[dict[str, Any]]
+    queue: list[dict[str, Any]]
+    breaches: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+
+
+class Reassigned(_Frame):
+    type: Literal["reassigned"] = "reassigned"
+    id: RequestId
+    exam_id: str
+    to: str
+    previous_holder: str | None  # the holder's display name
+    version: int
+
+
+class Assigned(_Frame):
+    """A coordinator gave you this exam: you hold it now (this connection keeps its
+    token, as after `claimed`)."""
+
+    type: Literal["assigned"] = "assigned"
+    exam_id: str
+    version: int
+    lease_expires_at: int
+    by: str  # the coordinator's display name
+
+
 class Released(_Frame):
     type: Literal["released"] = "released"
     id: RequestId
@@ -446,8 +504,9 @@ class ClaimLost(_Frame):
     type: Literal["claim_lost"] = "claim_lost"
     exam_id: str
     # broken: an admin broke it; expired: the lease ran out and it is gone;
-    # superseded: you claimed it again from another connection, which holds it now.
-    reason: Literal["broken", "expired", "superseded"]
+    # superseded: you claimed it again from another connection, which holds it now;
+    # reassigned: a coordinator gave it to another reader (`by`, `message`).
+    reason: Literal["broken", "expired", "superseded", "reassigned"]
     by: str | None = None  # who broke it (display name)
     message: str = ""
 
@@ -529,6 +588,9 @@ ServerFrameType = (
     | Offer
     | OfferEnded
     | Alert
+    | Board
+    | Reassigned
+    | Assigned
     | Released
     | Signed
     | LockBroken

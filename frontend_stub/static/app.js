@@ -18,6 +18,7 @@ import { PresencePanel } from "./presence.js";
 import { ReviewDesk } from "./reviews.js";
 import { LiveSocket } from "./socket.js";
 import { Worklist, leaseLive } from "./worklist.js";
+import { WorkloadPanel } from "./workload.js";
 
 import { $, SUB, address, app } from "./state.js";
 import { endSession, logout, refreshToken, scheduleRefresh, showLogin } from "./session.js";
@@ -220,6 +221,25 @@ function onFrame(f) {
         notify(`The STAT offer of ${f.exam_id} ${ENDED[f.reason] || "ended"}.`, "info");
       }
       break;
+    case "board":
+      if (f.id) settle(f.id);
+      app.workload?.render(f);
+      break;
+    case "reassigned":
+      settle(f.id);
+      announce(`${f.exam_id} reassigned${f.previous_holder ? ` from ${f.previous_holder}` : ""}.`);
+      break;
+    case "assigned":
+      app.tokens.add(f.exam_id);
+      app.held.add(f.exam_id);
+      saveHeld();
+      app.list.patch(f.exam_id, f.version, {
+        claimed_by: app.user.sub,
+        claimed_by_name: app.user.name,
+        lease_expires_at: f.lease_expires_at,
+      });
+      notify(`${f.by} assigned ${f.exam_id} to you.`, "info", 0);
+      break;
     case "alert":
       notify(`${f.message}: ${f.exam_id} (${f.row.modality} ${f.row.procedure}, ${f.row.site}).`, "warn", 0);
       announce(`Alert: ${f.message} (${f.exam_id}).`);
@@ -249,6 +269,8 @@ function onFrame(f) {
           "warn",
           0,
         );
+      } else if (f.reason === "reassigned") {
+        notify(`${f.by || "A coordinator"} reassigned ${f.exam_id}${f.message ? `: \u201c${f.message}\u201d` : "."}`, "warn", 0);
       } else {
         notify(`Your claim on ${f.exam_id} expired; it is back on the list.`, "warn", 0);
       }
@@ -287,6 +309,7 @@ function onAuthenticated(f) {
   app.inflight = [];
   subscribe({ resume: true });
   app.reviews.load();
+  if (app.workload) request({ type: "board" }, { background: true });
   // Keep what this page was reading: a new connection has none of the old one's
   // claim tokens, and a claim by the same user renews it.
   for (const examId of app.held) request({ type: "claim", exam_id: examId }, { reclaim: true, background: true });
@@ -456,6 +479,10 @@ export async function enter(session) {
   $("#readonly-note").hidden = !readOnly;
   $("#f-mine-label").hidden = readOnly;
   $("#next-case").hidden = readOnly;
+  const coordinates = user.roles.some((r) => r === "coordinator" || r === "admin");
+  app.workload = coordinates
+    ? new WorkloadPanel($("#workload"), (examId, to) => request({ type: "reassign", exam_id: examId, to }))
+    : null;
   $("#next-case").onclick = nextCase;
   document.body.classList.toggle("coordinator", readOnly);
   $("#users").replaceChildren(); // the login list names everyone: not kept behind the app

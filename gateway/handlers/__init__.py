@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from dynamo.models import now_ms
 from gateway.handlers import assigning, claiming, reviewing, worklists
 from gateway.protocol import (
+    BoardRequest,
     BreakLock,
     ClaimRequest,
     ErrorCode,
@@ -21,6 +22,7 @@ from gateway.protocol import (
     OfferDecline,
     Ping,
     PresenceRequest,
+    Reassign,
     Release,
     ReviewAdd,
     ReviewArbitrate,
@@ -86,6 +88,8 @@ HANDLERS: dict[type[Any], Handler] = {
     NextRequest: assigning.next_request,
     OfferAccept: assigning.offer_accept,
     OfferDecline: assigning.offer_decline,
+    BoardRequest: assigning.board,
+    Reassign: assigning.reassign,
     Release: claiming.release,
     Sign: claiming.sign,
     BreakLock: claiming.break_lock,

@@ -17,8 +17,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 from dynamo.exceptions import AlreadyClaimed, ExamNotFound, NotClaimable, StoreError
 from dynamo.models import now_ms
-from gateway.handlers.claiming import publish_claim, reads, store_error
-from gateway.protocol import ErrorCode, NextRequest, OfferAccept, OfferDecline
+from gateway.auth import Role
+from gateway.handlers.claiming import locate, publish_claim, reads, store_error
+from gateway.protocol import (
+    BoardRequest,
+    ErrorCode,
+    NextRequest,
+    OfferAccept,
+    OfferDecline,
+    Reassign,
+)
 from orchestration import next_case, rank
 from orchestration.policy import Allows
 
@@ -193,4 +201,110 @@ async def offer_decline(session: Connection, frame: OfferDecline) -> None:
     )
     session.send(
         {"type": "offer_ended", "id": frame.id, "exam_id": frame.exam_id, "reason": "declined"}
+    )
+
+
+def _coordinates(session: Connection, request_id: str) -> bool:
+    p = session.principal
+    assert p is not None
+    if p.has(Role.COORDINATOR) or p.has(Role.ADMIN):
+        return True
+    session.error(request_id, ErrorCode.FORBIDDEN, "the workload board is for coordinators")
+    return False
+
+
+async def board(session: Connection, frame: BoardRequest) -> None:
+    if not _coordinates(session, frame.id):
+        return
+    session.gw.workload.watch(session)
+    await session.gw.workload.send(session, frame.id)
+
+
+async def reassign(session: Connection, frame: Reassign) -> None:
+    """Give an exam to another online reader who may read it: the holder's claim is
+    broken (audited, as an admin's break-lock) and they are told; the new reader's
+    connections hold the new claim at once."""
+    principal = session.principal
+    assert principal is not None
+    if not _coordinates(session, frame.id):
+        return
+    gw = session.gw
+    tenant = principal.tenant
+    where: dict[str, Any] = {}
+    patient_id = await locate(session, frame.id, frame.exam_id, where)
+    if patient_id is None:
+        return
+    row = {"tenant": tenant, **where}
+    readers = await gw.presence.readers(tenant)
+    target = readers.get(frame.to)
+    if target is None or not target.allows(row):
+        session.error(
+            frame.id,
+            ErrorCode.FORBIDDEN,
+            f"{frame.to} is not an online reader who may read {frame.exam_id}",
+            {"online_readers": sorted(s for s, scope in readers.items() if scope.allows(row))},
+        )
+        return
+    users = await gw.presence.users(tenant)
+    to_name = str(users.get(frame.to, {}).get("name") or frame.to)
+    reason = frame.reason or f"reassigned to {to_name}"
+    try:
+        before = await gw.store.get_exam(patient_id, frame.exam_id)
+        holder: str | None = None
+        if before.claimed_by is not None and before.claimed_by != frame.to:
+            _, holder = await gw.claims.break_lock(patient_id, frame.exam_id, principal.sub, reason)
+        result = await gw.claims.claim(patient_id, frame.exam_id, frame.to, to_name)
+    except StoreError as exc:
+        store_error(session, frame.id, exc)
+        return
+    exam = result.exam
+    gw.metrics["reassigned"] += 1
+    session.send(
+        {
+            "type": "reassigned",
+            "id": frame.id,
+            "exam_id": frame.exam_id,
+            "to": frame.to,
+            "previous_holder": before.claimed_by_name if holder else None,
+            "version": exam.version,
+        }
+    )
+    await publish_claim(session, exam)
+    await gw.offers.drop(tenant, frame.exam_id)
+    await gw.orchestrator.record(
+        tenant,
+        {
+            "exam_id": frame.exam_id,
+            "reader": frame.to,
+            "rule": "reassigned",
+            "from": holder,
+            "by": principal.sub,
+        },
+        how="reassign",
+    )
+    if holder is not None:
+        await gw.presence.notify(
+            tenant,
+            holder,
+            {
+                "type": "claim_lost",
+                "exam_id": frame.exam_id,
+                "reason": "reassigned",
+                "by": principal.name,
+                "message": reason,
+            },
+        )
+    # The token goes to the new reader's own connections only (presence keeps it out of
+    # the frame it sends them); their node then renews the claim as for any claim.
+    await gw.presence.notify(
+        tenant,
+        frame.to,
+        {
+            "type": "assigned",
+            "exam_id": frame.exam_id,
+            "version": exam.version,
+            "lease_expires_at": exam.lease_expires_at,
+            "by": principal.name,
+        },
+        claim={"token": result.token, "site": exam.site, "subspecialty": exam.subspecialty},
     )

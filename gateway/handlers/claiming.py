@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.claims")
 
 
-async def _locate(
+async def locate(
     session: Connection, request_id: str, exam_id: str, into: dict[str, Any] | None = None
 ) -> str | None:
     """The exam's patient partition, if the user may see the exam at all.
@@ -118,7 +118,7 @@ async def claim(session: Connection, frame: ClaimRequest) -> None:
         )
         return
     where: dict[str, Any] = {}
-    patient_id = await _locate(session, frame.id, frame.exam_id, where)
+    patient_id = await locate(session, frame.id, frame.exam_id, where)
     if patient_id is None:
         return
     try:
@@ -154,7 +154,7 @@ async def _held(session: Connection, frame: Release | Sign) -> tuple[str, str, s
     if token is None:
         session.error(frame.id, ErrorCode.STALE_TOKEN, "this connection holds no claim on it")
         return None
-    patient_id = await _locate(session, frame.id, frame.exam_id)
+    patient_id = await locate(session, frame.id, frame.exam_id)
     return None if patient_id is None else (principal.sub, token, patient_id)
 
 
@@ -217,7 +217,7 @@ async def break_lock(session: Connection, frame: BreakLock) -> None:
     if not principal.has(Role.ADMIN):
         session.error(frame.id, ErrorCode.FORBIDDEN, "only an admin can break a lock")
         return
-    patient_id = await _locate(session, frame.id, frame.exam_id)
+    patient_id = await locate(session, frame.id, frame.exam_id)
     if patient_id is None:
         return
     gw = session.gw
