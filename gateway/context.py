@@ -27,7 +27,7 @@ from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
 from gateway.auth import Authenticator, JwksVerifier, SecretVerifier, Verifier
 from gateway.exceptions import ConfigurationError
-from gateway.handlers import claiming
+from gateway.handlers import claiming, worklists
 from gateway.handlers.reviewing import ReviewBoard
 from gateway.hub import Hub
 from gateway.offers import OfferDesk
@@ -38,6 +38,7 @@ from gateway.settings import GatewaySettings
 from gateway.workload import WorkloadBoard
 from service.supervise import Supervisor
 from worklist_cache import CacheSettings, FeedSubscriber, WorklistFeed, connect, keys
+from worklist_cache.views import HidingHeld
 
 if TYPE_CHECKING:
     from gateway.session import Session
@@ -201,8 +202,12 @@ class Gateway:
             return
         self.metrics["directory_notices"] += 1
         if kind == "rules":
-            # The tenant's orchestration rules: read afresh on next use; nobody's scope moved.
+            # The tenant's orchestration rules: read afresh; nobody's scope moved, but a
+            # change of `hide_locked` changes what every list of the tenant shows.
             self.orchestrator.forget_rules(tenant)
+            task = asyncio.create_task(self._rules_changed(tenant), name="rules-changed")
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
             return
         affected = [
             s
@@ -212,6 +217,21 @@ class Gateway:
             and (kind != "person" or s.principal.sub == key)
         ]
         self._spawn_recheck(affected)
+
+    async def _rules_changed(self, tenant: str) -> None:
+        try:
+            hide = (await self.orchestrator.rules(tenant)).hide_locked
+        except StoreError as exc:
+            log.warning("reading changed rules failed (%s); the TTL retries", exc.code)
+            return
+        for session in list(self.sessions):
+            p = session.principal
+            if p is None or p.tenant != tenant:
+                continue
+            for sub in list(session.client.subs.values()):
+                if isinstance(sub.matcher, HidingHeld) != hide:
+                    sub.matcher = worklists.matcher_for(sub.view, p.sub, hide)
+                    session.resync_one(sub)
 
     def _spawn_recheck(self, sessions: list[Session]) -> None:
         if not sessions:
