@@ -122,3 +122,25 @@ async def test_an_unanswered_offer_lapses_to_the_next_reader(
     await ben.until(offer_of(stat.accession), 5)
     for c in (ana, ben):
         await c.close()
+
+
+async def test_a_stat_waiting_too_long_alerts_the_coordinators_once(
+    stack: Stack, store: ExamStore, redis: Redis
+) -> None:
+    coordinator = await WsClient.open(stack.ws_url, token("t-coord", roles=("coordinator",)))
+    ana = await WsClient.open(stack.ws_url, token("t-ana"))
+    stat = await exam_in(store, S.COMPLETED, priority=Priority.STAT)
+    await cached(redis, stat)
+    await ana.until(offer_of(stat.accession), 10)
+    # As if it had been ready for 11 minutes (the default alert is at 10).
+    desk = stack.app.state.gw.offers
+    state = await desk.get("northwind", stat.accession)
+    assert state is not None and not state["alerted"]
+    await desk.put("northwind", {**state, "ready_at": now_ms() - 11 * 60_000})
+    alert = await coordinator.until(lambda f: f.get("type") == "alert", 10)
+    assert (alert["kind"], alert["exam_id"]) == ("waiting", stat.accession), alert
+    assert alert["waiting_ms"] >= 11 * 60_000 and alert["message"] == "STAT waiting 11 min"
+    await asyncio.sleep(1.5 * UNIT)
+    assert len([f for f in coordinator.frames if f.get("type") == "alert"]) == 1
+    for c in (coordinator, ana):
+        await c.close()
