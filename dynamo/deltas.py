@@ -27,6 +27,9 @@ class ExamDelta(BaseModel):
     priority: Priority
     modality: Modality
     procedure: str
+    # The CPT code, for RVU balancing (`orchestration.rvu_of`); not PHI. Empty in rows
+    # cached before the field existed.
+    procedure_code: str = ""
     body_part: str
     subspecialty: str
     mrn: str
@@ -52,6 +55,7 @@ class ExamDelta(BaseModel):
             priority=exam.priority,
             modality=exam.modality,
             procedure=exam.procedure,
+            procedure_code=exam.procedure_code,
             body_part=exam.body_part,
             subspecialty=exam.subspecialty,
             mrn=exam.mrn,

@@ -127,6 +127,7 @@ def hl7_dead_sk(dead_letter_id: str) -> str:
 #    tenant           DIRECTORY            TENANT#{tenant}
 #    site             DIRECTORY#{tenant}   SITE#{code}
 #    person           DIRECTORY#{tenant}   PERSON#{sub}
+#    rules            DIRECTORY#{tenant}   RULES               (orchestration, one per tenant)
 #    change record    DIRAUDIT#{tenant}    {ms:013d}#{kind}#{key}#{version}
 # (entity "DIRECTORY" on the first three: the relay turns them into change notices;
 # never STUDY#: they are not exams.)
@@ -135,6 +136,7 @@ DIRECTORY_PK = "DIRECTORY"
 TENANT_PREFIX = "TENANT#"
 SITE_PREFIX = "SITE#"
 PERSON_PREFIX = "PERSON#"
+DIRECTORY_RULES_SK = "RULES"
 
 
 def directory_tenant_sk(tenant: str) -> str:

@@ -9,6 +9,8 @@ deactivating someone. For admins of the caller's own tenant only.
     POST  /api/admin/people/{sub}/deactivate
     POST  /api/admin/people/{sub}/reactivate
     GET   /api/admin/online                  subs online, their connection counts
+    GET   /api/admin/rules                   the tenant's orchestration rules, version
+    PUT   /api/admin/rules                   {"version": n (0: none stored yet), fields...}
 
 The caller authenticates as on the WebSocket (`Authorization: Bearer <token>`, the
 gateway's `Authenticator`); the tenant comes from the token, never from the request.
@@ -32,8 +34,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dynamo.directory.files import explain
-from dynamo.directory.models import Person
-from dynamo.exceptions import DirectoryConflict, InvalidEntry
+from dynamo.directory.models import Person, TenantRules
+from dynamo.exceptions import DirectoryConflict, DirectoryExists, InvalidEntry
 from dynamo.states import Modality
 from gateway.auth import Principal, Role
 from gateway.exceptions import AuthError
@@ -59,6 +61,10 @@ def _person(p: Person) -> dict[str, Any]:
         "active": p.active,
         "version": p.version,
     }
+
+
+def _rules(entry: TenantRules) -> dict[str, Any]:
+    return {k: v for k, v in entry.content().items() if k not in ("tenant",)}
 
 
 def _codes(body: dict[str, Any], field: str) -> tuple[str, ...] | None:
@@ -206,7 +212,50 @@ def routes() -> list[Route]:
             {"online": [{"sub": u["sub"], "connections": u["connections"]} for u in users.values()]}
         )
 
+    async def rules(request: Request) -> Response:
+        """The tenant's orchestration rules (mode, thresholds, caps, RVU overrides); a
+        PUT replaces them, conditional on the version read, audited, applied live."""
+        who = await authorize(request)
+        if isinstance(who, Response):
+            return who
+        directory = request.app.state.gw.directory
+        stored: TenantRules | None = await directory.rules(who.tenant)
+        if request.method == "GET":
+            shown = stored or TenantRules(tenant=who.tenant)
+            return JSONResponse({**_rules(shown), "version": shown.version})
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("send a JSON object")
+            version = body.pop("version", None)
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise ValueError("`version` (the version read; 0 when none) is required")
+            body.pop("tenant", None)
+            entry = TenantRules.model_validate({**body, "tenant": who.tenant})
+        except ValidationError as exc:
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                for e in exc.errors(include_url=False)[:3]
+            )
+            return _error(400, "bad_request", detail)
+        except ValueError as exc:
+            return _error(400, "bad_request", str(exc))
+        try:
+            if stored is None:
+                if version != 0:
+                    raise DirectoryConflict("rules", who.tenant, version)
+                saved = await directory.add(entry, actor=who.sub)
+            else:
+                saved = await directory.update(entry, actor=who.sub, expected_version=version)
+        except (DirectoryConflict, DirectoryExists) as exc:
+            return _error(409, "conflict", str(exc))
+        except InvalidEntry as exc:
+            return _error(400, "bad_request", str(exc))
+        log.info("admin %s set the orchestration rules of %s", who.sub, who.tenant)
+        return JSONResponse({**_rules(saved), "version": saved.version})
+
     return [
+        Route("/api/admin/rules", rules, methods=["GET", "PUT"]),
         Route("/api/admin/people", people),
         Route("/api/admin/online", online),
         Route("/api/admin/people/{sub}", update, methods=["PATCH"]),

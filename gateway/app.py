@@ -68,6 +68,8 @@ def create_app(
             await stack.enter_async_context(gw.subscriber)
             await stack.enter_async_context(gw.presence)
             gw.supervisor.start("housekeeping", gw.housekeeping)
+            gw.supervisor.start("stat-offers", gw.offers.run)
+            gw.supervisor.start("workload-board", gw.workload.run)
             app.state.gw = gw
             log.info("gateway %s ready (demo=%s)", gw.node, settings.demo)
             yield

@@ -27,14 +27,18 @@ from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
 from gateway.auth import Authenticator, JwksVerifier, SecretVerifier, Verifier
 from gateway.exceptions import ConfigurationError
-from gateway.handlers import claiming
+from gateway.handlers import claiming, worklists
 from gateway.handlers.reviewing import ReviewBoard
 from gateway.hub import Hub
+from gateway.offers import OfferDesk
+from gateway.orchestrate import Orchestrator
 from gateway.presence import Presence
 from gateway.protocol import CloseCode
 from gateway.settings import GatewaySettings
+from gateway.workload import WorkloadBoard
 from service.supervise import Supervisor
 from worklist_cache import CacheSettings, FeedSubscriber, WorklistFeed, connect, keys
+from worklist_cache.views import HidingHeld
 
 if TYPE_CHECKING:
     from gateway.session import Session
@@ -153,6 +157,14 @@ class Gateway:
         self.reviews_board = ReviewBoard(self)
         self.directory = DirectoryStore(self.store)
         self.authenticator = Authenticator(self.verifier, self.directory)
+        self.orchestrator = Orchestrator(
+            self.redis,
+            self.feed,
+            self.directory,
+            rules_ttl=settings.directory_recheck_seconds,
+        )
+        self.offers = OfferDesk(self)
+        self.workload = WorkloadBoard(self)
         self._directory_tenants: set[str] = set()  # tenants whose notices we hear
         self._rechecks: set[asyncio.Task[None]] = set()
         self.draining = False
@@ -165,6 +177,7 @@ class Gateway:
         for session in list(self.sessions):
             session.resync()
         # Directory notices may have been lost with the connection: read them all again.
+        self.orchestrator.forget_rules()
         self._spawn_recheck(list(self.sessions))
 
     # ---- the directory: live changes to who may see what ---------------------------------
@@ -188,6 +201,14 @@ class Gateway:
             log.warning("unreadable directory notice ignored")
             return
         self.metrics["directory_notices"] += 1
+        if kind == "rules":
+            # The tenant's orchestration rules: read afresh; nobody's scope moved, but a
+            # change of `hide_locked` changes what every list of the tenant shows.
+            self.orchestrator.forget_rules(tenant)
+            task = asyncio.create_task(self._rules_changed(tenant), name="rules-changed")
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
+            return
         affected = [
             s
             for s in self.sessions
@@ -196,6 +217,21 @@ class Gateway:
             and (kind != "person" or s.principal.sub == key)
         ]
         self._spawn_recheck(affected)
+
+    async def _rules_changed(self, tenant: str) -> None:
+        try:
+            hide = (await self.orchestrator.rules(tenant)).hide_locked
+        except StoreError as exc:
+            log.warning("reading changed rules failed (%s); the TTL retries", exc.code)
+            return
+        for session in list(self.sessions):
+            p = session.principal
+            if p is None or p.tenant != tenant:
+                continue
+            for sub in list(session.client.subs.values()):
+                if isinstance(sub.matcher, HidingHeld) != hide:
+                    sub.matcher = worklists.matcher_for(sub.view, p.sub, hide)
+                    session.resync_one(sub)
 
     def _spawn_recheck(self, sessions: list[Session]) -> None:
         if not sessions:

@@ -95,6 +95,9 @@ class Presence:
             {
                 **p.public(),
                 "reading": reading,
+                # What they may read (never shown to anyone: `users` leaves it out), so
+                # the STAT offer desk on any node knows who online may take a case.
+                "scope": {"sites": list(p.sites), "subspecialties": list(p.subspecialties)},
                 "node": self._node,
                 "seen": _now_ms(),
             }
@@ -127,10 +130,53 @@ class Presence:
         await self._redis.hdel(keys.presence(tenant), session.conn_id)
         await self._announce(tenant)
 
-    async def notify(self, tenant: str, user: str, frame: dict[str, Any]) -> None:
-        """Deliver `frame` to every connection of `user`, on whichever node."""
-        message = {"kind": "notice", "to": user, "frame": frame}
+    async def notify(
+        self,
+        tenant: str,
+        user: str | None,
+        frame: dict[str, Any],
+        *,
+        roles: tuple[str, ...] | None = None,
+        row: dict[str, Any] | None = None,
+        claim: dict[str, Any] | None = None,
+    ) -> None:
+        """Deliver `frame` to every connection of `user` (or, with `roles`, of everyone
+        holding one of them), on whichever node; with `row`, only to those whose scope
+        allows the row (the frame then carries something of it). `claim` (a claim's
+        token, site and subspecialty) is kept by the receiving connections, never sent."""
+        message = {
+            "kind": "notice",
+            "to": user,
+            "roles": roles,
+            "row": row,
+            "claim": claim,
+            "frame": frame,
+        }
         await self._publish(tenant, orjson.dumps(message))
+
+    def local_tenants(self) -> list[str]:
+        """Tenants with a session on this node."""
+        return [t for t, sessions in self._local.items() if sessions]
+
+    async def readers(self, tenant: str) -> dict[str, Scope]:
+        """The radiologists online in a tenant (any node), each with their scope."""
+        out: dict[str, Scope] = {}
+        for raw in (await self._redis.hgetall(keys.presence(tenant))).values():
+            try:
+                entry = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if entry.get("seen", 0) < _now_ms() - STALE_MS or "radiologist" not in entry.get(
+                "roles", ()
+            ):
+                continue
+            scope = entry.get("scope") or {}
+            out[entry["sub"]] = Scope(
+                tenant,
+                frozenset(scope.get("sites", ())),
+                frozenset(scope.get("subspecialties", ())),
+            )
+        return out
 
     async def _announce(self, tenant: str) -> None:
         await self._publish(tenant, b'{"kind":"changed"}')
@@ -210,12 +256,26 @@ class Presence:
     def _on_message(self, tenant: str, raw: bytes) -> None:
         message = orjson.loads(raw)
         if message.get("kind") == "notice":
+            to, roles, row = message.get("to"), message.get("roles"), message.get("row")
             for session in list(self._local.get(tenant, ())):
-                if session.principal is not None and session.principal.sub == message["to"]:
-                    frame = message["frame"]
-                    if frame.get("type") == "claim_lost":
-                        session.claims.pop(frame.get("exam_id"), None)
-                    session.send(frame)
+                p = session.principal
+                if p is None or (to is not None and p.sub != to):
+                    continue
+                if roles is not None and not any(r in roles for r in p.roles):
+                    continue
+                if row is not None and not p.scope.allows(row):
+                    continue
+                frame = message["frame"]
+                if frame.get("type") == "claim_lost":
+                    session.claims.pop(frame.get("exam_id"), None)
+                claim = message.get("claim")
+                if claim and frame.get("exam_id"):
+                    session.claims[frame["exam_id"]] = claim["token"]
+                    session.claim_rows[frame["exam_id"]] = {
+                        "site": claim.get("site"),
+                        "subspecialty": claim.get("subspecialty"),
+                    }
+                session.send(frame)
             return
         self._dirty.add(tenant)
         if self._flush is None or self._flush.done():

@@ -41,6 +41,10 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"  # frame above the size limit (the connection closes, 1009)
     TOO_MANY = "too_many_subscriptions"
     UNAVAILABLE = "unavailable"  # the store is throttled or down: retry with backoff
+    NOTHING_ELIGIBLE = "nothing_eligible"  # `next`: no waiting case you may read
+    AT_CAP = "at_cap"  # `next`: you hold your tenant's maximum of open claims already
+    ASSIGNMENT_ONLY = "assignment_only"  # a hand-picked `claim` in a push-mode tenant
+    OFFER_GONE = "offer_gone"  # `offer_accept`/`offer_decline`: no live offer of it to you
     INTERNAL = "internal"  # the server failed; retrying may help
 
 
@@ -110,6 +114,50 @@ class ClaimRequest(_Frame):
     type: Literal["claim"]
     id: RequestId
     exam_id: ExamId
+
+
+class NextRequest(_Frame):
+    """Hand me the best case I may read, already claimed for me: the reply is `claimed`
+    (with its secret token and `decision`, why this case), or `nothing_eligible` /
+    `at_cap`."""
+
+    type: Literal["next"]
+    id: RequestId
+
+
+class OfferAccept(_Frame):
+    """Take the STAT offered to you: the reply is `claimed`, as for `next`."""
+
+    type: Literal["offer_accept"]
+    id: RequestId
+    exam_id: ExamId
+
+
+class OfferDecline(_Frame):
+    """Pass the STAT offered to you to the next reader; the reply is `offer_ended`."""
+
+    type: Literal["offer_decline"]
+    id: RequestId
+    exam_id: ExamId
+
+
+class BoardRequest(_Frame):
+    """Coordinators and admins: the live workload board (a `board` frame now, then a
+    fresh one whenever it changes)."""
+
+    type: Literal["board"]
+    id: RequestId
+
+
+class Reassign(_Frame):
+    """Coordinators and admins: give an exam to another online reader who may read it;
+    the holder (if any) loses it and is told, the new reader holds it at once."""
+
+    type: Literal["reassign"]
+    id: RequestId
+    exam_id: ExamId
+    to: str = Field(min_length=1, max_length=128)
+    reason: str = Field(default="", max_length=200)
 
 
 class Release(_Frame):
@@ -222,6 +270,11 @@ ClientFrameType = (
     | Unsubscribe
     | Ping
     | ClaimRequest
+    | NextRequest
+    | OfferAccept
+    | OfferDecline
+    | BoardRequest
+    | Reassign
     | Release
     | Sign
     | BreakLock
@@ -347,6 +400,80 @@ class Claimed(_Frame):
     token: str
     version: int
     lease_expires_at: int
+    # Only in answer to `next`: why this case went to you (`orchestration.Decision`:
+    # `rule` and the figures weighed).
+    decision: dict[str, Any] | None = None
+
+
+class Offer(_Frame):
+    """A STAT ready to read is offered to you alone until `expires_at` (epoch ms): accept
+    it (`offer_accept`) or decline it (`offer_decline`); silence passes it on too."""
+
+    type: Literal["offer"] = "offer"
+    exam_id: str
+    row: ExamDelta  # the worklist row, as your worklist shows it
+    expires_at: int
+    decision: dict[str, Any]  # why you (`orchestration.Decision`)
+
+
+class OfferEnded(_Frame):
+    """An offer to you ended without your accepting it: you declined it (the reply to
+    `offer_decline`, with its `id`), it lapsed, or the case was taken or left the list."""
+
+    type: Literal["offer_ended"] = "offer_ended"
+    id: RequestId | None = None
+    exam_id: str
+    reason: Literal["declined", "lapsed", "taken"]
+
+
+class Alert(_Frame):
+    """To coordinators and admins whose scope allows the row: a STAT needs a person.
+    `no_reader`: no eligible reader online (or all passed); `waiting`: it has waited
+    longer than the tenant's `stat_alert_minutes`."""
+
+    type: Literal["alert"] = "alert"
+    kind: Literal["no_reader", "waiting"]
+    exam_id: str
+    row: ExamDelta
+    waiting_ms: int
+    message: str
+
+
+class Board(_Frame):
+    """The workload board, as the viewer's scope allows: per reader (`readers`: sub,
+    name, online, open_claims, stat_claims, rvu_shift, offers, holding: the exams they
+    hold that the viewer may see), the unassigned queue by
+    priority and age (`queue`), turnaround breaches (`breaches`: cases past
+    `tat_due_at`, waiting or held), and the latest assignment decisions (`decisions`).
+    The answer to `board` carries its `id`; later ones (on change) none."""
+
+    type: Literal["board"] = "board"
+    id: RequestId | None = None
+    at: int
+    readers: list[dict[str, Any]]
+    queue: list[dict[str, Any]]
+    breaches: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+
+
+class Reassigned(_Frame):
+    type: Literal["reassigned"] = "reassigned"
+    id: RequestId
+    exam_id: str
+    to: str
+    previous_holder: str | None  # the holder's display name
+    version: int
+
+
+class Assigned(_Frame):
+    """A coordinator gave you this exam: you hold it now (this connection keeps its
+    token, as after `claimed`)."""
+
+    type: Literal["assigned"] = "assigned"
+    exam_id: str
+    version: int
+    lease_expires_at: int
+    by: str  # the coordinator's display name
 
 
 class Released(_Frame):
@@ -378,8 +505,9 @@ class ClaimLost(_Frame):
     type: Literal["claim_lost"] = "claim_lost"
     exam_id: str
     # broken: an admin broke it; expired: the lease ran out and it is gone;
-    # superseded: you claimed it again from another connection, which holds it now.
-    reason: Literal["broken", "expired", "superseded"]
+    # superseded: you claimed it again from another connection, which holds it now;
+    # reassigned: a coordinator gave it to another reader (`by`, `message`).
+    reason: Literal["broken", "expired", "superseded", "reassigned"]
     by: str | None = None  # who broke it (display name)
     message: str = ""
 
@@ -458,6 +586,12 @@ ServerFrameType = (
     | Unsubscribed
     | Pong
     | Claimed
+    | Offer
+    | OfferEnded
+    | Alert
+    | Board
+    | Reassigned
+    | Assigned
     | Released
     | Signed
     | LockBroken

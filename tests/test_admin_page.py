@@ -5,6 +5,7 @@ Chromium."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -258,3 +259,62 @@ async def test_a_radiologist_sees_no_admin_link_and_the_page_is_refused(
     await page.goto(stack.http_url + "/static/admin.html")
     await expect(page.locator("#admin-message")).to_contain_text("admins only", timeout=WAIT_MS)
     assert await page.locator("#people-table tbody tr").count() == 0
+
+
+# ---- the tenant's orchestration rules -----------------------------------------------------
+
+
+async def test_the_admin_sets_the_rules_and_they_apply_live(
+    stack: Stack, store: ExamStore, pages: Any
+) -> None:
+    from playwright.async_api import expect
+
+    from tests.support.pages import WAIT_MS, log_in
+    from tests.support.wsclient import WsClient
+
+    async with httpx.AsyncClient(base_url=stack.http_url) as http:
+        coordinator = _auth(token("t-coord", roles=("coordinator",)))
+        assert (await http.get("/api/admin/rules", headers=coordinator)).status_code == 403
+        boss = _auth(token("t-boss", roles=("admin",)))
+        shown = (await http.get("/api/admin/rules", headers=boss)).json()
+        assert (shown["mode"], shown["version"]) == ("assisted", 0)
+        bad = await http.put(
+            "/api/admin/rules", headers=boss, json={"version": 0, "max_open_claims": 0}
+        )
+        assert bad.status_code == 400 and "max_open_claims" in bad.json()["error"]["reason"]
+        stale = await http.put("/api/admin/rules", headers=boss, json={"version": 3})
+        assert stale.status_code == 409
+
+    exam = await exam_in(store, ExamStatus.COMPLETED)
+    reader = await WsClient.open(stack.ws_url, token("t-rad"))
+    admin = await pages.new()
+    await log_in(admin, stack.http_url, "nw-admin")
+    await admin.goto(stack.http_url + "/static/admin.html")
+    form = admin.locator("#rules-form")
+    await expect(form.locator("#r-mode")).to_have_value("assisted", timeout=WAIT_MS)
+    await form.locator("#r-mode").select_option("push")
+    await form.locator("#r-open").fill("3")
+    await form.locator("#r-rvu").fill('{"70450": 0.9}')
+    await form.get_by_role("button", name="Save rules").click()
+    await expect(admin.locator("#rules-message")).to_contain_text("version 1", timeout=WAIT_MS)
+
+    stored = await DirectoryStore(store).rules("northwind")
+    assert stored is not None
+    assert (stored.mode, stored.max_open_claims, stored.rvu_overrides) == (
+        "push",
+        3,
+        {"70450": 0.9},
+    )
+    (change,) = [c for c in await DirectoryStore(store).changes("northwind") if c.kind == "rules"]
+    assert (change.actor, change.action) == ("nw-admin", "add")
+    # Live: the gateway refuses hand-picked claims within a moment.
+    reply: dict[str, Any] = {}
+    for _ in range(50):
+        reply = await reader.request({"type": "claim", "exam_id": exam.accession})
+        if reply.get("code") == "assignment_only":
+            break
+        if reply.get("type") == "claimed":
+            await reader.request({"type": "release", "exam_id": exam.accession})
+        await asyncio.sleep(0.1)
+    assert reply.get("code") == "assignment_only", reply
+    await reader.close()

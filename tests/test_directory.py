@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dynamo.directory import DirectoryStore, Person, Site, Tenant, cli
+from dynamo.directory import DirectoryStore, Person, Site, Tenant, TenantRules, cli
 from dynamo.exceptions import DirectoryConflict, DirectoryExists, InvalidEntry
 from dynamo.store import ExamStore
+from orchestration import Mode, Rules
 
 HARBOR_CSV = Path(__file__).parent / "fixtures" / "directory_harbor.csv"
 
@@ -164,3 +165,45 @@ async def test_cli_add_update_deactivate(directory: DirectoryStore) -> None:
     assert [(p["sub"], p["active"]) for p in people] == [("u1", False)]
     changes = json.loads(await _cli(directory, "changes", "--tenant", "acme"))
     assert {c["actor"] for c in changes} == {"ops-kim"}
+
+
+async def test_orchestration_rules_are_a_versioned_audited_entry(
+    directory: DirectoryStore, tmp_path: Path
+) -> None:
+    await directory.add(Tenant(code="acme", name="Acme"), actor="ops")
+    assert await directory.rules("acme") is None
+    shown = json.loads(await _cli(directory, "rules", "show", "--tenant", "acme"))
+    assert shown["mode"] == "assisted" and shown["version"] == 0  # the defaults
+    args = ("rules", "set", "--tenant", "acme", "--set", "mode=push", "--set", "max_open_claims=3")
+    out = json.loads(await _cli(directory, *args, "--set", 'rvu_overrides={"70450": 0.9}'))
+    assert (out["mode"], out["max_open_claims"], out["version"]) == ("push", 3, 1)
+    stored = await directory.rules("acme")
+    assert stored is not None
+    assert stored.rules().mode is Mode.PUSH and stored.rules().rvu_overrides == {"70450": 0.9}
+    with pytest.raises(InvalidEntry, match="max_open_claims"):
+        await _cli(directory, "rules", "set", "--tenant", "acme", "--set", "max_open_claims=0")
+    with pytest.raises(InvalidEntry):
+        await _cli(directory, "rules", "set", "--tenant", "acme", "--set", "mode=chaos")
+    same = json.loads(
+        await _cli(directory, "rules", "set", "--tenant", "acme", "--set", "mode=push")
+    )
+    assert same["version"] == 1  # the same content writes nothing
+    (last,) = [c for c in await directory.changes("acme") if c.kind == "rules"]
+    assert (last.actor, last.action, last.key, last.after["mode"]) == (
+        "ops-kim",
+        "add",
+        "acme",
+        "push",
+    )
+
+    # Export (JSON) and import again: nothing changes; a CSV export leaves rules out.
+    exported = await _cli(directory, "export", "--tenant", "acme")
+    assert json.loads(exported)["rules"] == [stored.content()]
+    path = tmp_path / "acme.json"
+    path.write_text(exported)
+    again = json.loads(await _cli(directory, "import", str(path)))
+    assert again == {"added": [], "updated": [], "unchanged": 2}
+    assert "rules" not in await _cli(directory, "export", "--tenant", "acme", "--format", "csv")
+    # Deactivated, the defaults apply.
+    off = await directory.deactivate(stored, actor="kim")
+    assert off.version == 2 and isinstance(off, TenantRules) and off.rules() == Rules()

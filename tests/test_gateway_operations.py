@@ -224,6 +224,8 @@ async def _produce(stack: Stack, store: ExamStore, code: str) -> tuple[dict[str,
                 reclaimed = await client.request({"type": "claim", "exam_id": exam.accession})
                 assert reclaimed["type"] == "error"
                 return reclaimed, client
+        elif code == "nothing_eligible":
+            await client.send({"type": "next", "id": "n"})
         elif code == "rate_limited":
             for i in range(80):
                 await client.send({"type": "ping", "id": f"p{i}"})
@@ -243,6 +245,7 @@ PRODUCIBLE = [
     "rate_limited",
     "too_large",
     "too_many_subscriptions",
+    "nothing_eligible",
 ]
 
 

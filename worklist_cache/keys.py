@@ -133,3 +133,37 @@ def closed(tenant: str) -> str:
     """Sorted set: the cached closed exams (FINAL, AMENDED, CANCELLED), scored by
     `scheduled_at`; those scheduled before the retention window are pruned from it."""
     return f"{_t(tenant)}:closed"
+
+
+# ---- orchestration: who reads what next ----------------------------------------------
+
+
+def next_reservation(tenant: str, exam_id: str) -> str:
+    """String with a short TTL (SET NX PX): a gateway is claiming this exam for a "next
+    case" now, so concurrent presses try the following case instead of racing for the
+    same one. Only a courtesy: the claim in DynamoDB is what guarantees one reader."""
+    return f"{_t(tenant)}:orch:reserve:{exam_id}"
+
+
+def rvu_ledger(tenant: str, shift: str) -> str:
+    """Hash: reader sub -> work RVUs signed FINAL in this shift (a UTC day, "YYYY-MM-DD");
+    expires a day after the shift."""
+    return f"{_t(tenant)}:orch:rvu:{shift}"
+
+
+def decisions(tenant: str) -> str:
+    """Stream: every assignment's decision (who, which case, the rule and the figures
+    weighed), newest last, capped."""
+    return f"{_t(tenant)}:orch:decisions"
+
+
+def offer_lease(tenant: str) -> str:
+    """String with a TTL (SET NX PX, renewed by its holder): the gateway node that drives
+    the tenant's STAT offers now; any other node takes over when it lapses."""
+    return f"{_t(tenant)}:orch:offer-lease"
+
+
+def offers(tenant: str) -> str:
+    """Hash: exam_id -> the STAT offer's state (JSON: reader offered to, until when, who
+    declined, alerts raised), read and written by every node."""
+    return f"{_t(tenant)}:orch:offers"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,26 @@ class RowMatcher:
             and (not self.subspecialties or row["subspecialty"] in self.subspecialties)
             and (self.me is None or row.get("claimed_by") == self.me)
         )
+
+
+class HidingHeld(RowMatcher):
+    """A view's matcher that also leaves out what someone else holds (a live lease):
+    a tenant's `hide_locked` rule (Intelerad's "hide locked"). The holder, and nobody
+    else, keeps seeing their rows; a row comes back when its claim ends."""
+
+    __slots__ = ("viewer",)
+
+    def __init__(self, view: View, viewer: str) -> None:
+        super().__init__(view, viewer)
+        self.viewer = viewer
+
+    def __call__(self, row: dict[str, Any]) -> bool:
+        holder = row.get("claimed_by")
+        if holder and holder != self.viewer:
+            lease = row.get("lease_expires_at")
+            if lease is None or lease > time.time() * 1000:
+                return False
+        return super().__call__(row)
 
 
 @dataclass(frozen=True, slots=True)

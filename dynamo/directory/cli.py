@@ -8,6 +8,10 @@
     import FILE.json|FILE.csv       (idempotent; one bad row and nothing changes)
     export [--tenant T] [--format json|csv]
     changes --tenant T              (the change records: who, when, what)
+    rules show --tenant T           (the orchestration rules in force)
+    rules set --tenant T --set field=value ...   (e.g. --set mode=push
+                                    --set max_open_claims=3
+                                    --set 'rvu_overrides={"70450": 0.9}'; validated, audited)
 
 Every change is recorded with `--actor` (default: $USER). Exit status 0 on success,
 2 on bad input (the message names the row or field), 1 when DynamoDB fails.
@@ -27,7 +31,7 @@ from pydantic import ValidationError
 
 from dynamo.client import dynamodb_client
 from dynamo.directory import files
-from dynamo.directory.models import Entry, Person, Site, Tenant
+from dynamo.directory.models import Entry, Person, Site, Tenant, TenantRules
 from dynamo.directory.store import DirectoryStore
 from dynamo.exceptions import DirectoryError, DirectoryNotFound, InvalidEntry, StoreError
 from dynamo.settings import DynamoSettings
@@ -82,7 +86,30 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", choices=["json", "csv"], default="json")
     ch = sub.add_parser("changes")
     ch.add_argument("--tenant", required=True)
+    ru = sub.add_parser("rules")
+    ru.add_argument("action", choices=["show", "set"])
+    ru.add_argument("--tenant", required=True)
+    ru.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        help="field=value (a JSON value, or a bare word)",
+    )
     return ap
+
+
+def _assignments(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise InvalidEntry(f"rules set: write field=value, not {pair!r}")
+        try:
+            out[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[name] = raw  # a bare word, e.g. mode=push
+    return out
 
 
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -128,8 +155,9 @@ async def _find(d: DirectoryStore, kind: str, key: str, tenant: str | None) -> E
 
 
 def _build(kind: str, data: dict[str, Any]) -> Entry:
+    model = TenantRules if kind == "rules" else _MODELS[kind]
     try:
-        return _MODELS[kind].model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidEntry(files.explain(exc)) from None
 
@@ -184,9 +212,26 @@ async def run(argv: list[str], d: DirectoryStore, out: Any = sys.stdout) -> None
             entries.extend(await d.sites(t.code))
         for t in tenants:
             entries.extend(await d.people(t.code))
+        for t in tenants:
+            found = await d.rules(t.code)
+            if found is not None:
+                entries.append(found)
         out.write(files.dump(entries, args.format))
     elif args.command == "changes":
         emit([c.__dict__ for c in await d.changes(args.tenant)])
+    elif args.command == "rules":
+        stored = await d.rules(args.tenant)
+        if args.action == "show":
+            shown = stored or TenantRules(tenant=args.tenant)
+            emit({**shown.content(), "version": shown.version})
+            return
+        base = stored.content() if stored else {"tenant": args.tenant}
+        entry = _build("rules", {**base, **_assignments(args.assignments)})
+        if stored is None:
+            e = await d.add(entry, actor=actor)
+        else:
+            e = await d.update(entry, actor=actor, expected_version=stored.version)
+        emit({**e.content(), "version": e.version})
 
 
 async def _main(argv: list[str]) -> int:

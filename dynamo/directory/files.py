@@ -1,7 +1,9 @@
-"""Directory files: JSON (`{"tenants": [...], "sites": [...], "people": [...]}`) or CSV
-(one row per entry, the `record` column saying which: tenant, site or person; lists in
-a cell separated by `;`). A file is read whole and checked row by row; the first bad
-row is named and nothing of the file is used.
+"""Directory files: JSON (`{"tenants": [...], "sites": [...], "people": [...],
+"rules": [...]}`) or CSV (one row per entry, the `record` column saying which: tenant,
+site or person; lists in a cell separated by `;`). A tenant's orchestration rules (a
+nested map of overrides) travel in JSON only: a CSV export leaves them out. A file is
+read whole and checked row by row; the first bad row is named and nothing of the file
+is used.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dynamo.directory.models import PRIORITIES, Entry, Person, Site, Tenant, kind_of
+from dynamo.directory.models import PRIORITIES, Entry, Person, Site, Tenant, TenantRules, kind_of
 from dynamo.exceptions import InvalidEntry
 
 __all__ = ["CSV_COLUMNS", "dump", "explain", "parse"]
@@ -39,8 +41,13 @@ CSV_COLUMNS = [
     "active",
 ]
 _LISTS = ("roles", "sites", "subspecialties", "modalities")
-_Model = type[Tenant] | type[Site] | type[Person]
-_SECTIONS: dict[str, _Model] = {"tenants": Tenant, "sites": Site, "people": Person}
+_Model = type[Tenant] | type[Site] | type[Person] | type[TenantRules]
+_SECTIONS: dict[str, _Model] = {
+    "tenants": Tenant,
+    "sites": Site,
+    "people": Person,
+    "rules": TenantRules,
+}
 _RECORDS: dict[str, _Model] = {"tenant": Tenant, "site": Site, "person": Person}
 
 
@@ -113,7 +120,9 @@ def parse(text: str, fmt: str) -> tuple[list[Entry], list[int]]:
         except json.JSONDecodeError as exc:
             raise InvalidEntry(f"not JSON (line {exc.lineno}: {exc.msg})") from None
         if not isinstance(doc, dict) or set(doc) - set(_SECTIONS):
-            raise InvalidEntry('a directory file is {"tenants": [], "sites": [], "people": []}')
+            raise InvalidEntry(
+                'a directory file is {"tenants": [], "sites": [], "people": [], "rules": []}'
+            )
         row = 0
         for section, model in _SECTIONS.items():
             items = doc.get(section, [])
@@ -149,14 +158,16 @@ def read(path: Path) -> tuple[list[Entry], list[int]]:
 def dump(entries: list[Entry], fmt: str) -> str:
     if fmt == "json":
         doc: dict[str, list[dict[str, Any]]] = {"tenants": [], "sites": [], "people": []}
-        section = {"tenant": "tenants", "site": "sites", "person": "people"}
+        section = {"tenant": "tenants", "site": "sites", "person": "people", "rules": "rules"}
         for e in entries:
-            doc[section[kind_of(e)]].append(e.content())
+            doc.setdefault(section[kind_of(e)], []).append(e.content())
         return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     out = io.StringIO()
     writer = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for e in entries:
+        if isinstance(e, TenantRules):
+            continue  # JSON only (see the module's docstring)
         data = e.content()
         cells: dict[str, Any] = {"record": kind_of(e), "active": str(data.pop("active")).lower()}
         if isinstance(e, Tenant):

@@ -15,8 +15,9 @@ from zoneinfo import available_timezones
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dynamo.states import Modality
+from orchestration.rules import Rules
 
-__all__ = ["PRIORITIES", "Person", "Role", "Site", "Tenant"]
+__all__ = ["PRIORITIES", "Person", "Role", "Site", "Tenant", "TenantRules"]
 
 TENANT_CODE = r"^[a-z0-9-]{1,40}$"
 SITE_CODE = r"^[A-Za-z0-9_-]{1,40}$"
@@ -114,8 +115,27 @@ class Person(_Entry):
         return self.sub
 
 
-Entry = Tenant | Site | Person
+class TenantRules(_Entry, Rules):
+    """A tenant's orchestration rules (`orchestration.Rules`: mode, thresholds, caps,
+    RVU overrides): one entry per tenant, written and audited like every entry. Inactive,
+    or absent, the defaults of `Rules` apply."""
+
+    tenant: str = Field(pattern=TENANT_CODE)
+    active: bool = True
+
+    @property
+    def key(self) -> str:
+        return self.tenant
+
+    def rules(self) -> Rules:
+        """The rules in force: these, or the defaults when deactivated."""
+        if not self.active:
+            return Rules()
+        return Rules.model_validate(self.model_dump(exclude={"tenant", "active", "version"}))
+
+
+Entry = Tenant | Site | Person | TenantRules
 
 
 def kind_of(entry: Entry) -> str:
-    return {Tenant: "tenant", Site: "site", Person: "person"}[type(entry)]
+    return {Tenant: "tenant", Site: "site", Person: "person", TenantRules: "rules"}[type(entry)]

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from dynamo import keys
-from dynamo.directory.models import Entry, Person, Site, Tenant, kind_of
+from dynamo.directory.models import Entry, Person, Site, Tenant, TenantRules, kind_of
 from dynamo.exceptions import (
     DirectoryConflict,
     DirectoryExists,
@@ -30,11 +31,14 @@ __all__ = ["Change", "DirectoryStore", "ImportResult"]
 
 ENTITY = "DIRECTORY"
 AUDIT_ENTITY = "DIRECTORY_AUDIT"
-_MODELS: dict[str, type[Tenant] | type[Site] | type[Person]] = {
+_MODELS: dict[str, type[Tenant] | type[Site] | type[Person] | type[TenantRules]] = {
     "tenant": Tenant,
     "site": Site,
     "person": Person,
+    "rules": TenantRules,
 }
+# The order an import writes in: a privilege names a site, everything names a tenant.
+_ORDER = ("tenant", "site", "person", "rules")
 
 
 def item_key(entry: Entry) -> tuple[str, str]:
@@ -42,11 +46,27 @@ def item_key(entry: Entry) -> tuple[str, str]:
         return keys.DIRECTORY_PK, keys.directory_tenant_sk(entry.code)
     if isinstance(entry, Site):
         return keys.directory_pk(entry.tenant), keys.directory_site_sk(entry.code)
+    if isinstance(entry, TenantRules):
+        return keys.directory_pk(entry.tenant), keys.DIRECTORY_RULES_SK
     return keys.directory_pk(entry.tenant), keys.directory_person_sk(entry.sub)
 
 
 def tenant_of(entry: Entry) -> str:
     return entry.code if isinstance(entry, Tenant) else entry.tenant
+
+
+def _storable(value: Any) -> Any:
+    """An entry's content as DynamoDB takes it: numbers with a fraction as Decimal (the
+    serializer refuses floats), and no empty maps (DynamoDB Local's stream images carry
+    an empty map without its type, which no reader can parse; the model's default
+    restores it)."""
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items() if not (isinstance(v, dict) and not v)}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
 
 
 def entry_from_item(item: dict[str, Any]) -> Entry:
@@ -122,6 +142,11 @@ class DirectoryStore:
     async def person(self, tenant: str, sub: str) -> Person | None:
         found = await self._get(keys.directory_pk(tenant), keys.directory_person_sk(sub))
         return found if isinstance(found, Person) else None
+
+    async def rules(self, tenant: str) -> TenantRules | None:
+        """The tenant's orchestration rules entry (None: the defaults apply)."""
+        found = await self._get(keys.directory_pk(tenant), keys.DIRECTORY_RULES_SK)
+        return found if isinstance(found, TenantRules) else None
 
     async def tenants(self) -> list[Tenant]:
         found = await self._query(keys.DIRECTORY_PK, keys.TENANT_PREFIX)
@@ -227,7 +252,7 @@ class DirectoryStore:
             "kind": kind,
             "tenant": tenant,
             "key": entry.key,
-            "data": after,
+            "data": _storable(after),
             "version": version,
             "updated_at": at,
             "updated_by": actor,
@@ -300,11 +325,8 @@ class DirectoryStore:
         row_list = list(rows) or [None] * len(entries)
         await self.validate(entries, row_list)
         result = ImportResult()
-        # Tenants first, then sites, then people (a privilege names a site).
-        order = sorted(
-            range(len(entries)),
-            key=lambda i: ("tenant", "site", "person").index(kind_of(entries[i])),
-        )
+        # Tenants first, then sites, then people (a privilege names a site), then rules.
+        order = sorted(range(len(entries)), key=lambda i: _ORDER.index(kind_of(entries[i])))
         plan: list[tuple[Entry, Entry | None]] = []
         for i in order:
             before = await self.current(entries[i])

@@ -177,7 +177,47 @@ async function reactivate(p) {
   await refresh();
 }
 
+// ---- the tenant's orchestration rules (GET/PUT /api/admin/rules) ------------------------
+
+const NUMBERS = ["stat_offer_seconds", "stat_alert_minutes", "max_open_claims", "max_stat_claims", "group_patient_minutes"];
+let rulesVersion = 0;
+
+function fillRules(r) {
+  const form = $("#rules-form");
+  rulesVersion = r.version;
+  form.elements.mode.value = r.mode;
+  form.elements.hide_locked.checked = r.hide_locked;
+  for (const name of NUMBERS) form.elements[name].value = String(r[name]);
+  form.elements.rvu_overrides.value = JSON.stringify(r.rvu_overrides);
+}
+
+async function loadRules() {
+  const r = await api("/api/admin/rules");
+  if (r) fillRules(r);
+}
+
+async function saveRules(ev) {
+  ev.preventDefault();
+  const form = $("#rules-form");
+  let overrides;
+  try {
+    overrides = JSON.parse(form.elements.rvu_overrides.value || "{}");
+  } catch {
+    $("#rules-message").textContent = "RVU overrides must be JSON, e.g. {\"70450\": 0.9}.";
+    return;
+  }
+  const body = { version: rulesVersion, mode: form.elements.mode.value, hide_locked: form.elements.hide_locked.checked, rvu_overrides: overrides };
+  for (const name of NUMBERS) body[name] = Number(form.elements[name].value);
+  const saved = await api("/api/admin/rules", { method: "PUT", body: JSON.stringify(body) });
+  if (saved) {
+    fillRules(saved);
+    $("#rules-message").textContent = `Saved (version ${saved.version}); in force now.`;
+  }
+}
+
 if (session()) {
+  $("#rules-form").onsubmit = saveRules;
+  loadRules();
   refresh();
   setInterval(refresh, REFRESH_MS);
 } else say("Log in on the worklist first.");

@@ -18,6 +18,7 @@ import { PresencePanel } from "./presence.js";
 import { ReviewDesk } from "./reviews.js";
 import { LiveSocket } from "./socket.js";
 import { Worklist, leaseLive } from "./worklist.js";
+import { WorkloadPanel } from "./workload.js";
 
 import { $, SUB, address, app } from "./state.js";
 import { endSession, logout, refreshToken, scheduleRefresh, showLogin } from "./session.js";
@@ -82,6 +83,55 @@ function onAction(action, row) {
     else request({ type: "claim", exam_id: id }, { then: frame });
   }
 }
+
+// "Next case": the server picks the best case this reader may read and claims it for
+// them; the reply is an ordinary `claimed`, plus `decision` (why this case).
+function nextCase() {
+  const button = $("#next-case");
+  if (request({ type: "next" }, { next: true })) button.disabled = true;
+}
+
+// ---- STAT offers: one reader at a time, with a countdown ---------------------------------
+
+function showOffer(f) {
+  app.offer = { examId: f.exam_id, expiresAt: f.expires_at };
+  const r = f.row;
+  $("#offer-what").textContent = `${f.exam_id} \u00b7 ${r.procedure} \u00b7 ${r.site}`;
+  $("#offer").hidden = false;
+  $("#offer-accept").disabled = $("#offer-decline").disabled = false;
+  $("#offer-accept").onclick = () => answerOffer("offer_accept");
+  $("#offer-decline").onclick = () => answerOffer("offer_decline");
+  clearInterval(app.offerTimer);
+  const tick = () => {
+    const left = Math.max(0, Math.ceil((app.offer.expiresAt - Date.now()) / 1000));
+    $("#offer-clock").textContent = `${left}s`;
+  };
+  tick();
+  app.offerTimer = setInterval(tick, 250);
+  announce(`STAT ${f.exam_id} offered to you.`);
+}
+
+function hideOffer(examId) {
+  if (!app.offer || (examId && app.offer.examId !== examId)) return false;
+  clearInterval(app.offerTimer);
+  app.offer = null;
+  $("#offer").hidden = true;
+  return true;
+}
+
+function answerOffer(type) {
+  if (!app.offer) return;
+  if (request({ type, exam_id: app.offer.examId }, { offer: true })) {
+    $("#offer-accept").disabled = $("#offer-decline").disabled = true;
+  }
+}
+
+const ENDED = { lapsed: "lapsed: it went to the next reader", taken: "was taken or left the list" };
+
+const RULES = {
+  "same-patient": "another study of a patient you hold",
+  "most-urgent": "the most urgent case you may read",
+};
 
 function askBreakLock(row) {
   const dialog = $("#break-dialog");
@@ -159,6 +209,41 @@ function onFrame(f) {
     case "claimed":
       onClaimed(f);
       break;
+    case "offer":
+      showOffer(f);
+      break;
+    case "offer_ended":
+      if (f.id) {
+        settle(f.id);
+        hideOffer(f.exam_id);
+        announce(`You passed STAT ${f.exam_id} on.`);
+      } else if (hideOffer(f.exam_id) && !app.held.has(f.exam_id)) {
+        notify(`The STAT offer of ${f.exam_id} ${ENDED[f.reason] || "ended"}.`, "info");
+      }
+      break;
+    case "board":
+      if (f.id) settle(f.id);
+      app.workload?.render(f);
+      break;
+    case "reassigned":
+      settle(f.id);
+      announce(`${f.exam_id} reassigned${f.previous_holder ? ` from ${f.previous_holder}` : ""}.`);
+      break;
+    case "assigned":
+      app.tokens.add(f.exam_id);
+      app.held.add(f.exam_id);
+      saveHeld();
+      app.list.patch(f.exam_id, f.version, {
+        claimed_by: app.user.sub,
+        claimed_by_name: app.user.name,
+        lease_expires_at: f.lease_expires_at,
+      });
+      notify(`${f.by} assigned ${f.exam_id} to you.`, "info", 0);
+      break;
+    case "alert":
+      notify(`${f.message}: ${f.exam_id} (${f.row.modality} ${f.row.procedure}, ${f.row.site}).`, "warn", 0);
+      announce(`Alert: ${f.message} (${f.exam_id}).`);
+      break;
     case "released": {
       settle(f.id);
       forget(f.exam_id);
@@ -184,6 +269,8 @@ function onFrame(f) {
           "warn",
           0,
         );
+      } else if (f.reason === "reassigned") {
+        notify(`${f.by || "A coordinator"} reassigned ${f.exam_id}${f.message ? `: \u201c${f.message}\u201d` : "."}`, "warn", 0);
       } else {
         notify(`Your claim on ${f.exam_id} expired; it is back on the list.`, "warn", 0);
       }
@@ -222,6 +309,7 @@ function onAuthenticated(f) {
   app.inflight = [];
   subscribe({ resume: true });
   app.reviews.load();
+  if (app.workload) request({ type: "board" }, { background: true });
   // Keep what this page was reading: a new connection has none of the old one's
   // claim tokens, and a claim by the same user renews it.
   for (const examId of app.held) request({ type: "claim", exam_id: examId }, { reclaim: true, background: true });
@@ -266,6 +354,17 @@ function onDelta(f) {
 
 function onClaimed(f) {
   const req = settle(f.id);
+  if (req?.offer) {
+    hideOffer(f.exam_id);
+    announce(`You accepted STAT ${f.exam_id}.`);
+  }
+  if (req?.next) {
+    $("#next-case").disabled = false;
+    const why = RULES[f.decision?.rule] || "the next case";
+    announce(`Next case: ${f.exam_id} (${why}).`);
+    notify(`Next case: ${f.exam_id}, claimed for you (${why}).`, "info");
+    $("#worklist").querySelector(`tr[data-exam-id="${CSS.escape(f.exam_id)}"]`)?.scrollIntoView({ block: "nearest" });
+  }
   app.tokens.add(f.exam_id);
   app.held.add(f.exam_id);
   saveHeld();
@@ -276,7 +375,7 @@ function onClaimed(f) {
     lease_expires_at: f.lease_expires_at,
   });
   if (req?.then) request(req.then);
-  else if (req && !req.reclaim) announce(`You claimed ${f.exam_id}.`);
+  else if (req && !req.reclaim && !req.next && !req.offer) announce(`You claimed ${f.exam_id}.`);
 }
 
 function onError(f) {
@@ -305,7 +404,24 @@ function onError(f) {
     if (f.code !== "rate_limited") console.warn("gateway:", f.code, f.message);
     return;
   }
+  if (req.next) $("#next-case").disabled = false;
   switch (f.code) {
+    case "offer_gone":
+      hideOffer(examId);
+      notify(`The STAT offer of ${examId} is no longer yours.`, "warn");
+      break;
+    case "nothing_eligible":
+      notify("Nothing is waiting that you may read. The list updates live.", "info");
+      announce("No case waiting for you.");
+      break;
+    case "at_cap": {
+      const max = f.detail?.max_open_claims;
+      notify(`You hold ${max ? `the maximum of ${max}` : "too many"} open cases: sign or release one first.`, "warn");
+      break;
+    }
+    case "assignment_only":
+      notify("Cases are handed out here: press Next case.", "warn");
+      break;
     case "conflict": {
       const holder = f.detail?.holder?.name || "Someone else";
       if (req.reclaim) {
@@ -362,6 +478,12 @@ export async function enter(session) {
   $("#app").hidden = false;
   $("#readonly-note").hidden = !readOnly;
   $("#f-mine-label").hidden = readOnly;
+  $("#next-case").hidden = readOnly;
+  const coordinates = user.roles.some((r) => r === "coordinator" || r === "admin");
+  app.workload = coordinates
+    ? new WorkloadPanel($("#workload"), (examId, to) => request({ type: "reassign", exam_id: examId, to }))
+    : null;
+  $("#next-case").onclick = nextCase;
   document.body.classList.toggle("coordinator", readOnly);
   $("#users").replaceChildren(); // the login list names everyone: not kept behind the app
 
@@ -419,6 +541,8 @@ export async function enter(session) {
     onFrame,
     onDown: (code, attempt) => {
       app.tokens.clear();
+      $("#next-case").disabled = false;
+      hideOffer(null); // an offer outlives a drop on the server, but its answer must wait
       // 4005: what this person may see changed; a resume would keep rows now out of
       // scope, so the next subscribe asks for a fresh snapshot.
       if (code === 4005) app.position = null;

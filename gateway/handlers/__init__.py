@@ -11,13 +11,18 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dynamo.models import now_ms
-from gateway.handlers import claiming, reviewing, worklists
+from gateway.handlers import assigning, claiming, reviewing, worklists
 from gateway.protocol import (
+    BoardRequest,
     BreakLock,
     ClaimRequest,
     ErrorCode,
+    NextRequest,
+    OfferAccept,
+    OfferDecline,
     Ping,
     PresenceRequest,
+    Reassign,
     Release,
     ReviewAdd,
     ReviewArbitrate,
@@ -80,6 +85,11 @@ HANDLERS: dict[type[Any], Handler] = {
     Unsubscribe: _unsubscribe,
     Ping: _ping,
     ClaimRequest: claiming.claim,
+    NextRequest: assigning.next_request,
+    OfferAccept: assigning.offer_accept,
+    OfferDecline: assigning.offer_decline,
+    BoardRequest: assigning.board,
+    Reassign: assigning.reassign,
     Release: claiming.release,
     Sign: claiming.sign,
     BreakLock: claiming.break_lock,

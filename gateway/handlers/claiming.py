@@ -24,8 +24,10 @@ from dynamo.exceptions import (
     StoreUnavailable,
 )
 from dynamo.models import Exam
+from dynamo.states import ExamStatus
 from gateway.auth import Role
 from gateway.protocol import BreakLock, ClaimRequest, ErrorCode, Release, Sign
+from orchestration import Mode
 
 if TYPE_CHECKING:
     from gateway.handlers import Connection
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.claims")
 
 
-async def _locate(
+async def locate(
     session: Connection, request_id: str, exam_id: str, into: dict[str, Any] | None = None
 ) -> str | None:
     """The exam's patient partition, if the user may see the exam at all.
@@ -87,14 +89,14 @@ def store_error(session: Connection, request_id: str, exc: StoreError) -> None:
     session.error(request_id, code, exc.reason, detail)
 
 
-async def _publish(session: Connection, exam: Exam) -> None:
+async def publish_claim(session: Connection, exam: Exam) -> None:
     try:
         await session.gw.feed.publish([ExamDelta.from_exam(exam)])
     except Exception:  # the relay will bring the same change anyway
         log.warning("early publish of a claim change failed; the relay will carry it")
 
 
-def _reads(session: Connection, request_id: str) -> bool:
+def reads(session: Connection, request_id: str) -> bool:
     """Claims and reports are for radiologists (and admins); coordinators only watch."""
     p = session.principal
     assert p is not None
@@ -107,11 +109,23 @@ def _reads(session: Connection, request_id: str) -> bool:
 async def claim(session: Connection, frame: ClaimRequest) -> None:
     principal = session.principal
     assert principal is not None
-    if not _reads(session, frame.id):
+    if not reads(session, frame.id):
         return
     gw = session.gw
+    try:
+        rules = await gw.orchestrator.rules(principal.tenant)
+    except StoreError as exc:
+        store_error(session, frame.id, exc)
+        return
+    if rules.mode is Mode.PUSH and not principal.has(Role.ADMIN):
+        session.error(
+            frame.id,
+            ErrorCode.ASSIGNMENT_ONLY,
+            "cases are handed out here: press Next case (or accept an offer)",
+        )
+        return
     where: dict[str, Any] = {}
-    patient_id = await _locate(session, frame.id, frame.exam_id, where)
+    patient_id = await locate(session, frame.id, frame.exam_id, where)
     if patient_id is None:
         return
     try:
@@ -132,7 +146,7 @@ async def claim(session: Connection, frame: ClaimRequest) -> None:
             "lease_expires_at": result.exam.lease_expires_at,
         }
     )
-    await _publish(session, result.exam)
+    await publish_claim(session, result.exam)
     await gw.presence.update(session)
 
 
@@ -141,13 +155,13 @@ async def _held(session: Connection, frame: Release | Sign) -> tuple[str, str, s
     whose token it names); None after answering the request with an error."""
     principal = session.principal
     assert principal is not None
-    if not _reads(session, frame.id):
+    if not reads(session, frame.id):
         return None
     token = frame.token or session.claims.get(frame.exam_id)
     if token is None:
         session.error(frame.id, ErrorCode.STALE_TOKEN, "this connection holds no claim on it")
         return None
-    patient_id = await _locate(session, frame.id, frame.exam_id)
+    patient_id = await locate(session, frame.id, frame.exam_id)
     return None if patient_id is None else (principal.sub, token, patient_id)
 
 
@@ -156,7 +170,7 @@ async def _changed(session: Connection, exam: Exam, reply: dict[str, Any]) -> No
     if exam.claimed_by is None:
         session.claims.pop(exam.accession, None)
     session.send({**reply, "exam_id": exam.accession, "version": exam.version})
-    await _publish(session, exam)
+    await publish_claim(session, exam)
     await session.gw.presence.update(session)
 
 
@@ -188,7 +202,20 @@ async def sign(session: Connection, frame: Sign) -> None:
     except StoreError as exc:
         store_error(session, frame.id, exc)
         return
+    if exam.status is ExamStatus.FINAL:
+        await _credit(session, exam)
     await _changed(session, exam, {"type": "signed", "id": frame.id, "status": exam.status.value})
+
+
+async def _credit(session: Connection, exam: Exam) -> None:
+    """The reader's RVUs this shift grow by the case they finished (for balancing)."""
+    gw = session.gw
+    assert session.principal is not None
+    try:
+        rules = await gw.orchestrator.rules(exam.tenant)
+        await gw.orchestrator.credit(exam.tenant, session.principal.sub, exam.procedure_code, rules)
+    except Exception:
+        log.warning("crediting RVUs for a signed case failed")
 
 
 async def break_lock(session: Connection, frame: BreakLock) -> None:
@@ -197,7 +224,7 @@ async def break_lock(session: Connection, frame: BreakLock) -> None:
     if not principal.has(Role.ADMIN):
         session.error(frame.id, ErrorCode.FORBIDDEN, "only an admin can break a lock")
         return
-    patient_id = await _locate(session, frame.id, frame.exam_id)
+    patient_id = await locate(session, frame.id, frame.exam_id)
     if patient_id is None:
         return
     gw = session.gw
@@ -219,7 +246,7 @@ async def break_lock(session: Connection, frame: BreakLock) -> None:
             "version": exam.version,
         }
     )
-    await _publish(session, exam)
+    await publish_claim(session, exam)
     if holder is not None:
         await gw.presence.notify(
             principal.tenant,

@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import RedisError
 
+from dynamo.exceptions import StoreError
 from gateway.hub import Subscription, route
 from gateway.protocol import ErrorCode, Subscribe, Unsubscribe
 from worklist_cache import keys
 from worklist_cache.exceptions import OutOfScope
 from worklist_cache.feed import ScopeMark, feed_message, offset_key
-from worklist_cache.views import scope_view
+from worklist_cache.views import HidingHeld, RowMatcher, View, scope_view
 
 if TYPE_CHECKING:
     from gateway.handlers import Connection
@@ -51,7 +52,13 @@ async def subscribe(session: Connection, frame: Subscribe) -> None:
             frame.id, ErrorCode.TOO_MANY, f"at most {gw.settings.max_subscriptions} subscriptions"
         )
         return
-    sub = Subscription(frame.id, tenant, view, view.matcher(principal.sub), principal.scope)
+    try:
+        hide = (await gw.orchestrator.rules(tenant)).hide_locked
+    except StoreError:
+        hide = False  # the directory is unreachable: show the list as it is
+    sub = Subscription(
+        frame.id, tenant, view, matcher_for(view, principal.sub, hide), principal.scope
+    )
     subs[frame.id] = sub
     gw.hub.attach(session.client, tenant)
     gw.tenant_active(tenant)
@@ -82,6 +89,12 @@ async def subscribe(session: Connection, frame: Subscribe) -> None:
         session.error(frame.id, ErrorCode.INTERNAL, "could not read the worklist; retry")
 
 
+def matcher_for(view: View, me: str, hide_locked: bool) -> RowMatcher:
+    """The view's matcher; under the tenant's `hide_locked`, one that leaves out what
+    others hold (`HidingHeld`), on every path: snapshot, live, resume."""
+    return HidingHeld(view, me) if hide_locked else view.matcher(me)
+
+
 async def ensure_feed(session: Connection, tenant: str) -> None:
     hub = session.gw.hub
 
@@ -105,6 +118,9 @@ async def send_snapshot(
     me = session.principal.sub if session.principal else ""
     snap = await session.gw.feed.snapshot(sub.tenant, sub.view, me=me, limit=limit)
     rows, total = snap.rows, snap.total
+    if isinstance(sub.matcher, HidingHeld):
+        shown = [r for r in rows if sub.matcher(r)]
+        total, rows = max(0, total - (len(rows) - len(shown))), shown
     sub.in_view = {r["exam_id"] for r in rows}
     sub.epoch = snap.epoch
     session.send(
