@@ -251,6 +251,14 @@ class ReviewScore(_Frame):
 class ReviewArbitrate(_Frame):
     """Coordinator: confirm the reviewer's score, change it, or return it."""
 
+    # The schema says it too (JSON Schema if/then), so a client reads the rule there.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"decision": {"const": "change"}}, "required": ["decision"]},
+            "then": {"required": ["score"], "properties": {"score": {"not": {"type": "null"}}}},
+        }
+    )
+
     type: Literal["review_arbitrate"]
     id: RequestId
     exam_id: ExamId

@@ -63,13 +63,31 @@ def value_of(node: dict[str, Any]) -> st.SearchStrategy[Any]:
     raise AssertionError(f"a schema node this generator does not know: {node}")
 
 
+def _holds(condition: dict[str, Any], frame: dict[str, Any]) -> bool:
+    """Whether a frame meets an if/then part of the schema (the `required`, `const` and
+    `not: {type: null}` that the protocol's conditions use)."""
+    if any(k not in frame for k in condition.get("required", ())):
+        return False
+    for key, rule in condition.get("properties", {}).items():
+        if key not in frame:
+            continue
+        if "const" in rule and frame[key] != rule["const"]:
+            return False
+        if rule.get("not") == {"type": "null"} and frame[key] is None:
+            return False
+    return True
+
+
 def frame_of(node: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     props = node.get("properties", {})
     required = set(node.get("required", ()))
-    return st.fixed_dictionaries(
+    frames = st.fixed_dictionaries(
         {k: value_of(v) for k, v in props.items() if k in required},
         optional={k: value_of(v) for k, v in props.items() if k not in required},
     )
+    if "if" in node:  # a conditional requirement: only frames that meet it are valid
+        frames = frames.filter(lambda f: not _holds(node["if"], f) or _holds(node["then"], f))
+    return frames
 
 
 def _json_type(value: Any) -> str:
