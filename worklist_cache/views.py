@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dynamo.directory.models import Person
 from dynamo.states import OPEN_STATES, ExamStatus, Modality, Priority
 from worklist_cache.exceptions import OutOfScope
 
@@ -94,6 +95,16 @@ class Scope:
         """The scope as a stable text (equal scopes, equal texts)."""
         parts = (self.sites, self.subspecialties, self.modalities)
         return "|".join([self.tenant, *(",".join(sorted(p)) for p in parts)])
+
+    @classmethod
+    def of_person(cls, person: Person) -> Scope:
+        """A directory person's scope (what the gateway builds a principal from)."""
+        return cls(
+            person.tenant,
+            frozenset(person.sites),
+            frozenset(person.subspecialties),
+            frozenset(person.modalities),
+        )
 
     def allows(self, row: dict[str, Any]) -> bool:
         return (

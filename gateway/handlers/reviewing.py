@@ -38,6 +38,7 @@ from gateway.protocol import (
     ReviewsRequest,
 )
 from worklist_cache import keys
+from worklist_cache.views import Scope
 
 if TYPE_CHECKING:
     from gateway.context import Gateway
@@ -120,9 +121,7 @@ def eligible(
         if u.active
         and Role.RADIOLOGIST in u.roles
         and u.sub != review.get("original_reader")
-        and (not u.sites or review.get("site") in u.sites)
-        and (not u.subspecialties or review.get("subspecialty") in u.subspecialties)
-        and (not u.modalities or review.get("modality") in u.modalities)
+        and Scope.of_person(u).allows(review)
     ]
     return sorted(users, key=lambda u: (open_counts.get(u.sub, 0), u.sub))
 
