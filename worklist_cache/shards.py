@@ -69,6 +69,9 @@ class ClusterSubscriber:
         self._moved = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.moves = 0  # gaps reported because slots moved
+        # Counts of links closed since (the totals only grow, as counters should).
+        self._closed_gaps = 0
+        self._closed_probe_failures = 0
 
     async def __aenter__(self) -> ClusterSubscriber:
         await self._cluster.initialize()
@@ -122,11 +125,12 @@ class ClusterSubscriber:
 
     @property
     def gaps(self) -> int:
-        return self.moves + sum(link.gaps for link in self._links.values())
+        return self.moves + self._closed_gaps + sum(link.gaps for link in self._links.values())
 
     @property
     def probe_failures(self) -> int:
-        return sum(link.probe_failures for link in self._links.values())
+        live = sum(link.probe_failures for link in self._links.values())
+        return self._closed_probe_failures + live
 
     # ---- links: one pub/sub connection per master ---------------------------------------
 
@@ -180,6 +184,8 @@ class ClusterSubscriber:
         client = self._clients.pop(name, None)
         self._probes.pop(name, None)
         if link is not None:
+            self._closed_gaps += link.gaps
+            self._closed_probe_failures += link.probe_failures
             with contextlib.suppress(RedisError, OSError):
                 await link.aclose()
         if client is not None:
