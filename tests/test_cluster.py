@@ -138,6 +138,15 @@ async def subscribe(client: WsClient, sub: str = "s") -> Frame:
     raise AssertionError("the tenant was never built")
 
 
+async def seen(client: WsClient, predicate: Any, timeout: float = 10) -> Frame:
+    """The first frame matching `predicate`, among those already read or still to come
+    (a presence diff and a delta may arrive in either order)."""
+    for frame in client.frames:
+        if predicate(frame):
+            return frame
+    return await client.until(predicate, timeout=timeout)
+
+
 async def settle(client: WsClient, quiet: float = 0.3) -> None:
     with contextlib.suppress(TimeoutError):
         while True:
@@ -197,8 +206,8 @@ async def test_a_gateway_on_a_cluster_serves_two_tenants_from_two_masters(
     # Live deltas, published by the apply script on each tenant's own master.
     n1 = await exam_in(store, S.COMPLETED, tenant=north, site=SITE)
     s1 = await exam_in(store, S.SCHEDULED, tenant=south, site=SITE)
-    await ben.until(delta_of(n1), timeout=10)
-    await zed.until(delta_of(s1), timeout=10)
+    await seen(ben, delta_of(n1))
+    await seen(zed, delta_of(s1))
     for port, tenant, exam in ((north_port, north, n1), (south_port, south, s1)):
         node = Redis(port=port)
         assert await node.hexists(keys.exams(tenant), exam.accession), "on its own master"
@@ -207,30 +216,35 @@ async def test_a_gateway_on_a_cluster_serves_two_tenants_from_two_masters(
     # A claim is seen by the other reader of the tenant, and only there.
     claimed = await ana.request({"type": "claim", "exam_id": n1.accession})
     assert claimed["type"] == "claimed", claimed
-    seen = await ben.until(
-        lambda f: (f.get("delta") or {}).get("version") == claimed["version"], timeout=10
+    lock = await seen(
+        ben,
+        lambda f: (
+            (f.get("delta") or {}).get("exam_id") == n1.accession
+            and f["delta"]["version"] == claimed["version"]
+        ),
     )
-    assert seen["delta"]["claimed_by"] == "c-ana"
+    assert lock["delta"]["claimed_by"] == "c-ana"
     conflict = await ben.request({"type": "claim", "exam_id": n1.accession})
     assert conflict["code"] == "conflict"
 
     # Presence, per tenant, across the cluster.
-    await ben.until(
+    await seen(
+        ben,
         lambda f: (
             f["type"] == "presence_diff"
             and any(u["sub"] == "c-ana" and u["reading"] == [n1.accession] for u in f["joins"])
         ),
-        timeout=10,
     )
     state = await zed.request({"type": "presence"})
     assert [u["sub"] for u in state["users"]] == ["c-zed"]
 
     # Resume: what ben missed while away, exactly.
+    await settle(ben)
     last = [f for f in ben.frames if f["type"] in ("snapshot", "delta")][-1]
     await ben.close()
     moved = await store.transition(s1.patient_id, s1.accession, S.ARRIVED)
     n2 = await exam_in(store, S.SCHEDULED, tenant=north, site=SITE)
-    await ana.until(delta_of(n2), timeout=10)
+    await seen(ana, delta_of(n2))
     back = await WsClient.open(cstack.ws_url, token("c-ben", name="Dr. Ben", tenant=north))
     since = {"epoch": last["epoch"], "offset": last["offset"]}
     await back.send({"type": "subscribe", "id": "s", "since": since})
@@ -238,7 +252,7 @@ async def test_a_gateway_on_a_cluster_serves_two_tenants_from_two_masters(
     assert resumed["type"] == "resumed", resumed
     missed = [await back.next() for _ in range(resumed["missed"])]
     assert {f["delta"]["exam_id"] for f in missed} == {n2.accession}, "nothing of the south"
-    await zed.until(delta_of(moved), timeout=10)
+    await seen(zed, delta_of(moved))
     assert not any(
         (f.get("delta") or {}).get("exam_id") in (n1.accession, n2.accession) for f in zed.frames
     )
@@ -254,12 +268,12 @@ async def test_a_master_restart_is_a_gap_every_client_recovers_from(
     await subscribe(zed)
     before = [await exam_in(store, S.SCHEDULED, tenant=north, site=SITE) for _ in range(3)]
     south_exam = await exam_in(store, S.SCHEDULED, tenant=south, site=SITE)
-    await ana.until(delta_of(before[-1]), timeout=10)
-    await zed.until(delta_of(south_exam), timeout=10)
+    await seen(ana, delta_of(before[-1]), 15)
+    await seen(zed, delta_of(south_exam), 15)
 
     # The master holding the north tenant's slot crashes and comes back empty.
     await asyncio.to_thread(cluster.restart, north_port, down_seconds=0.5)
-    await ana.until(lambda f: f.get("type") == "resync", timeout=15)
+    await seen(ana, lambda f: f.get("type") == "resync", 15)
 
     # Writes after the restart all reach the client.
     after = await exam_in(store, S.SCHEDULED, tenant=north, site=SITE)
@@ -291,17 +305,17 @@ async def test_a_tenant_whose_slot_moves_is_followed_to_its_new_master(
     ana = await WsClient.open(cstack.ws_url, token("c-ana", tenant=north))
     await subscribe(ana)
     first = await exam_in(store, S.SCHEDULED, tenant=north, site=SITE)
-    await ana.until(delta_of(first), timeout=10)
+    await seen(ana, delta_of(first), 15)
 
     # Resharding: the tenant's slot, keys and all, goes to the other master.
     slot = key_slot(north.encode())
     await asyncio.to_thread(cluster.move_slot, slot, south_port)
     assert cluster.port_of_slot(slot) == south_port != north_port
-    await ana.until(lambda f: f.get("type") == "resync", timeout=15)
+    await seen(ana, lambda f: f.get("type") == "resync", 15)
 
     # The subscription followed: deltas published on the new master arrive live.
     second = await exam_in(store, S.SCHEDULED, tenant=north, site=SITE)
-    await ana.until(delta_of(second), timeout=10)
+    await seen(ana, delta_of(second), 15)
     node = Redis(port=south_port)
     assert await node.hexists(keys.exams(north), second.accession)
     await node.aclose()
