@@ -312,6 +312,7 @@ async def test_a_tenant_whose_slot_moves_is_followed_to_its_new_master(
     await asyncio.to_thread(cluster.move_slot, slot, south_port)
     assert cluster.port_of_slot(slot) == south_port != north_port
     await seen(ana, lambda f: f.get("type") == "resync", 15)
+    await ana.until(lambda f: f.get("type") == "snapshot", 15)  # the resync's
 
     # The subscription followed: deltas published on the new master arrive live.
     second = await exam_in(store, S.SCHEDULED, tenant=north, site=SITE)

@@ -69,6 +69,7 @@ class ClusterSubscriber:
         self._moved = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.moves = 0  # gaps reported because slots moved
+        self._gap_due = False  # channels moved; not all confirmed where they are now
         # Counts of links closed since (the totals only grow, as counters should).
         self._closed_gaps = 0
         self._closed_probe_failures = 0
@@ -212,8 +213,12 @@ class ClusterSubscriber:
 
     async def rebalance(self) -> int:
         """Read the slot map; subscribe every channel whose slot moved on its new master
-        (and replace a link whose probe slot moved). Returns how many channels moved;
-        when any did, a gap is reported once they are confirmed."""
+        (and replace a link whose probe slot moved). Returns how many channels moved.
+
+        What was published between the move and the new subscription is lost: a gap,
+        reported once every moved channel is confirmed on its new master. A channel
+        that cannot be placed yet (its master busy, the map in flux) stays wanted and
+        is tried again next round; the gap waits for it."""
         await self._cluster.nodes_manager.initialize()
         stale_links = {
             name for name, probe in self._probes.items() if self._owner(probe).name != name
@@ -223,9 +228,9 @@ class ClusterSubscriber:
             for c, name in self._where.items()
             if name in stale_links or self._owner(c).name != name
         ]
-        if not moved and not stale_links:
-            return 0
-        log.warning("%d channels moved to another master: re-subscribing (a gap)", len(moved))
+        if moved or stale_links:
+            log.warning("%d channels moved to another master: re-subscribing (a gap)", len(moved))
+            self._gap_due = True
         for channel in moved:
             old = self._links.get(self._where.pop(channel))
             if old is not None:
@@ -238,10 +243,19 @@ class ClusterSubscriber:
                 self._probes[name]
             ]:
                 await self._close_link(name)
-        for channel in moved:
-            handler = self._handlers.get(channel)
-            if handler is not None:
-                await self.subscribe(channel, handler)
-        self.moves += 1
-        await self._on_gap()
+        unplaced = [c for c in self._handlers if c not in self._where]
+        for channel in unplaced:
+            handler = self._handlers[channel]
+            try:
+                name = await self._link_for(channel)
+                await self._links[name].subscribe(channel, handler)
+            except (RedisError, OSError, TimeoutError, LookupError) as exc:
+                log.warning("re-subscribing a moved channel failed (%r); next round", exc)
+                continue
+            if channel in self._handlers:  # not unsubscribed meanwhile
+                self._where[channel] = name
+        if self._gap_due and all(c in self._where for c in self._handlers):
+            self._gap_due = False
+            self.moves += 1
+            await self._on_gap()
         return len(moved)
