@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from starlette.websockets import WebSocket
 
 from dynamo.claims import Claims
@@ -38,6 +39,9 @@ from gateway.settings import GatewaySettings
 from gateway.workload import WorkloadBoard
 from service.supervise import Supervisor
 from worklist_cache import CacheSettings, FeedSubscriber, WorklistFeed, connect, keys
+from worklist_cache.connection import Client
+from worklist_cache.shards import ClusterSubscriber
+from worklist_cache.subscriber import Subscriber
 from worklist_cache.views import HidingHeld
 
 if TYPE_CHECKING:
@@ -127,20 +131,33 @@ class Gateway:
         # Every long-lived task (housekeeping, presence heartbeat, feed subscriber, its
         # probe) runs under this: a crash is logged, counted and restarted.
         self.supervisor = Supervisor()
-        self.redis: Redis = connect(cache.redis_url)
+        self.redis: Client = connect(cache.redis_url, cluster=cache.redis_cluster)
         sharded = cache.pubsub == "sharded"
         self.feed = WorklistFeed(self.redis, maxlen=cache.feed_maxlen, sharded=sharded)
         # The pub/sub connection must fail loudly, not reconnect on its own: a silent
         # reconnect would hide the messages lost meanwhile. Its own client, no retries.
-        self.pubsub_redis: Redis = Redis.from_url(cache.redis_url)
-        self.subscriber = FeedSubscriber(
-            self.pubsub_redis,
-            self._on_gap,
-            sharded=sharded,
-            supervisor=self.supervisor,
-            probe_channel=keys.probe_channel(self.node),
-            probe_interval=settings.pubsub_probe_seconds,
-        )
+        self.pubsub_redis: Client | None = None
+        self.subscriber: Subscriber
+        if isinstance(self.redis, RedisCluster):
+            # One such connection per master, to the owner of each channel's slot.
+            self.subscriber = ClusterSubscriber(
+                self.redis,
+                self._on_gap,
+                node=self.node,
+                sharded=sharded,
+                supervisor=self.supervisor,
+                probe_interval=settings.pubsub_probe_seconds,
+            )
+        else:
+            self.pubsub_redis = Redis.from_url(cache.redis_url)
+            self.subscriber = FeedSubscriber(
+                self.pubsub_redis,
+                self._on_gap,
+                sharded=sharded,
+                supervisor=self.supervisor,
+                probe_channel=keys.probe_channel(self.node),
+                probe_interval=settings.pubsub_probe_seconds,
+            )
         self.presence = Presence(
             self.redis, self.subscriber, self.node, sharded=sharded, supervisor=self.supervisor
         )
@@ -352,5 +369,6 @@ class Gateway:
         await self.supervisor.aclose()
         await self.presence.aclose()
         await self.subscriber.aclose()
-        await self.pubsub_redis.aclose()
+        if self.pubsub_redis is not None:
+            await self.pubsub_redis.aclose()
         await self.redis.aclose()

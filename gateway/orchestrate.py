@@ -20,13 +20,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.asyncio import Redis
 
 from dynamo.exceptions import StoreError
 from dynamo.models import now_ms
 from dynamo.states import ExamStatus
 from orchestration import Candidate, Decision, ReaderLoad, Rules, rvu_of
 from worklist_cache import keys
+from worklist_cache.connection import Client
 from worklist_cache.views import View
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class Orchestrator:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         feed: WorklistFeed,
         directory: DirectoryStore,
         *,

@@ -23,10 +23,11 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.asyncio import Redis
 
 from service.supervise import Supervisor
-from worklist_cache import FeedSubscriber, keys
+from worklist_cache import keys
+from worklist_cache.connection import Client
+from worklist_cache.subscriber import Subscriber
 from worklist_cache.views import Scope
 
 if TYPE_CHECKING:
@@ -46,8 +47,8 @@ def _now_ms() -> int:
 class Presence:
     def __init__(
         self,
-        redis: Redis,
-        subscriber: FeedSubscriber,
+        redis: Client,
+        subscriber: Subscriber,
         node: str,
         *,
         sharded: bool = False,
@@ -183,7 +184,7 @@ class Presence:
 
     async def _publish(self, tenant: str, message: bytes) -> None:
         channel = keys.presence_channel(tenant)
-        await self._redis.execute_command(self._publish_command, channel, message)  # type: ignore[no-untyped-call]
+        await self._redis.execute_command(self._publish_command, channel, message)
 
     async def _heartbeat(self) -> None:
         while True:

@@ -51,7 +51,7 @@ async def run(
     dynamo: DynamoSettings,
     cache: CacheSettings,
 ) -> int:
-    redis = connect(cache.redis_url)
+    redis = connect(cache.redis_url, cluster=cache.redis_cluster)
     feed = WorklistFeed(redis, maxlen=cache.feed_maxlen, sharded=cache.pubsub == "sharded")
     found = 0
     try:

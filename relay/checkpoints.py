@@ -10,9 +10,8 @@ cannot move the checkpoint, so a slow ex-owner never overwrites its successor's.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from worklist_cache import keys
+from worklist_cache.connection import Client
 
 # KEYS: lease   ARGV: owner, ttl_ms.  Take a free lease or renew our own.
 _ACQUIRE = """
@@ -46,7 +45,7 @@ class RedisCheckpoints:
     """Checkpoints of one stream. With an `owner`, writes are fenced by shard leases."""
 
     def __init__(
-        self, redis: Redis, stream_arn: str, *, owner: str | None = None, lease_ms: int = 15_000
+        self, redis: Client, stream_arn: str, *, owner: str | None = None, lease_ms: int = 15_000
     ) -> None:
         self._redis = redis
         self._arn = stream_arn

@@ -35,7 +35,7 @@ async def _deliver(
     """Deliver the batch; the sequence number of its first record if that failed."""
     if not records:
         return None
-    redis = connect(cache.redis_url)
+    redis = connect(cache.redis_url, cluster=cache.redis_cluster)
     feed = WorklistFeed(redis, maxlen=cache.feed_maxlen, sharded=cache.pubsub == "sharded")
     try:
         async with dynamodb_client(dynamo) as ddb:

@@ -298,7 +298,7 @@ async def antientropy_forever(
 async def run_relay(
     relay_settings: RelaySettings, dynamo: DynamoSettings, cache: CacheSettings
 ) -> None:
-    redis = connect(cache.redis_url)
+    redis = connect(cache.redis_url, cluster=cache.redis_cluster)
     owner = relay_settings.node_name or f"{socket.gethostname()}:{os.getpid()}"
     try:
         async with dynamodb_client(dynamo) as ddb, streams_client(dynamo) as streams:

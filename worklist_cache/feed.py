@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterPipeline
+from redis.commands.core import AsyncScript
 
 from dynamo.deltas import DirectoryChange, ExamDelta, ReviewDelta
 from dynamo.models import now_ms
 from dynamo.states import OPEN_STATES, PRIORITY_RANK, ExamStatus
 from worklist_cache import keys
+from worklist_cache.connection import Client
 from worklist_cache.scripts import APPLY, APPLY_REVIEW, PRUNE, SNAPSHOT
 from worklist_cache.settings import CacheSettings
 from worklist_cache.views import View
@@ -49,6 +51,17 @@ class Missed:
     reset: bool
     epoch: str
     entries: list[tuple[str, bytes]]  # (offset, delta JSON), in feed order
+
+
+async def _run(script: AsyncScript, keys_: list[str], args: list[Any], client: Any) -> Any:
+    """Call a registered script, on a pipeline too. redis-py loads scripts before a
+    standalone pipeline runs, never before a cluster pipeline, and a cluster master that
+    restarted has forgotten them: there the script's text goes with each call (EVAL;
+    Redis caches the compiled script by its digest, so only the bytes cost)."""
+    if isinstance(client, ClusterPipeline):
+        text = script.script if isinstance(script.script, str) else bytes(script.script).decode()
+        return client.eval(text, len(keys_), *keys_, *args)
+    return await script(keys=keys_, args=args, client=client)
 
 
 def _text(value: object) -> str:
@@ -126,7 +139,7 @@ class WorklistFeed:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         *,
         maxlen: int = 100_000,
         sharded: bool = False,
@@ -159,20 +172,22 @@ class WorklistFeed:
         async with self._redis.pipeline(transaction=False) as pipe:
             for d in deltas:
                 if isinstance(d, ReviewDelta):
-                    await self._apply_review(
-                        keys=[keys.review_versions(d.tenant), keys.reviews(d.tenant)],
-                        args=[
+                    await _run(
+                        self._apply_review,
+                        [keys.review_versions(d.tenant), keys.reviews(d.tenant)],
+                        [
                             d.exam_id,
                             d.version,
                             orjson.dumps(d.model_dump(mode="json")),
                             keys.review_channel(d.tenant),
                             self._publish,
                         ],
-                        client=pipe,
+                        pipe,
                     )
                     continue
-                await self._apply(
-                    keys=[
+                await _run(
+                    self._apply,
+                    [
                         keys.versions(d.tenant),
                         keys.exams(d.tenant),
                         keys.feed(d.tenant),
@@ -180,7 +195,7 @@ class WorklistFeed:
                         keys.sites(d.tenant),
                         keys.closed(d.tenant),
                     ],
-                    args=[
+                    [
                         d.exam_id,
                         d.version,
                         d.op,
@@ -198,7 +213,7 @@ class WorklistFeed:
                         d.scheduled_at,
                         "0" if d.status in OPEN_STATES else "1",
                     ],
-                    client=pipe,
+                    pipe,
                 )
             results = await pipe.execute()
         return [
@@ -228,9 +243,10 @@ class WorklistFeed:
         self, tenant: str, view: View, me: str, limit: int, *, ids_only: bool, client: Any = None
     ) -> Any:
         statuses = view.statuses or list(ExamStatus)
-        return self._snapshot(
-            keys=[keys.exams(tenant), keys.epoch(tenant), keys.feed(tenant), keys.sites(tenant)],
-            args=[
+        return _run(
+            self._snapshot,
+            [keys.exams(tenant), keys.epoch(tenant), keys.feed(tenant), keys.sites(tenant)],
+            [
                 new_epoch(),
                 keys.tenant_prefix(tenant),
                 limit,
@@ -243,7 +259,7 @@ class WorklistFeed:
                 "1" if ids_only else "0",
                 self.scan_limit,
             ],
-            client=client,
+            client,
         )
 
     async def recover(

@@ -1,7 +1,10 @@
 """Every Redis key and channel name, in one place.
 
-A tenant's keys share the hash tag `{tenant}` so they live in one Redis Cluster slot,
-which the Lua scripts (several keys, one atomic step) need.
+A tenant's keys and channels share the hash tag `{tenant}` so they live in one Redis
+Cluster slot, which the Lua scripts (several keys, one atomic step) need, and the
+tenant's sharded pub/sub messages stay on the master holding its keys. Keys that are not
+a tenant's are each used alone, except a relay's shard leases, which carry their
+stream's checkpoint key as their tag (the fenced checkpoint write reads both).
 """
 
 from __future__ import annotations
@@ -97,9 +100,11 @@ def review_channel(tenant: str) -> str:
     return f"{_t(tenant)}:reviews:live"
 
 
-def probe_channel(node: str) -> str:
-    """Pub/sub channel: one gateway node's liveness probe of its own subscription."""
-    return f"{PREFIX}:probe:{node}"
+def probe_channel(node: str, tag: str = "") -> str:
+    """Pub/sub channel: one gateway node's liveness probe of its own subscription. On a
+    Redis Cluster each master's subscription has its own probe, whose hash tag `tag` is
+    chosen to land on a slot of that master."""
+    return f"{PREFIX}:probe:{node}" + (f":{{{tag}}}" if tag else "")
 
 
 def relay_checkpoint(stream_arn: str) -> str:
@@ -108,8 +113,9 @@ def relay_checkpoint(stream_arn: str) -> str:
 
 
 def relay_lease(stream_arn: str, shard_id: str) -> str:
-    """String: the relay that reads this shard now (with a TTL the owner renews)."""
-    return f"{PREFIX}:relay:{stream_arn}:lease:{shard_id}"
+    """String: the relay that reads this shard now (with a TTL the owner renews). Its
+    hash tag is the stream's checkpoint key, so both are in one cluster slot."""
+    return f"{{{relay_checkpoint(stream_arn)}}}:lease:{shard_id}"
 
 
 def relay_alive() -> str:

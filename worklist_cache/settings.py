@@ -19,6 +19,9 @@ class CacheSettings(BaseSettings):
     # Approximate length of each tenant's history stream. At a 20x spike of ~100
     # deltas/s per tenant, 100k entries keep well over 10 minutes.
     feed_maxlen: int = 100_000
+    # A Redis Cluster: `redis_url` names any one of its nodes, every client is a
+    # cluster client, and the gateway subscribes on the node that owns each channel.
+    redis_cluster: bool = False
     # "classic" pub/sub, or "sharded" (SPUBLISH/SSUBSCRIBE, Redis 7+) for Redis Cluster,
     # where each tenant's messages then stay on the shard that holds its keys.
     pubsub: Literal["classic", "sharded"] = "classic"

@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -24,6 +27,54 @@ log = logging.getLogger("worklist_cache.subscriber")
 
 MessageHandler = Callable[[bytes], None]
 GapHandler = Callable[[], Awaitable[None]]
+
+
+def by_slot(channels: tuple[str, ...]) -> list[list[str]]:
+    """Channels grouped by hash slot: on a cluster node one SSUBSCRIBE may only name
+    channels of one slot (CROSSSLOT otherwise)."""
+    groups: dict[int, list[str]] = {}
+    for channel in channels:
+        groups.setdefault(key_slot(channel.encode()), []).append(channel)
+    return list(groups.values())
+
+
+class _SlotwisePubSub(PubSub):
+    """redis-py's PubSub, re-subscribing sharded channels one slot at a time when its
+    connection comes back (its own replay names them all in one SSUBSCRIBE)."""
+
+    async def _resubscribe_shard_channels(self) -> None:
+        names = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in self.shard_channels)
+        for group in by_slot(names):
+            await self.ssubscribe(*group)
+
+
+class Subscriber(Protocol):
+    """What the gateway uses of its pub/sub: `FeedSubscriber` on one Redis,
+    `shards.ClusterSubscriber` on a Redis Cluster."""
+
+    async def __aenter__(self) -> Subscriber: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def subscribe(
+        self, channel: str, handler: MessageHandler, timeout: float = 5.0
+    ) -> None: ...
+
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    @property
+    def channels(self) -> list[str]: ...
+
+    @property
+    def stalled(self) -> bool: ...
+
+    @property
+    def gaps(self) -> int: ...
+
+    @property
+    def probe_failures(self) -> int: ...
 
 
 class FeedSubscriber:
@@ -36,6 +87,7 @@ class FeedSubscriber:
         supervisor: Supervisor | None = None,
         probe_channel: str = "",
         probe_interval: float = 5.0,
+        on_dropped: Callable[[str], None] | None = None,
     ) -> None:
         self._redis = redis
         self._supervisor = supervisor
@@ -49,9 +101,12 @@ class FeedSubscriber:
         self.probe_failures = 0
         self.gaps = 0
         self._on_gap = on_gap
+        # Redis dropped a subscription we still want (on a cluster, its slot moved away:
+        # Redis 7 then sends SUNSUBSCRIBE); the caller re-routes it.
+        self._on_dropped = on_dropped
         # Sharded pub/sub (SSUBSCRIBE, Redis 7): what the feed uses with SPUBLISH.
         self._sharded = sharded
-        self._pubsub = redis.pubsub()
+        self._pubsub: PubSub = _SlotwisePubSub(redis.connection_pool) if sharded else redis.pubsub()
         self._channels: dict[str, MessageHandler] = {}
         # Set when Redis confirms a SUBSCRIBE: only then is no message missed.
         self._confirmed: dict[str, asyncio.Event] = {}
@@ -112,9 +167,21 @@ class FeedSubscriber:
             else:
                 await self._pubsub.unsubscribe(channel)
 
+    def forget(self, channel: str) -> None:
+        """Stop delivering a channel without telling Redis (its slot left this node,
+        which dropped the subscription already)."""
+        self._channels.pop(channel, None)
+        self._confirmed.pop(channel, None)
+
+    @property
+    def running(self) -> bool:
+        """The listening task runs (it handles every error itself and never ends)."""
+        return self._task is not None and not self._task.done()
+
     async def _subscribe(self, *channels: str) -> None:
         if self._sharded:
-            await self._pubsub.ssubscribe(*channels)
+            for group in by_slot(channels):
+                await self._pubsub.ssubscribe(*group)
         else:
             await self._pubsub.subscribe(*channels)
 
@@ -171,6 +238,10 @@ class FeedSubscriber:
                             self._gap_due = False
                             self.gaps += 1
                             await self._on_gap()
+                        continue
+                    if message["type"] == "sunsubscribe" and channel in self._channels:
+                        if self._on_dropped is not None:
+                            self._on_dropped(channel)
                         continue
                     if message["type"] not in ("message", "smessage"):
                         continue
