@@ -6,10 +6,15 @@ splicing bytes, never re-serialized), a `leave` placeholder (the exam was in the
 and no longer matches: only its id, version and offset, never its row), or nothing.
 `route` is the one rule for live delivery, the replay after a snapshot and resume.
 
-Frames are queued with `put_nowait`. When a client's queue backs up, its writer sends
-what waits as one `batch` frame, keeping only the newest frame per exam and
-subscription. A client whose queue is full (in frames or in bytes) is closed with 4001
-("too slow") and resumes on reconnect: it never delays the others.
+A frame goes straight to the client's transport (`gateway.wire.DirectWriter`) when
+nothing waits in front of it: the client's queue is empty, its writer holds nothing and
+the transport is not paused. One message's frame is built once per distinct
+subscription prefix (`route`'s memo) and its bytes once per distinct frame, whatever
+the number of clients taking it. Otherwise (backpressure, or a server without a direct
+writer) the frame is queued with `put_nowait`; when a client's queue backs up, its
+writer sends what waits as one `batch` frame, keeping only the newest frame per exam
+and subscription. A client whose queue is full (in frames or in bytes) is closed with
+4001 ("too slow") and resumes on reconnect: it never delays the others.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from gateway.wire import DirectWriter, encode_text
 from worklist_cache.feed import offset_key
 from worklist_cache.views import RowMatcher, Scope, View
 
@@ -78,18 +84,32 @@ def leave_frame(sub: Subscription, epoch: str, offset: str, exam_id: str, versio
     )
 
 
-def route(sub: Subscription, offset: str, row: dict[str, Any], raw: str, epoch: str) -> str | None:
+def route(
+    sub: Subscription,
+    offset: str,
+    row: dict[str, Any],
+    raw: str,
+    epoch: str,
+    memo: dict[str, str] | None = None,
+) -> str | None:
     """The frame one feed message makes for one subscription, or None.
 
     `raw` is the feed message's text, `{"epoch":..,"offset":..,"delta":{..}}`. The one
     rule for live delivery, the replay after a snapshot and resume: a row that matches
     the (scoped) view goes out whole; an exam that was in the view and no longer matches
-    gets a `leave` placeholder; anything else gets nothing.
+    gets a `leave` placeholder; anything else gets nothing. `memo` (one per message)
+    keeps the frame built for each subscription prefix, so subscriptions that share one
+    share the frame's text.
     """
     exam_id = row["exam_id"]
     if row["op"] != "remove" and sub.matcher(row):
         sub.in_view.add(exam_id)
-        return sub.prefix + raw[1:]
+        if memo is None:
+            return sub.prefix + raw[1:]
+        frame = memo.get(sub.prefix)
+        if frame is None:
+            frame = memo[sub.prefix] = sub.prefix + raw[1:]
+        return frame
     if exam_id in sub.in_view:
         sub.in_view.discard(exam_id)
         return leave_frame(sub, epoch, offset, exam_id, row["version"])
@@ -106,6 +126,7 @@ class Client:
         on_epoch_change: Callable[[Subscription], None] | None = None,
         *,
         max_bytes: int = 0,
+        hub: Hub | None = None,
     ) -> None:
         self.queue: asyncio.Queue[Queued] = asyncio.Queue(queue_size)
         # Characters queued and not yet taken by the writer (0 = no bound).
@@ -116,10 +137,33 @@ class Client:
         self._on_overflow = on_overflow
         self._on_epoch_change = on_epoch_change
         self.overflowed = False
+        self.hub = hub
+        # The connection's transport, while frames may go straight to it (None: always
+        # queue; the session clears it as soon as a close is requested).
+        self.writer: DirectWriter | None = None
+        # The session's writer holds frames it took off the queue and has not written.
+        self.busy = False
+
+    def _direct(self, frame: str, shared: bool) -> bool:
+        """Write `frame` now if nothing waits in front of it; False: queue it.
+        `shared`: the same text goes to other clients (its bytes are built once)."""
+        writer = self.writer
+        if writer is None or self.busy or not self.queue.empty() or not writer.ready():
+            return False
+        hub = self.hub
+        if hub is None:
+            writer.write(frame)
+            return True
+        writer.write(frame, hub.wire(frame) if shared and writer.plain else None)
+        hub.frames_out += 1
+        return True
 
     def send(self, frame: str, key: str | None = None) -> None:
-        if self.overflowed:
+        if self.overflowed or self._direct(frame, False):
             return
+        self._enqueue(frame, key)
+
+    def _enqueue(self, frame: str, key: str | None) -> None:
         size = len(frame)
         if self.max_bytes and self.queued_bytes + size > self.max_bytes and self.queued_bytes:
             self._overflow()
@@ -137,12 +181,20 @@ class Client:
 
     def _overflow(self) -> None:
         self.overflowed = True
+        self.writer = None
         self._on_overflow(self)
 
     def offer(
-        self, sub: Subscription, offset: str, row: dict[str, Any], raw: str, epoch: str
+        self,
+        sub: Subscription,
+        offset: str,
+        row: dict[str, Any],
+        raw: str,
+        epoch: str,
+        memo: dict[str, str] | None = None,
     ) -> None:
-        """Route one live feed message (`raw`, its `row` parsed) through one subscription."""
+        """Route one live feed message (`raw`, its `row` parsed) through one subscription
+        (`memo`: the message's frames by prefix, shared by every subscription)."""
         if sub.pending is not None:
             sub.pending.append((offset, row, raw, epoch))
             return
@@ -155,9 +207,10 @@ class Client:
             if offset_key(offset) <= sub.floor:
                 return  # already in the snapshot or resume the client was sent
             sub.floor = None  # pub/sub is ordered: every later message is newer
-        frame = route(sub, offset, row, raw, epoch)
-        if frame is not None:
-            self.send(frame, sub.key_prefix + row["exam_id"])
+        frame = route(sub, offset, row, raw, epoch, memo)
+        if frame is None or self.overflowed or self._direct(frame, memo is not None):
+            return
+        self._enqueue(frame, sub.key_prefix + row["exam_id"])
 
 
 def coalesce(items: list[Queued]) -> list[str]:
@@ -189,7 +242,16 @@ class Hub:
     def __init__(self) -> None:
         self._by_tenant: dict[str, set[Client]] = defaultdict(set)
         self.deltas_in = 0
-        self.frames_out = 0
+        self.frames_out = 0  # frames written straight to a transport (and by writers)
+        # The bytes of the frames of the message being fanned out, built once each.
+        self._wires: dict[str, bytes] = {}
+
+    def wire(self, frame: str) -> bytes:
+        """`frame`'s bytes on the wire, built once per message fanned out."""
+        wire = self._wires.get(frame)
+        if wire is None:
+            wire = self._wires[frame] = encode_text(frame)
+        return wire
 
     def attach(self, client: Client, tenant: str) -> bool:
         """Returns True when this is the tenant's first client on this node."""
@@ -234,7 +296,11 @@ class Hub:
         if row.get("tenant") != tenant:
             log.error("dropped a feed message of another tenant on %s's channel", tenant)
             return
-        for client in list(self._by_tenant.get(tenant, ())):
-            for sub in list(client.subs.values()):
-                if sub.tenant == tenant:
-                    client.offer(sub, offset, row, text, epoch)
+        memo: dict[str, str] = {}
+        try:
+            for client in list(self._by_tenant.get(tenant, ())):
+                for sub in tuple(client.subs.values()):
+                    if sub.tenant == tenant:
+                        client.offer(sub, offset, row, text, epoch, memo)
+        finally:
+            self._wires.clear()
