@@ -165,3 +165,41 @@ async def test_compressed_and_plain_clients_get_the_same_deltas_in_order(
                 assert frame["delta"]["procedure"] == deltas[len(got) - 1].procedure
         assert got == [d.exam_id for d in deltas]
     await asyncio.gather(browser.close(), plain.close())
+
+
+async def test_a_flush_window_batches_dense_deltas_and_sends_a_lone_one_at_once() -> None:
+    hub = Hub(flush_s=60.0)  # a window that never ends by itself here: flushed by hand
+    _, writer, _ = _client(hub)
+    _deliver(hub, 1)  # after a quiet window: at once
+    assert [orjson.loads(f)["delta"]["exam_id"] for f in writer.written] == ["A1"]
+    _deliver(hub, 2)
+    _deliver(hub, 3)
+    _deliver(hub, 2, version=2)  # a newer version of A2 within the window
+    assert len(writer.written) == 1, "deltas that follow closely wait for the window"
+    hub.flush()
+    batch = orjson.loads(writer.written[1])
+    assert batch["type"] == "batch"
+    got = [(f["delta"]["exam_id"], f["delta"]["version"]) for f in batch["frames"]]
+    assert got == [("A3", 1), ("A2", 2)], "the newest frame per exam, in order"
+
+
+async def test_a_reply_never_overtakes_deltas_held_by_the_window() -> None:
+    hub = Hub(flush_s=60.0)
+    client, writer, _ = _client(hub)
+    _deliver(hub, 1)
+    _deliver(hub, 2)
+    client.send('{"type":"pong","id":"p","ts":1}')
+    kinds = [orjson.loads(f).get("type") for f in writer.written]
+    assert kinds == ["delta", "delta", "pong"]
+    hub.flush()  # nothing left to send
+    assert len(writer.written) == 3
+
+
+async def test_a_window_held_for_a_paused_client_is_queued_not_lost() -> None:
+    hub = Hub(flush_s=60.0)
+    client, writer, _ = _client(hub)
+    _deliver(hub, 1)
+    _deliver(hub, 2)
+    writer.paused = True
+    hub.flush()
+    assert [orjson.loads(f)["delta"]["exam_id"] for f in _queued(client)] == ["A2"]
