@@ -9,6 +9,7 @@ from devstack.services import ROOT
 
 __all__ = [
     "CLAIMERS",
+    "CLAIM_FANOUT_RATE",
     "CLIENT_LIMIT",
     "CLIENT_QUEUE",
     "FANOUT_RATES",
@@ -33,6 +34,8 @@ WHOLE_FEED: dict[str, Any] = {"statuses": []}  # every status of the tenant
 # 25/s is the product's "no backlog" load (CPU <= the baseline's), 200/s its batching
 # load (CPU <= half the baseline's); 1,000/s saturates the box.
 FANOUT_RATES = (25, 200, 1000)
+# Claims are also measured while every client receives this many updates per second.
+CLAIM_FANOUT_RATE = 25
 CLAIMERS = 20
 # A client process above this share of one core during a phase limited what was measured.
 CLIENT_LIMIT = 0.85

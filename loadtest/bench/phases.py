@@ -28,6 +28,7 @@ from dynamo.store import ExamStore
 from dynamo.table import ensure_table
 from loadtest.bench.claimers import Claimers, WsClaimers, ws_claims_available
 from loadtest.bench.config import (
+    CLAIM_FANOUT_RATE,
     CLAIMERS,
     CLIENT_QUEUE,
     FANOUT_RATES,
@@ -239,6 +240,10 @@ class Bench:
             await settle(quiet)
             await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)
             await self._fanout(feed, pool, pids, "gateway", gateway.pid, rate, seconds)
+        if ws_claims_available():
+            await settle(quiet)
+            await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)
+            await self._claims_under_fanout(feed, url, store, scale.claim_rounds)
         await pool.call("close", timeout=120)
         if ws_claims_available():
             await settle([gateway.pid])
@@ -358,6 +363,30 @@ class Bench:
         self.phases[name] = result
         say(phase_line(result))
 
+    async def _claims_under_fanout(
+        self, feed: WorklistFeed, url: str, store: ExamStore, rounds: int
+    ) -> None:
+        """Claim rounds over the WebSocket while every client receives
+        CLAIM_FANOUT_RATE updates per second (fresh exams, so none is stale)."""
+        stop = asyncio.Event()
+
+        async def fan_out() -> int:
+            second = 0
+            while not stop.is_set():
+                await inject(feed, f"FC{second}-", CLAIM_FANOUT_RATE, 1.0)
+                second += 1
+            return second
+
+        task = asyncio.create_task(fan_out(), name="claims-fan-out")
+        try:
+            await self.claims(WsClaimers(url, store), rounds, name="claims_websocket_fanout")
+        finally:
+            stop.set()
+            seconds = await task
+        self.phases["claims_websocket_fanout"].update(
+            fanout_per_s=CLAIM_FANOUT_RATE, fanout_clients=self.scale.clients, fanout_s=seconds
+        )
+
     # -- profiling --
 
     async def _start_profiler(
@@ -395,10 +424,11 @@ class Bench:
 
     # -- 6. claims --
 
-    async def claims(self, claimers: Claimers, rounds: int) -> None:
+    async def claims(self, claimers: Claimers, rounds: int, name: str = "") -> None:
         """Rounds of CLAIMERS concurrent claims on one exam; the winner releases."""
-        name = f"claims_{claimers.where}"
-        prefix = f"K{claimers.where[0].upper()}-"
+        name = name or f"claims_{claimers.where}"
+        # KW-, KS-, KWF-: each phase claims exams of its own.
+        prefix = "K" + "".join(w[0].upper() for w in name.split("_")[1:]) + "-"
         latencies: list[float] = []
         errors: Counter[str] = Counter()
         double = no_winner = 0

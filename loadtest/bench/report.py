@@ -81,16 +81,23 @@ def finish(bench: Bench, started: float) -> dict[str, Any]:
     base = {rate: p.get(f"baseline_{rate}", {}) for rate in FANOUT_RATES}
     data_phases = [v for k, v in p.items() if k == "e2e" or k.startswith(("fanout_", "baseline_"))]
     store_claims = p.get("claims_store", {})
-    claims = p.get("claims_websocket") or store_claims
+    idle_claims = p.get("claims_websocket", {})
+    # The claim figure is the one under fan-out; on an idle gateway it is its own key.
+    claims = p.get("claims_websocket_fanout") or idle_claims or store_claims
     r.update(
         claim_p50_ms=claims.get("p50_ms"),
         claim_p99_ms=claims.get("p99_ms"),
         # Claims over the WebSocket on a gateway with no fan-out running.
-        claim_p99_ms_idle=p.get("claims_websocket", {}).get("p99_ms"),
+        claim_p50_ms_idle=idle_claims.get("p50_ms"),
+        claim_p99_ms_idle=idle_claims.get("p99_ms"),
+        claim_rounds_idle=idle_claims.get("rounds"),
         claim_max_ms=claims.get("max_ms"),
         claim_rounds=claims.get("rounds"),
         claim_measured_at=claims.get("measured_at"),
-        double_claims=sum(c.get("double_claims", 0) for c in (claims, store_claims) if c)
+        claim_under_fanout_per_s=claims.get("fanout_per_s"),
+        double_claims=sum(
+            c.get("double_claims", 0) for c in (claims, idle_claims, store_claims) if c
+        )
         if claims
         else None,
         claim_p50_ms_store=store_claims.get("p50_ms"),
@@ -187,6 +194,7 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         )
     idle = r["phases"].get("idle", {})
     claims = r["phases"].get("claims_websocket", {})
+    busy = r["phases"].get("claims_websocket_fanout", {})
     store_claims = r["phases"].get("claims_store", {})
     e2e = r["phases"].get("e2e", {})
     stages = e2e.get("stages", {})
@@ -227,7 +235,10 @@ def render_markdown(r: Mapping[str, Any]) -> str:
             f"over the WebSocket ({CLAIMERS} authenticated sessions, `claim` -> `claimed` or "
             f"`conflict`): {claims.get('rounds')} rounds, "
             f"{claims.get('rounds_without_winner')} without a winner, errors "
-            f"{claims.get('errors') or 'none'}. "
+            f"{claims.get('errors') or 'none'}, on an idle gateway (`claim_p99_ms_idle`); "
+            f"and {busy.get('rounds')} rounds while every load client received "
+            f"{busy.get('fanout_per_s')} updates/s (`claim_p99_ms`), errors "
+            f"{busy.get('errors') or 'none'}. "
             if claims
             else "the gateway has no `claim` message yet. "
         )
