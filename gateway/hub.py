@@ -15,6 +15,13 @@ writer) the frame is queued with `put_nowait`; when a client's queue backs up, i
 writer sends what waits as one `batch` frame, keeping only the newest frame per exam
 and subscription. A client whose queue is full (in frames or in bytes) is closed with
 4001 ("too slow") and resumes on reconnect: it never delays the others.
+
+A row that changed goes out as a `patch` (only the fields that changed, naming the
+version they apply to) instead of the whole row when the subscription's client holds
+the version the hub saw last for that exam (`Subscription.held`) and nothing waits in
+front of the frame (a queued frame may be coalesced away, and with it a patch's base);
+otherwise as the whole row. A client whose row is not at the patch's base asks for the
+row (`row` request).
 """
 
 from __future__ import annotations
@@ -38,6 +45,14 @@ log = logging.getLogger("gateway.hub")
 Queued = tuple[str | None, str]
 
 
+# The newest row the hub saw per exam, per tenant, at most this many (the oldest go):
+# what a patch is computed against.
+ROWS_KEPT = 5_000
+_MISSING = object()
+
+# A patch's part after the subscription prefix, and the version it applies to.
+Patch = tuple[int, str]
+
 # A feed message held back while a subscription's snapshot or resume is read:
 # (offset, row, raw message text, epoch).
 Pending = tuple[str, dict[str, Any], str, str]
@@ -53,12 +68,16 @@ class Subscription:
     epoch: str = ""
     # The exams the client may hold in this view: only these get a `leave`.
     in_view: set[str] = field(default_factory=set)
+    # exam_id -> the version the client was sent (snapshot, delta, patch or row): a
+    # patch goes out only against it.
+    held: dict[str, int] = field(default_factory=dict)
     # Until its snapshot (or resume) is queued, the feed's messages wait here.
     pending: list[Pending] | None = field(default_factory=list)
     # The position announced to the client: messages at or before it are not sent again
     # (pub/sub may deliver one after the snapshot that already holds it).
     floor: tuple[int, int] | None = None
     prefix: str = ""
+    patch_prefix: str = ""
     leave_prefix: str = ""
     key_prefix: str = ""  # coalescing keys: one per (subscription, exam)
 
@@ -66,6 +85,7 @@ class Subscription:
         # sub_id is validated against ^[A-Za-z0-9_.:-]+$, so it needs no JSON escaping.
         self.prefix = '{"type":"delta","sub":"' + self.sub_id + '",'
         self.leave_prefix = self.prefix + '"leave":true,'
+        self.patch_prefix = '{"type":"patch","sub":"' + self.sub_id + '",'
         self.key_prefix = self.sub_id + "\x00"
 
 
@@ -80,6 +100,42 @@ def leave_frame(sub: Subscription, epoch: str, offset: str, exam_id: str, versio
         + offset
         + '","delta":'
         + delta
+        + "}"
+    )
+
+
+def visible(sub: Subscription, row: dict[str, Any]) -> bool:
+    """Whether a subscription's client may hold this row: the (scoped) view matches it.
+    The rule `route` applies, and row requests too."""
+    return row["op"] != "remove" and sub.matcher(row)
+
+
+def patch_text(
+    prev: dict[str, Any], prev_version: int, row: dict[str, Any], epoch: str, offset: str
+) -> str:
+    """A patch's part after its subscription prefix: the fields of `row` that differ
+    from `prev` (absent ones as null), from version `prev_version` to `row`'s."""
+    fields = {
+        k: v
+        for k, v in row.items()
+        if k not in ("exam_id", "version") and prev.get(k, _MISSING) != v
+    }
+    for k in prev:
+        if k not in row:
+            fields[k] = None
+    return (
+        '"epoch":"'
+        + epoch
+        + '","offset":"'
+        + offset
+        + '","exam_id":'
+        + orjson.dumps(row["exam_id"]).decode()
+        + ',"base":'
+        + str(prev_version)
+        + ',"version":'
+        + str(row["version"])
+        + ',"fields":'
+        + orjson.dumps(fields).decode()
         + "}"
     )
 
@@ -102,14 +158,16 @@ def route(
     share the frame's text.
     """
     exam_id = row["exam_id"]
-    if row["op"] != "remove" and sub.matcher(row):
+    if visible(sub, row):
         sub.in_view.add(exam_id)
+        sub.held[exam_id] = row["version"]
         if memo is None:
             return sub.prefix + raw[1:]
         frame = memo.get(sub.prefix)
         if frame is None:
             frame = memo[sub.prefix] = sub.prefix + raw[1:]
         return frame
+    sub.held.pop(exam_id, None)
     if exam_id in sub.in_view:
         sub.in_view.discard(exam_id)
         return leave_frame(sub, epoch, offset, exam_id, row["version"])
@@ -143,8 +201,10 @@ class Client:
         self.writer: DirectWriter | None = None
         # The session's writer holds frames it took off the queue and has not written.
         self.busy = False
-        # Frames held for the hub's flush window (`Hub.flush_s`), written at its end.
+        # Frames held for the hub's flush window (`Hub.flush_s`), written at its end,
+        # and their coalescing keys.
         self.window: list[Queued] = []
+        self.window_keys: set[str] = set()
 
     def _direct(self, frame: str, shared: bool) -> bool:
         """Write `frame` now if nothing waits in front of it; False: queue it.
@@ -173,6 +233,7 @@ class Client:
         frame per exam; queued instead when something waits in front of it. `memo`
         (one per flush) lets clients holding the same frames share one batch."""
         items, self.window = self.window, []
+        self.window_keys.clear()
         if not items or self.overflowed:
             return
         if len(items) == 1:
@@ -226,10 +287,12 @@ class Client:
         epoch: str,
         memo: dict[str, str] | None = None,
         windowed: bool = False,
+        patch: Patch | None = None,
     ) -> None:
         """Route one live feed message (`raw`, its `row` parsed) through one subscription
         (`memo`: the message's frames by prefix, shared by every subscription;
-        `windowed`: hold the frame for the hub's flush window)."""
+        `windowed`: hold the frame for the hub's flush window; `patch`: the message
+        as a patch against the version the hub saw before, when it saw one)."""
         if sub.pending is not None:
             sub.pending.append((offset, row, raw, epoch))
             return
@@ -242,18 +305,43 @@ class Client:
             if offset_key(offset) <= sub.floor:
                 return  # already in the snapshot or resume the client was sent
             sub.floor = None  # pub/sub is ordered: every later message is newer
+        exam_id = row["exam_id"]
+        base = sub.held.get(exam_id) if patch is not None else None
         frame = route(sub, offset, row, raw, epoch, memo)
         if frame is None or self.overflowed:
             return
+        # A patch only when the client holds its base and nothing waits in front of it.
+        patchable = (
+            patch is not None
+            and base == patch[0]
+            and exam_id in sub.held
+            and not self.busy
+            and self.queue.empty()
+        )
+        key = sub.key_prefix + exam_id
         if windowed and self.writer is not None and self.hub is not None:
+            if patchable and key not in self.window_keys:
+                frame = self._patch(sub, patch, memo)  # type: ignore[arg-type]
             if not self.window:
                 self.hub.defer(self)
-            self.window.append((sub.key_prefix + row["exam_id"], frame))
+            self.window.append((key, frame))
+            self.window_keys.add(key)
             return
         if self.window:
             self.flush()  # (a replay after a snapshot) what the window holds goes first
+        if patchable and self.writer is not None and self.writer.ready():
+            frame = self._patch(sub, patch, memo)  # type: ignore[arg-type]
         if not self._direct(frame, memo is not None):
-            self._enqueue(frame, sub.key_prefix + row["exam_id"])
+            self._enqueue(frame, key)
+
+    @staticmethod
+    def _patch(sub: Subscription, patch: Patch, memo: dict[str, str] | None) -> str:
+        if memo is None:
+            return sub.patch_prefix + patch[1]
+        frame = memo.get(sub.patch_prefix)
+        if frame is None:
+            frame = memo[sub.patch_prefix] = sub.patch_prefix + patch[1]
+        return frame
 
 
 def coalesce(items: list[Queued]) -> list[str]:
@@ -296,6 +384,8 @@ class Hub:
         self._timer: asyncio.TimerHandle | None = None
         self._quiet_at = 0.0  # (loop time) from then on, a message goes out at once
         self._by_tenant: dict[str, set[Client]] = defaultdict(set)
+        # tenant -> exam_id -> (version, row): the newest rows seen, for patches.
+        self._rows: dict[str, dict[str, tuple[int, dict[str, Any]]]] = defaultdict(dict)
         self.deltas_in = 0
         self.frames_out = 0  # frames written straight to a transport (and by writers)
         # The bytes of the frames of the message being fanned out, built once each.
@@ -345,6 +435,7 @@ class Hub:
                 clients.discard(client)
                 if not clients:
                     del self._by_tenant[tenant]
+                    self._rows.pop(tenant, None)
                     emptied.append(tenant)
         return emptied
 
@@ -355,6 +446,7 @@ class Hub:
             clients.discard(client)
             if not clients:
                 self._by_tenant.pop(tenant, None)
+                self._rows.pop(tenant, None)
                 return True
         return False
 
@@ -372,6 +464,19 @@ class Hub:
             log.error("dropped a feed message of another tenant on %s's channel", tenant)
             return
         memo: dict[str, str] = {}
+        rows = self._rows[tenant]
+        exam_id = row.get("exam_id")
+        before = rows.pop(exam_id, None)
+        patch: Patch | None = None
+        if before is not None and row.get("op") != "remove":
+            try:
+                patch = (before[0], patch_text(before[1], before[0], row, epoch, offset))
+            except (KeyError, TypeError, orjson.JSONEncodeError):
+                patch = None
+        if row.get("op") != "remove" and isinstance(row.get("version"), int):
+            rows[exam_id] = (row["version"], row)
+            if len(rows) > ROWS_KEPT:
+                del rows[next(iter(rows))]
         windowed = False
         if self.flush_s:
             now = asyncio.get_running_loop().time()
@@ -382,6 +487,6 @@ class Hub:
             for client in list(self._by_tenant.get(tenant, ())):
                 for sub in tuple(client.subs.values()):
                     if sub.tenant == tenant:
-                        client.offer(sub, offset, row, text, epoch, memo, windowed)
+                        client.offer(sub, offset, row, text, epoch, memo, windowed, patch)
         finally:
             self._wires.clear()

@@ -25,6 +25,7 @@ from gateway.protocol import (
     ReviewClaim,
     ReviewScore,
     ReviewsRequest,
+    RowRequest,
     Sign,
     Subscribe,
     Unsubscribe,
@@ -78,6 +79,7 @@ async def _unsubscribe(conn: Connection, frame: Unsubscribe) -> None:
 HANDLERS: dict[type[Any], Handler] = {
     Subscribe: worklists.subscribe,
     Unsubscribe: _unsubscribe,
+    RowRequest: worklists.row,
     Ping: _ping,
     ClaimRequest: claiming.claim,
     Release: claiming.release,

@@ -55,6 +55,9 @@ from worklist_cache import WorklistFeed, keys
 
 __all__ = ["Bench"]
 
+# The start of a full-row delta frame of the load clients' subscription ("s1").
+FULL_ROW_PREFIX = '{"type":"delta","sub":"s1",'
+
 
 @dataclass
 class Bench:
@@ -302,7 +305,9 @@ class Bench:
         try:
             result = await phase.run(send, drain_cap=scale.drain_cap_s, rate_offered=round(rate, 1))
         finally:
-            seen = {int(k): float(t) for k, t in (await probe.call("probe_report"))["seen"]}
+            report = await probe.call("probe_report")
+            seen = {int(k): float(t) for k, t in report["seen"]}
+            sizes = {int(k): int(n) for k, n in report.get("sizes", [])}
             await self.stack.close_pool(probes)
         # Split each delivery at the moments its delta was acknowledged by DynamoDB and
         # left the relay (seen on Redis by the probe).
@@ -311,7 +316,16 @@ class Bench:
         stamp = per_key(writer.stamped, width)  # epoch ms, as the store wrote it
         ack = per_key(writer.acked, width)
         published = per_key(seen, width)
+        # What each delivery would have cost as the whole row: the frame the hub splices
+        # from the published message (`{"type":"delta","sub":"s1",` + message[1:]).
+        full = per_key({key: n + len(FULL_ROW_PREFIX) - 1 for key, n in sizes.items()}, width)
+        full_sizes = finite(full[k]) if k.size else np.zeros(0)
+        delivered = result["delivered"]
         result.update(
+            bytes_per_delivery=round(result["bytes"] / delivered, 1) if delivered else None,
+            bytes_per_delivery_full_rows=(
+                round(float(full_sizes.mean()), 1) if full_sizes.size else None
+            ),
             write=percentiles(np.asarray(writer.write_ms)),
             write_errors=dict(writer.errors),
             from_ack=percentiles(finite(lat - (ack - stamp)[k])),
@@ -330,6 +344,10 @@ class Bench:
             e2e_p99_ms_from_ack=result["from_ack"]["p99_ms"],
             e2e_updates_per_s=result["rate_sent"],
             e2e_lost=result["lost"],
+            bytes_per_delivery=result["bytes_per_delivery"],
+            bytes_per_delivery_full_rows=result["bytes_per_delivery_full_rows"],
+            e2e_patches=result["patches"],
+            e2e_patch_mismatches=result["patch_mismatches"],
             clients=result["clients"],
         )
         say(phase_line(result))

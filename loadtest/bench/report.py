@@ -48,6 +48,8 @@ REQUIRED = (
     "kb_per_connection",
     "claim_p99_ms",
     "claim_p99_ms_idle",
+    "bytes_per_delivery",
+    "bytes_per_delivery_full_rows",
     "claim_rounds",
     "double_claims",
     "client_limited",

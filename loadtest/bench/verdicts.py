@@ -100,6 +100,19 @@ def _verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
         ),
         ("end-to-end lost deliveries", fmt(r.get("e2e_lost")), "0", _verdict(None)),
         (
+            "bytes per delivery, end to end (patches; as whole rows)",
+            f"{fmt(r.get('bytes_per_delivery'))}; {fmt(r.get('bytes_per_delivery_full_rows'))} B "
+            f"({fmt(r.get('e2e_patches'))} patches, "
+            f"{fmt(r.get('e2e_patch_mismatches'))} asked for the row)",
+            "fewer than whole rows",
+            _verdict(
+                None
+                if r.get("bytes_per_delivery") is None
+                or r.get("bytes_per_delivery_full_rows") is None
+                else r["bytes_per_delivery"] < r["bytes_per_delivery_full_rows"]
+            ),
+        ),
+        (
             "fan-out p50 / p99 at 25 updates/s (gateway; baseline)",
             f"{fmt(r.get('fanout_p50_ms_at_25'))} / {fmt(r.get('fanout_p99_ms_at_25'))} ms; "
             f"{fmt(r.get('baseline_p50_ms_at_25'))} / {fmt(r.get('baseline_p99_ms_at_25'))} ms",
