@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -30,6 +31,7 @@ from gateway.exceptions import AuthError, ConfigurationError
 from gateway.protocol import CloseCode, schema
 from gateway.session import Session
 from gateway.settings import GatewaySettings
+from gateway.wire import capture_send
 from worklist_cache import CacheSettings
 
 __all__ = ["bind", "build_verifier", "create_app"]
@@ -248,4 +250,6 @@ def create_app(
         Mount("/static", StaticFiles(directory=static_dir), name="static"),
         Route("/{path:path}", index),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    # The server's own `send` of each WebSocket, for writing frames straight to its
+    # transport (gateway.wire); Starlette's error middleware passes WebSockets through.
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(capture_send)])

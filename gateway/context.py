@@ -125,7 +125,7 @@ class Gateway:
         self.settings = settings
         self.node = settings.node_name or f"{socket.gethostname()}:{os.getpid()}"
         self.verifier, self.signing_secret = build_verifier(settings)
-        self.hub = Hub()
+        self.hub = Hub(flush_s=settings.flush_ms / 1000)
         self.sessions: set[Session] = set()
         self.metrics: Counter[str] = Counter()
         # Every long-lived task (housekeeping, presence heartbeat, feed subscriber, its

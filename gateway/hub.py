@@ -6,10 +6,22 @@ splicing bytes, never re-serialized), a `leave` placeholder (the exam was in the
 and no longer matches: only its id, version and offset, never its row), or nothing.
 `route` is the one rule for live delivery, the replay after a snapshot and resume.
 
-Frames are queued with `put_nowait`. When a client's queue backs up, its writer sends
-what waits as one `batch` frame, keeping only the newest frame per exam and
-subscription. A client whose queue is full (in frames or in bytes) is closed with 4001
-("too slow") and resumes on reconnect: it never delays the others.
+A frame goes straight to the client's transport (`gateway.wire.DirectWriter`) when
+nothing waits in front of it: the client's queue is empty, its writer holds nothing and
+the transport is not paused. One message's frame is built once per distinct
+subscription prefix (`route`'s memo) and its bytes once per distinct frame, whatever
+the number of clients taking it. Otherwise (backpressure, or a server without a direct
+writer) the frame is queued with `put_nowait`; when a client's queue backs up, its
+writer sends what waits as one `batch` frame, keeping only the newest frame per exam
+and subscription. A client whose queue is full (in frames or in bytes) is closed with
+4001 ("too slow") and resumes on reconnect: it never delays the others.
+
+A row that changed goes out as a `patch` (only the fields that changed, naming the
+version they apply to) instead of the whole row when the subscription's client holds
+the version the hub saw last for that exam (`Subscription.held`) and nothing waits in
+front of the frame (a queued frame may be coalesced away, and with it a patch's base);
+otherwise as the whole row. A client whose row is not at the patch's base asks for the
+row (`row` request).
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from gateway.wire import DirectWriter, encode_text
 from worklist_cache.feed import offset_key
 from worklist_cache.views import RowMatcher, Scope, View
 
@@ -31,6 +44,14 @@ log = logging.getLogger("gateway.hub")
 # A queued frame: (coalescing key or None for frames that are never merged, text).
 Queued = tuple[str | None, str]
 
+
+# The newest row the hub saw per exam, per tenant, at most this many (the oldest go):
+# what a patch is computed against.
+ROWS_KEPT = 5_000
+_MISSING = object()
+
+# A patch's part after the subscription prefix, and the version it applies to.
+Patch = tuple[int, str]
 
 # A feed message held back while a subscription's snapshot or resume is read:
 # (offset, row, raw message text, epoch).
@@ -47,12 +68,16 @@ class Subscription:
     epoch: str = ""
     # The exams the client may hold in this view: only these get a `leave`.
     in_view: set[str] = field(default_factory=set)
+    # exam_id -> the version the client was sent (snapshot, delta, patch or row): a
+    # patch goes out only against it.
+    held: dict[str, int] = field(default_factory=dict)
     # Until its snapshot (or resume) is queued, the feed's messages wait here.
     pending: list[Pending] | None = field(default_factory=list)
     # The position announced to the client: messages at or before it are not sent again
     # (pub/sub may deliver one after the snapshot that already holds it).
     floor: tuple[int, int] | None = None
     prefix: str = ""
+    patch_prefix: str = ""
     leave_prefix: str = ""
     key_prefix: str = ""  # coalescing keys: one per (subscription, exam)
 
@@ -60,6 +85,7 @@ class Subscription:
         # sub_id is validated against ^[A-Za-z0-9_.:-]+$, so it needs no JSON escaping.
         self.prefix = '{"type":"delta","sub":"' + self.sub_id + '",'
         self.leave_prefix = self.prefix + '"leave":true,'
+        self.patch_prefix = '{"type":"patch","sub":"' + self.sub_id + '",'
         self.key_prefix = self.sub_id + "\x00"
 
 
@@ -78,18 +104,70 @@ def leave_frame(sub: Subscription, epoch: str, offset: str, exam_id: str, versio
     )
 
 
-def route(sub: Subscription, offset: str, row: dict[str, Any], raw: str, epoch: str) -> str | None:
+def visible(sub: Subscription, row: dict[str, Any]) -> bool:
+    """Whether a subscription's client may hold this row: the (scoped) view matches it.
+    The rule `route` applies, and row requests too."""
+    return row["op"] != "remove" and sub.matcher(row)
+
+
+def patch_text(
+    prev: dict[str, Any], prev_version: int, row: dict[str, Any], epoch: str, offset: str
+) -> str:
+    """A patch's part after its subscription prefix: the fields of `row` that differ
+    from `prev` (absent ones as null), from version `prev_version` to `row`'s."""
+    fields = {
+        k: v
+        for k, v in row.items()
+        if k not in ("exam_id", "version") and prev.get(k, _MISSING) != v
+    }
+    for k in prev:
+        if k not in row:
+            fields[k] = None
+    return (
+        '"epoch":"'
+        + epoch
+        + '","offset":"'
+        + offset
+        + '","exam_id":'
+        + orjson.dumps(row["exam_id"]).decode()
+        + ',"base":'
+        + str(prev_version)
+        + ',"version":'
+        + str(row["version"])
+        + ',"fields":'
+        + orjson.dumps(fields).decode()
+        + "}"
+    )
+
+
+def route(
+    sub: Subscription,
+    offset: str,
+    row: dict[str, Any],
+    raw: str,
+    epoch: str,
+    memo: dict[str, str] | None = None,
+) -> str | None:
     """The frame one feed message makes for one subscription, or None.
 
     `raw` is the feed message's text, `{"epoch":..,"offset":..,"delta":{..}}`. The one
     rule for live delivery, the replay after a snapshot and resume: a row that matches
     the (scoped) view goes out whole; an exam that was in the view and no longer matches
-    gets a `leave` placeholder; anything else gets nothing.
+    gets a `leave` placeholder; anything else gets nothing. `memo` (one per message)
+    keeps the frame built for each subscription prefix, so subscriptions that share one
+    share the frame's text.
     """
     exam_id = row["exam_id"]
-    if row["op"] != "remove" and sub.matcher(row):
+    if visible(sub, row):
         sub.in_view.add(exam_id)
-        return sub.prefix + raw[1:]
+        sub.held[exam_id] = row["version"]
+        if memo is None:
+            return sub.prefix + raw[1:]
+        frame = memo.get(sub.prefix)
+        if frame is None:
+            frame = memo[sub.prefix] = sub.prefix + raw[1:]
+        return frame
+    sub.held.pop(exam_id, None)
     if exam_id in sub.in_view:
         sub.in_view.discard(exam_id)
         return leave_frame(sub, epoch, offset, exam_id, row["version"])
@@ -106,6 +184,7 @@ class Client:
         on_epoch_change: Callable[[Subscription], None] | None = None,
         *,
         max_bytes: int = 0,
+        hub: Hub | None = None,
     ) -> None:
         self.queue: asyncio.Queue[Queued] = asyncio.Queue(queue_size)
         # Characters queued and not yet taken by the writer (0 = no bound).
@@ -116,10 +195,69 @@ class Client:
         self._on_overflow = on_overflow
         self._on_epoch_change = on_epoch_change
         self.overflowed = False
+        self.hub = hub
+        # The connection's transport, while frames may go straight to it (None: always
+        # queue; the session clears it as soon as a close is requested).
+        self.writer: DirectWriter | None = None
+        # The session's writer holds frames it took off the queue and has not written.
+        self.busy = False
+        # Frames held for the hub's flush window (`Hub.flush_s`), written at its end,
+        # and their coalescing keys.
+        self.window: list[Queued] = []
+        self.window_keys: set[str] = set()
+
+    def _direct(self, frame: str, shared: bool) -> bool:
+        """Write `frame` now if nothing waits in front of it; False: queue it.
+        `shared`: the same text goes to other clients (its bytes are built once)."""
+        writer = self.writer
+        if writer is None or self.busy or not self.queue.empty() or not writer.ready():
+            return False
+        hub = self.hub
+        if hub is None:
+            writer.write(frame)
+            return True
+        writer.write(frame, hub.wire(frame) if shared and writer.plain else None)
+        hub.frames_out += 1
+        return True
 
     def send(self, frame: str, key: str | None = None) -> None:
         if self.overflowed:
             return
+        if self.window:
+            self.flush()  # what the window holds was routed before this frame
+        if not self._direct(frame, False):
+            self._enqueue(frame, key)
+
+    def flush(self, memo: dict[tuple[int, ...], tuple[list[Queued], str]] | None = None) -> None:
+        """Write what the flush window holds: one frame, or one `batch` of the newest
+        frame per exam; queued instead when something waits in front of it. `memo`
+        (one per flush) lets clients holding the same frames share one batch."""
+        items, self.window = self.window, []
+        self.window_keys.clear()
+        if not items or self.overflowed:
+            return
+        if len(items) == 1:
+            text, shared = items[0][1], memo is not None
+        elif memo is None:
+            (text,) = coalesce(items)
+            shared = False
+        else:
+            # The same frame objects in the same order make the same batch (memo holds
+            # `items`, so no id is reused while the flush runs).
+            ids = tuple(id(frame) for _, frame in items)
+            hit = memo.get(ids)
+            if hit is None:
+                (text,) = coalesce(items)
+                memo[ids] = (items, text)
+            else:
+                text = hit[1]
+            shared = True
+        if self._direct(text, shared):
+            return
+        for key, frame in items:
+            self._enqueue(frame, key)
+
+    def _enqueue(self, frame: str, key: str | None) -> None:
         size = len(frame)
         if self.max_bytes and self.queued_bytes + size > self.max_bytes and self.queued_bytes:
             self._overflow()
@@ -137,12 +275,24 @@ class Client:
 
     def _overflow(self) -> None:
         self.overflowed = True
+        self.writer = None
         self._on_overflow(self)
 
     def offer(
-        self, sub: Subscription, offset: str, row: dict[str, Any], raw: str, epoch: str
+        self,
+        sub: Subscription,
+        offset: str,
+        row: dict[str, Any],
+        raw: str,
+        epoch: str,
+        memo: dict[str, str] | None = None,
+        windowed: bool = False,
+        patch: Patch | None = None,
     ) -> None:
-        """Route one live feed message (`raw`, its `row` parsed) through one subscription."""
+        """Route one live feed message (`raw`, its `row` parsed) through one subscription
+        (`memo`: the message's frames by prefix, shared by every subscription;
+        `windowed`: hold the frame for the hub's flush window; `patch`: the message
+        as a patch against the version the hub saw before, when it saw one)."""
         if sub.pending is not None:
             sub.pending.append((offset, row, raw, epoch))
             return
@@ -155,9 +305,43 @@ class Client:
             if offset_key(offset) <= sub.floor:
                 return  # already in the snapshot or resume the client was sent
             sub.floor = None  # pub/sub is ordered: every later message is newer
-        frame = route(sub, offset, row, raw, epoch)
-        if frame is not None:
-            self.send(frame, sub.key_prefix + row["exam_id"])
+        exam_id = row["exam_id"]
+        base = sub.held.get(exam_id) if patch is not None else None
+        frame = route(sub, offset, row, raw, epoch, memo)
+        if frame is None or self.overflowed:
+            return
+        # A patch only when the client holds its base and nothing waits in front of it.
+        patchable = (
+            patch is not None
+            and base == patch[0]
+            and exam_id in sub.held
+            and not self.busy
+            and self.queue.empty()
+        )
+        key = sub.key_prefix + exam_id
+        if windowed and self.writer is not None and self.hub is not None:
+            if patchable and key not in self.window_keys:
+                frame = self._patch(sub, patch, memo)  # type: ignore[arg-type]
+            if not self.window:
+                self.hub.defer(self)
+            self.window.append((key, frame))
+            self.window_keys.add(key)
+            return
+        if self.window:
+            self.flush()  # (a replay after a snapshot) what the window holds goes first
+        if patchable and self.writer is not None and self.writer.ready():
+            frame = self._patch(sub, patch, memo)  # type: ignore[arg-type]
+        if not self._direct(frame, memo is not None):
+            self._enqueue(frame, key)
+
+    @staticmethod
+    def _patch(sub: Subscription, patch: Patch, memo: dict[str, str] | None) -> str:
+        if memo is None:
+            return sub.patch_prefix + patch[1]
+        frame = memo.get(sub.patch_prefix)
+        if frame is None:
+            frame = memo[sub.patch_prefix] = sub.patch_prefix + patch[1]
+        return frame
 
 
 def coalesce(items: list[Queued]) -> list[str]:
@@ -186,10 +370,53 @@ def coalesce(items: list[Queued]) -> list[str]:
 
 
 class Hub:
-    def __init__(self) -> None:
+    """The node's clients by tenant, and the fan-out of feed messages to them.
+
+    With `flush_s` > 0, a message that follows another within `flush_s` waits, with
+    those after it, until the window ends, and each client gets what its window holds
+    in one write (one `batch` frame) instead of one write per delta: less CPU per
+    delivery when deltas come densely, at most `flush_s` more latency for those. A
+    message after a quiet `flush_s` goes out at once, so a sparse feed pays nothing."""
+
+    def __init__(self, flush_s: float = 0.0) -> None:
+        self.flush_s = flush_s
+        self._dirty: list[Client] = []  # clients whose window holds frames
+        self._timer: asyncio.TimerHandle | None = None
+        self._quiet_at = 0.0  # (loop time) from then on, a message goes out at once
         self._by_tenant: dict[str, set[Client]] = defaultdict(set)
+        # tenant -> exam_id -> (version, row): the newest rows seen, for patches.
+        self._rows: dict[str, dict[str, tuple[int, dict[str, Any]]]] = defaultdict(dict)
         self.deltas_in = 0
-        self.frames_out = 0
+        self.frames_out = 0  # frames written straight to a transport (and by writers)
+        # The bytes of the frames of the message being fanned out, built once each.
+        self._wires: dict[str, bytes] = {}
+
+    def defer(self, client: Client) -> None:
+        """`client`'s window holds its first frame: flush it with the others."""
+        self._dirty.append(client)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.flush_s, self.flush)
+
+    def flush(self) -> None:
+        """The window ended: every client writes what it holds."""
+        if self._timer is not None:
+            self._timer.cancel()  # (when called before it ends)
+        self._timer = None
+        self._quiet_at = asyncio.get_running_loop().time() + self.flush_s
+        dirty, self._dirty = self._dirty, []
+        memo: dict[tuple[int, ...], tuple[list[Queued], str]] = {}
+        try:
+            for client in dirty:
+                client.flush(memo)
+        finally:
+            self._wires.clear()
+
+    def wire(self, frame: str) -> bytes:
+        """`frame`'s bytes on the wire, built once per message fanned out."""
+        wire = self._wires.get(frame)
+        if wire is None:
+            wire = self._wires[frame] = encode_text(frame)
+        return wire
 
     def attach(self, client: Client, tenant: str) -> bool:
         """Returns True when this is the tenant's first client on this node."""
@@ -208,6 +435,7 @@ class Hub:
                 clients.discard(client)
                 if not clients:
                     del self._by_tenant[tenant]
+                    self._rows.pop(tenant, None)
                     emptied.append(tenant)
         return emptied
 
@@ -218,6 +446,7 @@ class Hub:
             clients.discard(client)
             if not clients:
                 self._by_tenant.pop(tenant, None)
+                self._rows.pop(tenant, None)
                 return True
         return False
 
@@ -234,7 +463,30 @@ class Hub:
         if row.get("tenant") != tenant:
             log.error("dropped a feed message of another tenant on %s's channel", tenant)
             return
-        for client in list(self._by_tenant.get(tenant, ())):
-            for sub in list(client.subs.values()):
-                if sub.tenant == tenant:
-                    client.offer(sub, offset, row, text, epoch)
+        memo: dict[str, str] = {}
+        rows = self._rows[tenant]
+        exam_id = row.get("exam_id")
+        before = rows.pop(exam_id, None)
+        patch: Patch | None = None
+        if before is not None and row.get("op") != "remove":
+            try:
+                patch = (before[0], patch_text(before[1], before[0], row, epoch, offset))
+            except (KeyError, TypeError, orjson.JSONEncodeError):
+                patch = None
+        if row.get("op") != "remove" and isinstance(row.get("version"), int):
+            rows[exam_id] = (row["version"], row)
+            if len(rows) > ROWS_KEPT:
+                del rows[next(iter(rows))]
+        windowed = False
+        if self.flush_s:
+            now = asyncio.get_running_loop().time()
+            windowed = self._timer is not None or now < self._quiet_at
+            if not windowed:
+                self._quiet_at = now + self.flush_s  # the next one soon after waits
+        try:
+            for client in list(self._by_tenant.get(tenant, ())):
+                for sub in tuple(client.subs.values()):
+                    if sub.tenant == tenant:
+                        client.offer(sub, offset, row, text, epoch, memo, windowed, patch)
+        finally:
+            self._wires.clear()

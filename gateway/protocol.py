@@ -188,6 +188,16 @@ class BreakLock(_Frame):
     reason: str = Field(min_length=1, max_length=200)
 
 
+class RowRequest(_Frame):
+    """Ask for one exam's row in a subscription: after a `patch` whose `base` is not the
+    version you hold (the reply is a `row`)."""
+
+    type: Literal["row"]
+    id: RequestId
+    sub: RequestId
+    exam_id: ExamId
+
+
 class PresenceRequest(_Frame):
     type: Literal["presence"]
     id: RequestId
@@ -287,6 +297,7 @@ ClientFrameType = (
     | Sign
     | BreakLock
     | PresenceRequest
+    | RowRequest
     | ReviewsRequest
     | ReviewAdd
     | ReviewAssign
@@ -379,11 +390,39 @@ class DeltaFrame(_Frame):
         return self
 
 
+class PatchFrame(_Frame):
+    """One exam changed, sent as only the fields that changed (a row's fields, as in a
+    `delta`; a field that went away is null). Apply it only to the row you hold at
+    version `base`: then the row is at `version`. Holding another version (or none),
+    ask for the row (`row` request); a row newer than `version` ignores it."""
+
+    type: Literal["patch"] = "patch"
+    sub: RequestId
+    epoch: str
+    offset: str
+    exam_id: str
+    base: int
+    version: int
+    fields: dict[str, Any]
+
+
+class RowFrame(_Frame):
+    """The answer to a `row` request: the exam's row as the subscription sees it, or
+    null when it is not in the subscription's view (drop it)."""
+
+    type: Literal["row"] = "row"
+    id: RequestId
+    sub: RequestId
+    exam_id: str
+    row: ExamDelta | None
+
+
 class Batch(_Frame):
-    """Several `delta` frames at once (sent when a client's queue backs up)."""
+    """Several `delta` and `patch` frames at once (sent when a client's queue backs up,
+    and for deltas that follow one another within the flush window)."""
 
     type: Literal["batch"] = "batch"
-    frames: list[DeltaFrame]
+    frames: list[Annotated[DeltaFrame | PatchFrame, Field(discriminator="type")]]
 
 
 class Unsubscribed(_Frame):
@@ -590,6 +629,8 @@ ServerFrameType = (
     | SnapshotFrame
     | Resumed
     | DeltaFrame
+    | PatchFrame
+    | RowFrame
     | Batch
     | Unsubscribed
     | Pong

@@ -34,6 +34,7 @@ from gateway.protocol import (
     ErrorCode,
     client_frame,
 )
+from gateway.wire import DirectWriter
 
 if TYPE_CHECKING:
     from gateway.context import Gateway
@@ -87,6 +88,7 @@ class Session:
             self._overflowed,
             self._epoch_changed,
             max_bytes=gw.settings.client_queue_bytes,
+            hub=gw.hub,
         )
         self.principal: Principal | None = None
         self.identity: Identity | None = None  # what the token proved (for re-checks)
@@ -106,6 +108,8 @@ class Session:
     async def run(self) -> None:
         subprotocols = self.ws.scope.get("subprotocols") or []
         await self.ws.accept(subprotocol="ris.v1" if "ris.v1" in subprotocols else None)
+        # Frames go straight to the transport while nothing waits (gateway.wire).
+        self.client.writer = DirectWriter.find(self.ws.scope)
         self.gw.sessions.add(self)
         self.send(
             {
@@ -137,6 +141,7 @@ class Session:
                 await self._close(code, reason)
         finally:
             self.state = ConnectionState.CLOSED
+            self.client.writer = None
             for task in (reader, writer, *self._tasks):
                 task.cancel()
             await asyncio.gather(reader, writer, *self._tasks, return_exceptions=True)
@@ -160,6 +165,8 @@ class Session:
 
     def request_close(self, code: int, reason: str, *, flush: bool = True) -> None:
         """Close the connection; with `flush`, after the frames already queued."""
+        # From now on frames queue (behind the close, or for nobody): none jumps ahead.
+        self.client.writer = None
         if self._closing.done() or (flush and self.state is ConnectionState.CLOSING):
             return
         self.state = ConnectionState.CLOSING
@@ -208,23 +215,33 @@ class Session:
         self.send(frame)
 
     async def _writer(self) -> None:
-        queue = self.client.queue
+        """Drain what queued (while the transport was paused, or behind other frames);
+        the client is `busy` while frames taken off the queue are not written yet, so
+        the hub does not write a newer frame ahead of them."""
+        client = self.client
+        queue = client.queue
         send = self.ws.send_text
         while True:
             items = [await queue.get()]
+            client.busy = True
             while len(items) < _MAX_BATCH and not queue.empty():
                 items.append(queue.get_nowait())
-            self.client.taken(items)
+            client.taken(items)
             closing = _CLOSE in items
             if closing:
                 items = items[: items.index(_CLOSE)]
             for frame in coalesce(items) if len(items) > 1 else [f for _, f in items]:
+                direct = client.writer
                 try:
-                    await send(frame)
+                    if direct is not None and direct.ready():
+                        direct.write(frame)
+                    else:
+                        await send(frame)
                 except Exception as exc:  # the client went away mid-send: not an error
                     log.debug("send failed (%s): client gone", type(exc).__name__)
                     return
                 self.gw.hub.frames_out += 1
+            client.busy = False
             if closing:
                 if not self._closing.done():
                     self._closing.set_result(self._close_after_flush)

@@ -52,6 +52,10 @@ class GatewaySettings(BaseSettings):
     # Seconds a closing connection may take to accept its close frame (a client that
     # stopped reading gets it when it reads again); then the socket is dropped.
     close_timeout: float = 15.0
+    # Milliseconds a delta that follows another this closely waits, with those after
+    # it, to go out to each client in one write (a `batch`); a delta after a quiet
+    # window goes out at once. 0 writes every delta as it arrives.
+    flush_ms: float = 10.0
     max_subscriptions: int = 8
     max_frame_bytes: int = 64 * 1024
     snapshot_limit: int = 500

@@ -8,6 +8,11 @@ delta's `updated_at` and marks the delta as received on that connection. A `repo
 writes the raw latencies and per-delta delivery counts to an `.npz` file, so the
 orchestrator computes exact percentiles and losses over every (delta, client) pair.
 
+A `patch` (only the changed fields, on the version named `base`) counts as its delta
+when the connection holds that base (the newest version it saw of the exam); else the
+connection asks for the row (`row` request), as the protocol says, and the `row` reply
+counts instead. Every received frame's size is added up (`bytes`).
+
 Which deltas belong to a phase is told by the exam id: the phase names a `prefix` and a
 `stride`, and the delta of exam `{prefix}{n}` at version `v` is key `n * stride + v - 1`.
 
@@ -191,6 +196,9 @@ class Phase:
         self.foreign = 0  # deltas of another phase (or of nobody's)
         self.frames = 0
         self.batches = 0
+        self.bytes = 0  # characters of every frame received
+        self.patches = 0
+        self.patch_mismatches = 0  # patches on another version: the row was asked for
         self.other: Counter[str] = Counter()
 
 
@@ -207,6 +215,7 @@ class FeedProbe:
         self._prefix = prefix
         self._stride = stride
         self.seen: dict[int, float] = {}
+        self.sizes: dict[int, int] = {}  # key -> the published message's length
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -224,6 +233,7 @@ class FeedProbe:
             if exam_id.startswith(self._prefix):
                 key = int(exam_id[plen:]) * self._stride + int(delta["version"]) - 1
                 self.seen.setdefault(key, now)
+                self.sizes[key] = len(message["data"])
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -240,6 +250,7 @@ class LoadProcess:
         self.phase = Phase()
         self.probe: FeedProbe | None = None
         self._open_failures: Counter[str] = Counter()
+        self._asking: set[asyncio.Task[None]] = set()  # row requests being sent
 
     # -- the hot path: one call per received frame --
 
@@ -247,22 +258,57 @@ class LoadProcess:
         now = time.time() * 1000.0
         phase = self.phase
         phase.frames += 1
+        phase.bytes += len(message)
         frame = orjson.loads(message)
         kind = frame.get("type")
         if kind == "delta":
             self._delta(receiver, frame["delta"], now)
+        elif kind == "patch":
+            self._patch(receiver, frame, now)
         elif kind == "batch":
             phase.batches += 1
             for inner in frame["frames"]:
                 if inner.get("type") == "delta":
                     self._delta(receiver, inner["delta"], now)
+                elif inner.get("type") == "patch":
+                    self._patch(receiver, inner, now)
                 else:
                     phase.other[str(inner.get("type"))] += 1
+        elif kind == "row" and frame.get("row") is not None:
+            phase.other["row"] += 1
+            self._delta(receiver, frame["row"], now)
         elif kind is None and "delta" in frame:
             # The bare baseline forwards the feed's message as it is.
             self._delta(receiver, frame["delta"], now)
         else:
             phase.other[str(kind)] += 1
+
+    def _patch(self, receiver: Receiver, frame: Frame, now: float) -> None:
+        phase = self.phase
+        phase.patches += 1
+        exam_id: str = frame["exam_id"]
+        if phase.prefix and exam_id.startswith(phase.prefix):
+            n = int(exam_id[phase.plen :])
+            held = receiver.newest[n] if n < len(receiver.newest) else 0
+            if held >= min(int(frame["version"]), 255):
+                phase.duplicates += 1
+                return
+            if held != frame["base"]:
+                phase.patch_mismatches += 1
+                self._ask_row(receiver, frame["sub"], exam_id)
+                return
+        delta = {"exam_id": exam_id, "version": frame["version"]}
+        delta["updated_at"] = frame["fields"].get("updated_at")
+        if delta["updated_at"] is None:
+            del delta["updated_at"]
+        self._delta(receiver, delta, now)
+
+    def _ask_row(self, receiver: Receiver, sub: str, exam_id: str) -> None:
+        request = {"type": "row", "id": f"row-{self.phase.patch_mismatches}", "sub": sub}
+        request["exam_id"] = exam_id
+        task = asyncio.create_task(receiver.conn.send(orjson.dumps(request).decode()))
+        self._asking.add(task)
+        task.add_done_callback(self._asking.discard)
 
     def _delta(self, receiver: Receiver, delta: Frame, now: float) -> None:
         phase = self.phase
@@ -370,6 +416,7 @@ class LoadProcess:
             "delivered": self.phase.delivered,
             "covered": self.phase.covered,
             "frames": self.phase.frames,
+            "bytes": self.phase.bytes,
             "open": self.open_count(),
         }
 
@@ -409,6 +456,9 @@ class LoadProcess:
             "foreign": phase.foreign,
             "frames": phase.frames,
             "batches": phase.batches,
+            "bytes": phase.bytes,
+            "patches": phase.patches,
+            "patch_mismatches": phase.patch_mismatches,
             "other": dict(phase.other),
             "closed": dict(closed),
         }
@@ -421,12 +471,16 @@ class LoadProcess:
         return {}
 
     async def probe_report(self) -> Reply:
-        """Stop the probe; its sightings as {"seen": [[key, epoch_ms], ...]}."""
+        """Stop the probe; its sightings as {"seen": [[key, epoch_ms], ...]} and the
+        published messages' lengths as {"sizes": [[key, length], ...]}."""
         probe, self.probe = self.probe, None
         if probe is None:
-            return {"seen": []}
+            return {"seen": [], "sizes": []}
         await probe.stop()
-        return {"seen": [[k, v] for k, v in probe.seen.items()]}
+        return {
+            "seen": [[k, v] for k, v in probe.seen.items()],
+            "sizes": [[k, v] for k, v in probe.sizes.items()],
+        }
 
     async def close_all(self) -> Reply:
         receivers, self.receivers = self.receivers, []

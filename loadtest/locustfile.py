@@ -124,6 +124,34 @@ class WsSession:
                 self.rows.pop(d["exam_id"], None)
             elif d["version"] > self.rows.get(d["exam_id"], {}).get("version", 0):
                 self.rows[d["exam_id"]] = d
+        elif kind == "patch":
+            # Only the changed fields, on the row held at `base`; else ask for the row.
+            self.position = {"epoch": f["epoch"], "offset": f["offset"]}
+            held = self.rows.get(f["exam_id"])
+            if held is not None and held["version"] >= f["version"]:
+                pass
+            elif held is None or held["version"] != f["base"]:
+                ask = {"type": "row", "id": f"row{next(_ids)}", "sub": f["sub"]}
+                if self._ws is not None:
+                    self._ws.send(json.dumps({**ask, "exam_id": f["exam_id"]}))
+            else:
+                self.rows[f["exam_id"]] = {**held, **f["fields"], "version": f["version"]}
+                now_ms = time.time() * 1000
+                stamp = f["fields"].get("updated_at", now_ms)
+                self.user.environment.events.request.fire(
+                    request_type="DELTA",
+                    name="e2e",
+                    response_time=max(0.0, now_ms - stamp),
+                    response_length=0,
+                    exception=None,
+                    context={},
+                )
+        elif kind == "row" and f.get("sub") is not None:
+            row = f.get("row")
+            if row is None:
+                self.rows.pop(f["exam_id"], None)
+            elif row["version"] > self.rows.get(f["exam_id"], {}).get("version", 0):
+                self.rows[f["exam_id"]] = row
         elif kind == "snapshot":
             self.rows = {r["exam_id"]: r for r in f["rows"]}
             self.position = {"epoch": f["epoch"], "offset": f["offset"]}

@@ -89,6 +89,13 @@ async def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
         "dynamo_ceiling_writes_per_s",
         "gateway_cpu_us_per_delta",
         "baseline_cpu_us_per_delta",
+        "gateway_cpu_us_per_delta_at_25",
+        "baseline_cpu_us_per_delta_at_25",
+        "fanout_p99_ms_at_25",
+        "baseline_p99_ms_at_25",
+        "claim_p99_ms_idle",
+        "bytes_per_delivery",
+        "bytes_per_delivery_full_rows",
     ):
         assert isinstance(results[key], float) and results[key] > 0, (key, results[key])
     assert results["e2e_p50_ms"] <= results["e2e_p99_ms"]

@@ -41,14 +41,13 @@ def test_spliced_delta_frames_are_valid_protocol_frames() -> None:
         '"mrn":"X1","patient_name":"TEST^A","scheduled_at":1,"tat_due_at":2,"updated_at":3}}'
     )
     row = json.loads(raw)["delta"]
-    sent: list[str] = []
-    client = Client(10, lambda c: None)
-    client.send = lambda frame, key=None: sent.append(frame)  # type: ignore[method-assign]
+    client = Client(10, lambda c: None)  # no transport: every frame is queued
     sub = Subscription(
         "s-1", "northwind", View(), View().matcher(), Scope("northwind"), "e1", pending=None
     )
     client.offer(sub, "5-0", row, raw, "e1")
     client.offer(sub, "6-0", {**row, "status": "FINAL", "version": 4}, raw, "e1")  # leaves
+    sent = [client.queue.get_nowait()[1] for _ in range(client.queue.qsize())]
     parsed = [server_frame.validate_json(frame) for frame in sent]
     assert [type(f) for f in parsed] == [DeltaFrame, DeltaFrame]
     assert parsed[0].sub == "s-1" and not parsed[0].leave

@@ -25,6 +25,11 @@ from service.supervise import Supervisor
 
 log = logging.getLogger("worklist_cache.subscriber")
 
+# Seconds of handler work (fan-out) after which the reader yields to the event loop.
+# Buffered messages come without a real await; without a yield, requests (a claim and
+# its reply) would wait behind every message Redis had buffered.
+FANOUT_SLICE_S = 0.002
+
 MessageHandler = Callable[[bytes], None]
 GapHandler = Callable[[], Awaitable[None]]
 
@@ -218,10 +223,11 @@ class FeedSubscriber:
 
     async def _run(self) -> None:
         backoff = 0.1
+        clock = asyncio.get_running_loop().time
         while True:
             # PubSub.get_message refuses to run before the first subscribe.
             await self._ready.wait()
-            burst = 0
+            spent = 0.0
             try:
                 async for message in self._pubsub.listen():
                     backoff = 0.1
@@ -247,15 +253,15 @@ class FeedSubscriber:
                         continue
                     handler = self._channels.get(channel)
                     if handler is not None:
+                        started = clock()
                         try:
                             handler(message["data"])
                         except Exception:
                             log.exception("handler of a pub/sub message failed")
-                    burst += 1
-                    if burst >= 64:
-                        # Buffered messages come without a real await: let the
-                        # writers drain their queues before the next run.
-                        burst = 0
+                        spent += clock() - started
+                    if spent >= FANOUT_SLICE_S:
+                        # Let requests, replies and writers run between slices of fan-out.
+                        spent = 0.0
                         await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise

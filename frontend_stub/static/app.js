@@ -202,6 +202,13 @@ function onFrame(f) {
     case "delta":
       onDelta(f);
       break;
+    case "patch":
+      onPatch(f);
+      break;
+    case "row":
+      settle(f.id);
+      if (f.sub === SUB) app.list.applyRow(f.exam_id, f.row);
+      break;
     case "resync":
       app.resyncing = true;
       setConn("reconnecting", "Resyncing\u2026");
@@ -342,12 +349,26 @@ function caughtUp(text) {
 function onDelta(f) {
   if (f.sub !== SUB) return;
   if (app.position && f.epoch === app.position.epoch) app.position.offset = f.offset;
-  const row = app.list.apply(f);
+  afterChange(app.list.apply(f), f.leave);
+}
+
+function onPatch(f) {
+  if (f.sub !== SUB) return;
+  if (app.position && f.epoch === app.position.epoch) app.position.offset = f.offset;
+  const row = app.list.applyPatch(f);
+  if (row === "ask") {
+    request({ type: "row", sub: SUB, exam_id: f.exam_id }, { background: true });
+    return;
+  }
+  afterChange(row, false);
+}
+
+function afterChange(row, leave) {
   if (!row || !app.held.has(row.exam_id)) return;
   // Someone else holds it now (a broken lock, then a new claim), or it was reported.
   const now = Date.now();
   // A leave of a held exam from this (open-states) view means it is no longer readable.
-  if ((leaseLive(row, now) && row.claimed_by !== app.user.sub) || f.leave) {
+  if ((leaseLive(row, now) && row.claimed_by !== app.user.sub) || leave) {
     forget(row.exam_id);
   }
 }

@@ -2,7 +2,8 @@
 // change never rebuilds the list), sorted client-side, with the row's actions.
 //
 // Rules from the protocol (gateway/protocol.py): apply a delta only when its version is
-// newer than the row's; `leave: true` or op "remove" drops the row.
+// newer than the row's; `leave: true` or op "remove" drops the row; a patch applies only
+// to the row held at its `base` version (else the row is asked for).
 
 import {
   CLAIMABLE, PRIORITY_RANK, STATUSES, STATUS_LABEL, clock, el, lockIcon, patientName, timeOfDay,
@@ -126,11 +127,42 @@ export class Worklist {
     return d;
   }
 
-  /** What a reply (claimed, released) told us ahead of its delta; same version rule. */
+  /**
+   * A patch frame: the changed fields on the row held at `base`. Returns the row, null
+   * when it was seen already, or "ask" when the row must be asked for (not held, or
+   * held at another version, or only guessed from a reply).
+   */
+  applyPatch(frame) {
+    const known = this.rows.get(frame.exam_id);
+    if (known && known.version >= frame.version) return null;
+    if (!known || known.version !== frame.base || known.guessed) return "ask";
+    const row = { ...known, ...frame.fields, version: frame.version };
+    this.rows.set(frame.exam_id, row);
+    this.schedule(frame.exam_id, false);
+    return row;
+  }
+
+  /** The reply to a row request: the row (by the version rule), or null: drop it. */
+  applyRow(examId, row) {
+    const known = this.rows.get(examId);
+    if (row === null) {
+      if (!known) return;
+      this.rows.delete(examId);
+      this.total = Math.max(0, this.total - 1);
+      this.schedule(examId, false);
+    } else if (!known || known.version < row.version) {
+      if (!known) this.total += 1;
+      this.rows.set(examId, row);
+      this.schedule(examId, !known);
+    }
+  }
+
+  /** What a reply (claimed, released) told us ahead of its delta; same version rule. The
+   * row is then a guess (a patch on it asks for the row). */
   patch(examId, version, fields) {
     const known = this.rows.get(examId);
     if (!known || known.version >= version) return;
-    this.rows.set(examId, { ...known, ...fields, version });
+    this.rows.set(examId, { ...known, ...fields, version, guessed: true });
     this.schedule(examId, false);
   }
 

@@ -30,6 +30,7 @@ from gateway.protocol import (
     ReviewClaim,
     ReviewScore,
     ReviewsRequest,
+    RowRequest,
     Sign,
     Subscribe,
     Unsubscribe,
@@ -83,6 +84,7 @@ async def _unsubscribe(conn: Connection, frame: Unsubscribe) -> None:
 HANDLERS: dict[type[Any], Handler] = {
     Subscribe: worklists.subscribe,
     Unsubscribe: _unsubscribe,
+    RowRequest: worklists.row,
     Ping: _ping,
     ClaimRequest: claiming.claim,
     NextRequest: assigning.next_request,

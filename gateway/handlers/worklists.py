@@ -20,8 +20,8 @@ import orjson
 from redis.exceptions import RedisError
 
 from dynamo.exceptions import StoreError
-from gateway.hub import Subscription, route
-from gateway.protocol import ErrorCode, Subscribe, Unsubscribe
+from gateway.hub import Subscription, route, visible
+from gateway.protocol import ErrorCode, RowRequest, Subscribe, Unsubscribe
 from worklist_cache import keys
 from worklist_cache.exceptions import OutOfScope
 from worklist_cache.feed import ScopeMark, feed_message, offset_key
@@ -122,6 +122,7 @@ async def send_snapshot(
         shown = [r for r in rows if sub.matcher(r)]
         total, rows = max(0, total - (len(rows) - len(shown))), shown
     sub.in_view = {r["exam_id"] for r in rows}
+    sub.held = {r["exam_id"]: r["version"] for r in rows}  # what later patches apply to
     sub.epoch = snap.epoch
     session.send(
         {
@@ -218,6 +219,26 @@ def _replay_pending(session: Connection, sub: Subscription, after_offset: str) -
     sub.floor = offset_key(after_offset)
     for offset, row, raw, epoch in pending:
         session.client.offer(sub, offset, row, raw, epoch)
+
+
+async def row(session: Connection, frame: RowRequest) -> None:
+    """One exam's row in a subscription (a client whose row is not at a patch's base
+    asks for it), through the subscription's rule: its row if the view holds it, else
+    null, and from then on patches apply to what was sent."""
+    sub = session.client.subs.get(frame.sub)
+    if sub is None:
+        session.error(frame.id, ErrorCode.NOT_FOUND, f"no subscription {frame.sub}")
+        return
+    found = await session.gw.feed.row(sub.tenant, frame.exam_id)
+    reply: dict[str, Any] = {"type": "row", "id": frame.id, "sub": sub.sub_id}
+    reply["exam_id"] = frame.exam_id
+    if found is None or not visible(sub, found):
+        session.send({**reply, "row": None})
+        return
+    if sub.held.get(frame.exam_id, -1) < found["version"]:
+        sub.held[frame.exam_id] = found["version"]
+    sub.in_view.add(frame.exam_id)
+    session.send({**reply, "row": found})
 
 
 def unsubscribe(session: Connection, frame: Unsubscribe) -> None:

@@ -14,7 +14,8 @@ Phases, in order:
    whole tenant feed; latency = receive time - the delta's `updated_at`, split into
    stages (write acknowledged, published by the relay, received).
 4. fan-out: deltas published where the relay publishes them (`WorklistFeed.publish`) at
-   200/s, then 1,000/s, to the same clients; latency, losses, gateway CPU per delivery.
+   25/s, 200/s, then 1,000/s, to the same clients; latency, losses, gateway CPU per
+   delivery.
 5. claims: rounds of 20 concurrent claimers on one exam over the WebSocket (when the
    gateway has `claim`), and at the store (`dynamo.claims`) for comparison: round trip
    p50/p99 and double claims.

@@ -9,6 +9,7 @@ from devstack.services import ROOT
 
 __all__ = [
     "CLAIMERS",
+    "CLAIM_FANOUT_RATE",
     "CLIENT_LIMIT",
     "CLIENT_QUEUE",
     "FANOUT_RATES",
@@ -30,7 +31,11 @@ TENANT = "northwind"
 # tenant's presence work grows with the square of its users (see the report's notes).
 IDLE_PER_TENANT = 100
 WHOLE_FEED: dict[str, Any] = {"statuses": []}  # every status of the tenant
-FANOUT_RATES = (200, 1000)
+# 25/s is the product's "no backlog" load (CPU <= the baseline's), 200/s its batching
+# load (CPU <= half the baseline's); 1,000/s saturates the box.
+FANOUT_RATES = (25, 200, 1000)
+# Claims are also measured while every client receives this many updates per second.
+CLAIM_FANOUT_RATE = 25
 CLAIMERS = 20
 # A client process above this share of one core during a phase limited what was measured.
 CLIENT_LIMIT = 0.85
@@ -51,7 +56,7 @@ class Scale:
     warmup_s: float  # DynamoDB Local's JIT needs several seconds of writes to warm up
     ceiling_s: float
     e2e_s: float
-    fanout_s: tuple[float, float]  # seconds of injection at 200/s and at 1,000/s
+    fanout_s: tuple[float, float, float]  # seconds of injection at 25/s, 200/s and 1,000/s
     claim_rounds: int
     store_claim_rounds: int  # the same rounds at the store, for comparison
     drain_cap_s: float  # the longest a phase waits for its last deliveries
@@ -69,7 +74,7 @@ SCALES = {
         warmup_s=8,
         ceiling_s=10,
         e2e_s=10,
-        fanout_s=(8, 2),
+        fanout_s=(8, 8, 2),
         claim_rounds=1000,
         store_claim_rounds=100,
         drain_cap_s=40,
@@ -84,7 +89,7 @@ SCALES = {
         warmup_s=5,
         ceiling_s=4,
         e2e_s=5,
-        fanout_s=(5, 2),
+        fanout_s=(5, 5, 2),
         claim_rounds=100,
         store_claim_rounds=50,
         drain_cap_s=12,
@@ -98,7 +103,7 @@ SCALES = {
         warmup_s=1,
         ceiling_s=1.5,
         e2e_s=1.5,
-        fanout_s=(1.5, 0.5),
+        fanout_s=(1.5, 1.5, 0.5),
         claim_rounds=10,
         store_claim_rounds=5,
         drain_cap_s=10,

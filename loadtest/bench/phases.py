@@ -28,6 +28,7 @@ from dynamo.store import ExamStore
 from dynamo.table import ensure_table
 from loadtest.bench.claimers import Claimers, WsClaimers, ws_claims_available
 from loadtest.bench.config import (
+    CLAIM_FANOUT_RATE,
     CLAIMERS,
     CLIENT_QUEUE,
     FANOUT_RATES,
@@ -53,6 +54,9 @@ from loadtest.loadclients import (
 from worklist_cache import WorklistFeed, keys
 
 __all__ = ["Bench"]
+
+# The start of a full-row delta frame of the load clients' subscription ("s1").
+FULL_ROW_PREFIX = '{"type":"delta","sub":"s1",'
 
 
 @dataclass
@@ -239,6 +243,10 @@ class Bench:
             await settle(quiet)
             await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)
             await self._fanout(feed, pool, pids, "gateway", gateway.pid, rate, seconds)
+        if ws_claims_available():
+            await settle(quiet)
+            await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)
+            await self._claims_under_fanout(feed, url, store, scale.claim_rounds)
         await pool.call("close", timeout=120)
         if ws_claims_available():
             await settle([gateway.pid])
@@ -297,7 +305,9 @@ class Bench:
         try:
             result = await phase.run(send, drain_cap=scale.drain_cap_s, rate_offered=round(rate, 1))
         finally:
-            seen = {int(k): float(t) for k, t in (await probe.call("probe_report"))["seen"]}
+            report = await probe.call("probe_report")
+            seen = {int(k): float(t) for k, t in report["seen"]}
+            sizes = {int(k): int(n) for k, n in report.get("sizes", [])}
             await self.stack.close_pool(probes)
         # Split each delivery at the moments its delta was acknowledged by DynamoDB and
         # left the relay (seen on Redis by the probe).
@@ -306,7 +316,16 @@ class Bench:
         stamp = per_key(writer.stamped, width)  # epoch ms, as the store wrote it
         ack = per_key(writer.acked, width)
         published = per_key(seen, width)
+        # What each delivery would have cost as the whole row: the frame the hub splices
+        # from the published message (`{"type":"delta","sub":"s1",` + message[1:]).
+        full = per_key({key: n + len(FULL_ROW_PREFIX) - 1 for key, n in sizes.items()}, width)
+        full_sizes = finite(full[k]) if k.size else np.zeros(0)
+        delivered = result["delivered"]
         result.update(
+            bytes_per_delivery=round(result["bytes"] / delivered, 1) if delivered else None,
+            bytes_per_delivery_full_rows=(
+                round(float(full_sizes.mean()), 1) if full_sizes.size else None
+            ),
             write=percentiles(np.asarray(writer.write_ms)),
             write_errors=dict(writer.errors),
             from_ack=percentiles(finite(lat - (ack - stamp)[k])),
@@ -325,6 +344,10 @@ class Bench:
             e2e_p99_ms_from_ack=result["from_ack"]["p99_ms"],
             e2e_updates_per_s=result["rate_sent"],
             e2e_lost=result["lost"],
+            bytes_per_delivery=result["bytes_per_delivery"],
+            bytes_per_delivery_full_rows=result["bytes_per_delivery_full_rows"],
+            e2e_patches=result["patches"],
+            e2e_patch_mismatches=result["patch_mismatches"],
             clients=result["clients"],
         )
         say(phase_line(result))
@@ -357,6 +380,30 @@ class Bench:
                 self.phases[f"profile_{name}"] = await self._stop_profiler(*profiler)
         self.phases[name] = result
         say(phase_line(result))
+
+    async def _claims_under_fanout(
+        self, feed: WorklistFeed, url: str, store: ExamStore, rounds: int
+    ) -> None:
+        """Claim rounds over the WebSocket while every client receives
+        CLAIM_FANOUT_RATE updates per second (fresh exams, so none is stale)."""
+        stop = asyncio.Event()
+
+        async def fan_out() -> int:
+            second = 0
+            while not stop.is_set():
+                await inject(feed, f"FC{second}-", CLAIM_FANOUT_RATE, 1.0)
+                second += 1
+            return second
+
+        task = asyncio.create_task(fan_out(), name="claims-fan-out")
+        try:
+            await self.claims(WsClaimers(url, store), rounds, name="claims_websocket_fanout")
+        finally:
+            stop.set()
+            seconds = await task
+        self.phases["claims_websocket_fanout"].update(
+            fanout_per_s=CLAIM_FANOUT_RATE, fanout_clients=self.scale.clients, fanout_s=seconds
+        )
 
     # -- profiling --
 
@@ -395,10 +442,11 @@ class Bench:
 
     # -- 6. claims --
 
-    async def claims(self, claimers: Claimers, rounds: int) -> None:
+    async def claims(self, claimers: Claimers, rounds: int, name: str = "") -> None:
         """Rounds of CLAIMERS concurrent claims on one exam; the winner releases."""
-        name = f"claims_{claimers.where}"
-        prefix = f"K{claimers.where[0].upper()}-"
+        name = name or f"claims_{claimers.where}"
+        # KW-, KS-, KWF-: each phase claims exams of its own.
+        prefix = "K" + "".join(w[0].upper() for w in name.split("_")[1:]) + "-"
         latencies: list[float] = []
         errors: Counter[str] = Counter()
         double = no_winner = 0

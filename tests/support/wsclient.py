@@ -29,6 +29,10 @@ class WsClient:
         self.user: Frame | None = None
         self.batches = 0
         self._unpacked: list[Frame] = []
+        # (sub, exam_id) -> the row held: patches apply to it, as a real client's would.
+        self.rows: dict[tuple[str, str], Frame] = {}
+        self.patches = 0
+        self._patch_of: dict[int, Frame] = {}  # id(a delta made from a patch) -> the patch
 
     @classmethod
     async def open(
@@ -65,11 +69,48 @@ class WsClient:
             frame: Frame = orjson.loads(raw)
             if frame.get("type") == "batch":
                 self.batches += 1
-                self._unpacked.extend(frame["frames"])
-                self.frames.extend(frame["frames"])
+                inner = [self._hold(f) for f in frame["frames"]]
+                self._unpacked.extend(inner)
+                self.frames.extend(inner)
                 continue
+            frame = self._hold(frame)
             self.frames.append(frame)
             return frame
+
+    def _hold(self, f: Frame) -> Frame:
+        """Keep the rows this client holds; a `patch` on the row it holds at `base` is
+        returned as the `delta` it makes (`patch_of` gives the patch), one on another
+        version as it came, marked "mismatch" (a real client asks for the row)."""
+        kind, sub = f.get("type"), f.get("sub", "")
+        if kind == "snapshot":
+            self.rows = {k: v for k, v in self.rows.items() if k[0] != sub}
+            self.rows.update(((sub, r["exam_id"]), r) for r in f["rows"])
+        elif kind == "delta":
+            if f.get("leave"):
+                self.rows.pop((sub, f["delta"]["exam_id"]), None)
+            else:
+                self.rows[(sub, f["delta"]["exam_id"])] = f["delta"]
+        elif kind == "row" and "sub" in f:
+            if f["row"] is None:
+                self.rows.pop((sub, f["exam_id"]), None)
+            else:
+                self.rows[(sub, f["exam_id"])] = f["row"]
+        elif kind == "patch":
+            self.patches += 1
+            held = self.rows.get((sub, f["exam_id"]))
+            if held is None or held["version"] != f["base"]:
+                return {**f, "mismatch": True}
+            row = {**held, **f["fields"], "version": f["version"]}
+            self.rows[(sub, f["exam_id"])] = row
+            out = {k: f[k] for k in ("sub", "epoch", "offset")}
+            delta = {"type": "delta", **out, "delta": row}
+            self._patch_of[id(delta)] = f
+            return delta
+        return f
+
+    def patch_of(self, frame: Frame) -> Frame | None:
+        """The `patch` a delta frame was made from (None: it came whole)."""
+        return self._patch_of.get(id(frame))
 
     async def until(self, predicate: Callable[[Frame], bool], timeout: float = 5.0) -> Frame:
         """The first frame matching `predicate`; the frames before it stay in `frames`."""

@@ -1,0 +1,91 @@
+"""Writing frames straight to a connection's transport, as `websockets.broadcast` does.
+
+The ASGI path (`await websocket.send_text`) costs a writer task wake-up per client per
+frame, and a frame serialization per client. When uvicorn serves the connection with
+its websockets-sansio protocol, the hub can instead hand the bytes of a frame to the
+connection's transport at once, from the pub/sub callback, as long as nothing waits in
+front of it (the client's queue is empty and its writer holds nothing) and the
+transport is not paused; otherwise the frame is queued as before (backpressure,
+coalescing, eviction). A frame's bytes are built once and written to every connection
+that takes the same text (`encode_text`), unless the connection negotiated
+compression, which is per connection.
+
+`capture_send` keeps the server's own ASGI `send` in the scope (Starlette wraps it) so
+`DirectWriter.find` can reach the protocol behind it; any other WebSocket
+implementation gets no direct writer and every frame goes through the ASGI path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+from websockets.protocol import State
+
+__all__ = ["SEND_KEY", "DirectWriter", "capture_send", "encode_text"]
+
+SEND_KEY = "gateway.asgi_send"
+
+
+def capture_send(app: ASGIApp) -> ASGIApp:
+    """An ASGI middleware that records the server's `send` of each WebSocket."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope[SEND_KEY] = send
+        await app(scope, receive, send)
+
+    return middleware
+
+
+def encode_text(text: str) -> bytes:
+    """A server's (unmasked, uncompressed, final) text frame carrying `text`."""
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+
+
+class DirectWriter:
+    """The transport of one uvicorn websockets-sansio connection."""
+
+    __slots__ = ("_conn", "_proto", "_transport", "_writable", "plain")
+
+    def __init__(self, proto: Any) -> None:
+        self._proto = proto
+        self._transport = proto.transport
+        self._conn = proto.conn  # websockets' ServerProtocol (the frame state)
+        self._writable = proto.writable  # cleared while the transport is paused
+        # Without extensions (compression), a frame's bytes are the same for everyone.
+        self.plain = not self._conn.extensions
+
+    @classmethod
+    def find(cls, scope: Scope) -> DirectWriter | None:
+        """The connection's writer, when its server is uvicorn's websockets-sansio."""
+        send = scope.get(SEND_KEY)
+        proto = getattr(send, "__self__", None)
+        if proto is None or type(proto).__name__ != "WebSocketsSansIOProtocol":
+            return None
+        if not all(hasattr(proto, a) for a in ("transport", "conn", "writable", "close_sent")):
+            return None
+        return cls(proto)
+
+    def ready(self) -> bool:
+        """Open, not closing, and the transport takes more without pausing."""
+        return (
+            self._writable.is_set()
+            and not self._proto.close_sent
+            and self._conn.state is State.OPEN
+            and not self._transport.is_closing()
+        )
+
+    def write(self, text: str, wire: bytes | None = None) -> None:
+        """Write one text frame (`wire`: its bytes from `encode_text`, when known)."""
+        if self.plain:
+            self._transport.write(wire if wire is not None else encode_text(text))
+        else:
+            self._conn.send_text(text.encode())
+            self._transport.write(b"".join(self._conn.data_to_send()))

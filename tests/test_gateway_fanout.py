@@ -1,0 +1,205 @@
+"""The fan-out's fast path: frames written straight to the transport when nothing waits,
+queued (in order, bounded) when something does; the same deltas whether a client
+negotiated compression or not."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+from websockets.asyncio.client import connect
+from websockets.frames import Frame, Opcode
+
+from dynamo.deltas import ExamDelta
+from gateway.hub import Client, Hub, Subscription
+from gateway.wire import encode_text
+from tests.conftest import UNIT, Stack, token
+from tests.support.exams import exam_bundle
+from tests.support.wsclient import WsClient
+from worklist_cache import WorklistFeed
+from worklist_cache.views import Scope, View
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_a_frame_built_once_is_the_frame_websockets_would_send(size: int) -> None:
+    text = ("é" * size)[: max(0, size // 2)] + "x" * (size - size // 2)
+    assert encode_text(text) == Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+
+
+class FakeWriter:
+    """A transport that can be paused, recording what was written."""
+
+    plain = True
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.written: list[str] = []
+
+    def ready(self) -> bool:
+        return not self.paused
+
+    def write(self, text: str, wire: bytes | None = None) -> None:
+        assert wire is None or wire == encode_text(text)
+        self.written.append(text)
+
+
+def _raw(exam_id: str, version: int, offset: str) -> tuple[str, dict[str, Any]]:
+    row = {
+        "op": "upsert",
+        "tenant": "northwind",
+        "site": "NW-GEN",
+        "exam_id": exam_id,
+        "version": version,
+        "status": "COMPLETED",
+        "priority": "STAT",
+        "modality": "CT",
+        "subspecialty": "neuro",
+    }
+    raw = '{"epoch":"e1","offset":"' + offset + '","delta":' + orjson.dumps(row).decode() + "}"
+    return raw, row
+
+
+def _client(hub: Hub) -> tuple[Client, FakeWriter, list[Client]]:
+    evicted: list[Client] = []
+    client = Client(5, evicted.append, hub=hub)
+    writer = FakeWriter()
+    client.writer = writer  # type: ignore[assignment]
+    sub = Subscription(
+        "s1",
+        "northwind",
+        View(statuses=[]),
+        View(statuses=[]).matcher(),
+        Scope("northwind"),
+        "e1",
+        pending=None,
+    )
+    client.subs["s1"] = sub
+    hub.attach(client, "northwind")
+    return client, writer, evicted
+
+
+def _deliver(hub: Hub, n: int, version: int = 1) -> None:
+    raw, _ = _raw(f"A{n}", version, f"{n}-{version}")
+    hub.on_message("northwind", raw.encode())
+
+
+def _queued(client: Client) -> list[str]:
+    return [client.queue.get_nowait()[1] for _ in range(client.queue.qsize())]
+
+
+def test_frames_go_straight_out_until_the_transport_pauses_then_queue_in_order() -> None:
+    hub = Hub()
+    client, writer, evicted = _client(hub)
+    _deliver(hub, 1)
+    assert [orjson.loads(f)["delta"]["exam_id"] for f in writer.written] == ["A1"]
+    assert client.queue.empty()
+
+    writer.paused = True
+    _deliver(hub, 2)
+    writer.paused = False  # the transport drained, but a frame still waits in the queue:
+    _deliver(hub, 3)  # this one must not overtake it
+    client.send('{"type":"pong","id":"p","ts":1}')
+    assert len(writer.written) == 1
+    order = [orjson.loads(f).get("delta", {}).get("exam_id", "pong") for f in _queued(client)]
+    assert order == ["A2", "A3", "pong"]
+    assert not evicted
+
+
+def test_a_client_whose_writer_holds_frames_gets_no_frame_ahead_of_them() -> None:
+    hub = Hub()
+    client, writer, _ = _client(hub)
+    client.busy = True  # the session's writer took frames and has not written them yet
+    _deliver(hub, 1)
+    assert writer.written == [] and client.queue.qsize() == 1
+
+
+def test_a_paused_client_that_keeps_falling_behind_is_evicted() -> None:
+    hub = Hub()
+    client, writer, evicted = _client(hub)
+    writer.paused = True
+    for n in range(6):  # the queue holds 5
+        _deliver(hub, n)
+    assert evicted == [client]
+    assert client.writer is None, "nothing more goes straight out once it is evicted"
+
+
+def test_clients_of_one_prefix_share_one_frame() -> None:
+    hub = Hub()
+    (_, wa, _), (_, wb, _) = _client(hub), _client(hub)
+    _deliver(hub, 7)
+    assert wa.written == wb.written and wa.written[0] is wb.written[0]
+
+
+async def test_compressed_and_plain_clients_get_the_same_deltas_in_order(
+    stack: Stack, redis: Redis
+) -> None:
+    browser = await WsClient.open(stack.ws_url)  # negotiates permessage-deflate
+    assert browser.conn.protocol.extensions, "the test client should compress"
+    plain = WsClient(await connect(stack.ws_url, compression=None, open_timeout=10 * UNIT))
+    assert (await plain.next())["type"] == "welcome"
+    await plain.auth(token())
+    await browser.subscribe("s", statuses=[])
+    await plain.subscribe("s", statuses=[])
+    gw = stack.app.state.gw
+    assert all(s.client.writer is not None for s in gw.sessions), "the direct path is on"
+
+    exam, _, _ = exam_bundle()
+    base = ExamDelta.from_exam(exam)
+    # Short and long frames (the three WebSocket length encodings).
+    deltas = [
+        base.model_copy(update={"exam_id": f"{exam.accession}-{i}", "procedure": "P" * size})
+        for i, size in enumerate([1, 200, 70_000, 3, 300])
+    ]
+    feed = WorklistFeed(redis)
+    for d in deltas:
+        await feed.publish([d])
+    for client in (browser, plain):
+        got: list[str] = []
+        while len(got) < len(deltas):
+            frame = await client.next(timeout=10)
+            if frame.get("type") == "delta":
+                got.append(frame["delta"]["exam_id"])
+                assert frame["delta"]["procedure"] == deltas[len(got) - 1].procedure
+        assert got == [d.exam_id for d in deltas]
+    await asyncio.gather(browser.close(), plain.close())
+
+
+async def test_a_flush_window_batches_dense_deltas_and_sends_a_lone_one_at_once() -> None:
+    hub = Hub(flush_s=60.0)  # a window that never ends by itself here: flushed by hand
+    _, writer, _ = _client(hub)
+    _deliver(hub, 1)  # after a quiet window: at once
+    assert [orjson.loads(f)["delta"]["exam_id"] for f in writer.written] == ["A1"]
+    _deliver(hub, 2)
+    _deliver(hub, 3)
+    _deliver(hub, 2, version=2)  # a newer version of A2 within the window
+    assert len(writer.written) == 1, "deltas that follow closely wait for the window"
+    hub.flush()
+    batch = orjson.loads(writer.written[1])
+    assert batch["type"] == "batch"
+    got = [(f["delta"]["exam_id"], f["delta"]["version"]) for f in batch["frames"]]
+    assert got == [("A3", 1), ("A2", 2)], "the newest frame per exam, in order"
+
+
+async def test_a_reply_never_overtakes_deltas_held_by_the_window() -> None:
+    hub = Hub(flush_s=60.0)
+    client, writer, _ = _client(hub)
+    _deliver(hub, 1)
+    _deliver(hub, 2)
+    client.send('{"type":"pong","id":"p","ts":1}')
+    kinds = [orjson.loads(f).get("type") for f in writer.written]
+    assert kinds == ["delta", "delta", "pong"]
+    hub.flush()  # nothing left to send
+    assert len(writer.written) == 3
+
+
+async def test_a_window_held_for_a_paused_client_is_queued_not_lost() -> None:
+    hub = Hub(flush_s=60.0)
+    client, writer, _ = _client(hub)
+    _deliver(hub, 1)
+    _deliver(hub, 2)
+    writer.paused = True
+    hub.flush()
+    assert [orjson.loads(f)["delta"]["exam_id"] for f in _queued(client)] == ["A2"]
