@@ -15,8 +15,9 @@ import orjson
 
 from dynamo.client import dynamodb_client
 from dynamo.store import ExamStore
-from loadtest import assignment
+from loadtest import assignment, snapshot_cost
 from loadtest.bench.claimers import StoreClaimers, ws_claims_available
+from loadtest.bench.cluster import measure_cluster
 from loadtest.bench.config import RESULTS, SCALES, Scale, say
 from loadtest.bench.phases import Bench
 from loadtest.bench.plot import render_plot
@@ -61,7 +62,19 @@ async def run_bench(scale: Scale, stack: Stack, out: Path, profile: bool) -> dic
         t = lap("store_claims", t)
         say(f"HL7: {scale.hl7_messages} messages over 10 MLLP connections")
         bench.results.update(await hl7_phase(bench.env, scale.hl7_messages, 10, bench.stack.logs))
-        lap("hl7", t)
+        t = lap("hl7", t)
+        opened, closed = scale.snapshot_tenant
+        say(f"snapshot and resume cost: one tenant, {opened} open and {closed} closed exams")
+        cost = await snapshot_cost.measure(opened, closed, days=30.0, runs=50)
+        bench.results.update(
+            snapshot_large_tenant=cost,
+            snapshot_p99_ms_large_tenant=max(v["p99_ms"] for v in cost["views"].values()),
+        )
+        t = lap("snapshot_cost", t)
+        if scale.cluster:
+            say("Redis Cluster: CPU per delivery with 1, 2 and 3 gateway nodes")
+            bench.results.update(await measure_cluster(scale, out))
+            lap("cluster", t)
     finally:
         shutil.rmtree(bench.tmp, ignore_errors=True)
     return finish(bench, started)

@@ -62,6 +62,12 @@ class Scale:
     drain_cap_s: float  # the longest a phase waits for its last deliveries
     writer_concurrency: int = 16
     hl7_messages: int = 400  # HL7 orders and status changes sent over MLLP
+    # One tenant's cache with (open, closed) exams, closed ones over 30 days: snapshot and
+    # resume cost as history grows (`loadtest.snapshot_cost`).
+    snapshot_tenant: tuple[int, int] = (5_000, 100_000)
+    # CPU per delivery with 1, 2 and 3 gateway nodes on a real Redis Cluster
+    # (`loadtest.bench.cluster`); the suite's tiny run leaves it to tests/test_cluster.py.
+    cluster: bool = True
 
 
 SCALES = {
@@ -69,7 +75,7 @@ SCALES = {
         name="full",
         clients=1000,
         client_procs=2,
-        idle_connections=5000,
+        idle_connections=10_000,
         idle_procs=4,
         warmup_s=8,
         ceiling_s=10,
@@ -108,6 +114,8 @@ SCALES = {
         store_claim_rounds=5,
         drain_cap_s=10,
         hl7_messages=40,
+        snapshot_tenant=(200, 2_000),
+        cluster=False,
     ),
 }
 

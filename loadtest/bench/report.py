@@ -50,6 +50,7 @@ REQUIRED = (
     "claim_p99_ms_idle",
     "bytes_per_delivery",
     "bytes_per_delivery_full_rows",
+    "snapshot_p99_ms_large_tenant",
     "claim_rounds",
     "double_claims",
     "client_limited",

@@ -99,6 +99,8 @@ def _verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
             _verdict(_lt(r.get("e2e_p99_ms_from_ack"), 150)),
         ),
         ("end-to-end lost deliveries", fmt(r.get("e2e_lost")), "0", _verdict(None)),
+        _snapshot_row(r),
+        _cluster_row(r),
         (
             "bytes per delivery, end to end (patches; as whole rows)",
             f"{fmt(r.get('bytes_per_delivery'))}; {fmt(r.get('bytes_per_delivery_full_rows'))} B "
@@ -220,3 +222,29 @@ def _verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
         ),
     ]
     return rows
+
+
+def _snapshot_row(r: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    cost = r.get("snapshot_large_tenant") or {}
+    return (
+        f"snapshot / resume p99, one tenant with {fmt(cost.get('open'))} open and "
+        f"{fmt(cost.get('closed'))} closed exams (slowest view; Redis memory)",
+        f"{fmt(r.get('snapshot_p99_ms_large_tenant'), 'ms')}; "
+        f"{fmt(cost.get('used_memory_mb'), 'MB')}",
+        "bounded as history grows (info)",
+        _verdict(None),
+    )
+
+
+def _cluster_row(r: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    by_nodes = r.get("cluster_cpu_us_per_delta_by_nodes") or {}
+    values = [v for v in by_nodes.values() if v is not None]
+    flat = None if len(values) < 2 else max(values) <= 1.25 * min(values)
+    return (
+        "Redis Cluster: gateway CPU per delivery with 1 / 2 / 3 nodes",
+        " / ".join(fmt(by_nodes.get(n)) for n in ("1", "2", "3")) + " us"
+        if by_nodes
+        else "not run at this scale",
+        "flat (within 25 %)",
+        _verdict(flat),
+    )
