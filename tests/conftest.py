@@ -18,6 +18,7 @@ import boto3
 import pytest
 import redis as sync_redis
 import uvicorn
+from hypothesis import settings as hypothesis_settings
 from redis.asyncio import Redis
 
 from devstack import free_port, start_dynamodb_local, start_redis
@@ -41,6 +42,11 @@ pytest_plugins = ["tests.support.pages", "tests.support.audit"]
 
 # One unit of patience; a slow machine can stretch every timeout at once.
 UNIT = float(os.environ.get("TEST_TIME_UNIT", "1.0"))
+# In CI the property tests draw the same examples every run (derandomized), so a red run
+# is reproducible; on a developer's machine they keep exploring.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 # The signing secret of the gateways the tests start.
 SECRET = "test-secret-" + "x" * 32
 

@@ -45,9 +45,16 @@ def value_of(node: dict[str, Any]) -> st.SearchStrategy[Any]:
             min_size=node.get("minLength", 0), max_size=min(node.get("maxLength", 30), 30)
         )
     if kind == "integer":
-        return st.integers(node.get("minimum", -(10**6)), node.get("maximum", 10**6))
+        low = node.get("minimum", node.get("exclusiveMinimum", -(10**6) - 1) + 1)
+        return st.integers(low, node.get("maximum", 10**6))
     if kind == "number":
-        return st.floats(node.get("minimum", 0), node.get("maximum", 1000), allow_nan=False)
+        exclusive = "exclusiveMinimum" in node
+        return st.floats(
+            node.get("minimum", node.get("exclusiveMinimum", 0)),
+            node.get("maximum", 1000),
+            exclude_min=exclusive,
+            allow_nan=False,
+        )
     if kind == "boolean":
         return st.booleans()
     if kind == "null":
