@@ -97,10 +97,12 @@ async def test_next_hands_the_most_urgent_case_in_scope_already_claimed(
     assert stat_ort.accession not in str(nothing)
 
     # The STAT is offered to the watcher (the one reader online who may read it), and
-    # theirs to answer: nobody else is handed it meanwhile.
-    anyone = await WsClient.open(stack.ws_url, token("t-any"))
+    # theirs to answer: nobody else is handed it meanwhile. (t-any comes online only
+    # once the offer is out: on a fast box it could otherwise be offered to t-any, whose
+    # sub sorts first among equal STAT loads.)
     if not [f for f in watcher.frames if f.get("type") == "offer"]:  # not read past yet
         await watcher.until(lambda f: f.get("type") == "offer", 10)
+    anyone = await WsClient.open(stack.ws_url, token("t-any"))
     held_back = await anyone.request({"type": "next"})
     assert held_back["code"] == "nothing_eligible", held_back
     await watcher.close()  # gone: the offer lapses to t-any in time; `next` need not wait
