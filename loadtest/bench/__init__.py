@@ -8,7 +8,8 @@ bare baseline `python -m loadtest.baseline`, and load-client processes
 `bench.png` to `loadtest/results/` (git-ignored).
 
 Phases, in order:
-1. idle: as many idle sessions as allowed (5,000) on a fresh gateway; its RSS before/after.
+1. idle: as many idle sessions as allowed (10,000 in full mode) on a fresh gateway; its
+   RSS before/after.
 2. ceiling: a Python writer (ExamStore) writing as fast as it can to DynamoDB Local.
 3. e2e: the same writer a little under that rate, while every client (1,000) watches the
    whole tenant feed; latency = receive time - the delta's `updated_at`, split into
@@ -20,6 +21,11 @@ Phases, in order:
    gateway has `claim`), and at the store (`dynamo.claims`) for comparison: round trip
    p50/p99 and double claims.
 6. baseline: the fan-out of phase 4 through `loadtest.baseline`, for its CPU per delivery.
+7. HL7: orders and status changes over 10 MLLP connections.
+8. snapshot cost: one tenant's cache with 5,000 open and 100,000 closed exams
+   (`loadtest.snapshot_cost`): snapshot and resume p99, Redis memory.
+9. cluster (quick and full modes): CPU per delivery with 1, 2 and 3 gateway processes
+   on a real three-master Redis Cluster (`loadtest.bench.cluster`).
 
 After the phases, with everything stopped, it runs the assignment simulation
 (`loadtest.assignment`: free picking against push orchestration on the default seeded
