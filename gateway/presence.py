@@ -98,7 +98,7 @@ class Presence:
                 "reading": reading,
                 # What they may read (never shown to anyone: `users` leaves it out), so
                 # the STAT offer desk on any node knows who online may take a case.
-                "scope": {"sites": list(p.sites), "subspecialties": list(p.subspecialties)},
+                "scope": p.scope.limits(),
                 "node": self._node,
                 "seen": _now_ms(),
             }
@@ -171,12 +171,7 @@ class Presence:
                 "roles", ()
             ):
                 continue
-            scope = entry.get("scope") or {}
-            out[entry["sub"]] = Scope(
-                tenant,
-                frozenset(scope.get("sites", ())),
-                frozenset(scope.get("subspecialties", ())),
-            )
+            out[entry["sub"]] = Scope.from_limits(tenant, entry.get("scope") or {})
         return out
 
     async def _announce(self, tenant: str) -> None:

@@ -144,3 +144,20 @@ async def test_a_stat_waiting_too_long_alerts_the_coordinators_once(
     assert len([f for f in coordinator.frames if f.get("type") == "alert"]) == 1
     for c in (coordinator, ana):
         await c.close()
+
+
+async def test_a_stat_is_never_offered_to_a_reader_outside_its_modality(
+    stack: Stack, store: ExamStore, redis: Redis
+) -> None:
+    # Both read every site; t-aa reads only MR. Equal STAT loads tie by sub, so without
+    # the modality in the offer desk's scope the CT STAT (and its row) would go to t-aa.
+    mr_only = await WsClient.open(stack.ws_url, token("t-aa", modalities=("MR",)))
+    anyone = await WsClient.open(stack.ws_url, token("t-zz"))
+    stat = await exam_in(store, S.COMPLETED, priority=Priority.STAT)
+    await cached(redis, stat)
+    offer = await anyone.until(offer_of(stat.accession), 10)
+    assert offer["decision"]["reader"] == "t-zz"
+    await asyncio.sleep(1.5 * UNIT)  # three more offer ticks
+    assert not [f for f in mr_only.frames if stat.accession in str(f)]
+    for c in (mr_only, anyone):
+        await c.close()

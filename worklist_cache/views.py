@@ -106,6 +106,23 @@ class Scope:
             frozenset(person.modalities),
         )
 
+    def limits(self) -> dict[str, list[str]]:
+        """The scope's lists as JSON (the tenant aside), for `from_limits` on any node."""
+        return {
+            "sites": sorted(self.sites),
+            "subspecialties": sorted(self.subspecialties),
+            "modalities": sorted(self.modalities),
+        }
+
+    @classmethod
+    def from_limits(cls, tenant: str, limits: dict[str, Any]) -> Scope:
+        return cls(
+            tenant,
+            frozenset(limits.get("sites", ())),
+            frozenset(limits.get("subspecialties", ())),
+            frozenset(limits.get("modalities", ())),
+        )
+
     def allows(self, row: dict[str, Any]) -> bool:
         return (
             row.get("tenant") == self.tenant
