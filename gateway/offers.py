@@ -24,6 +24,7 @@ import orjson
 from orchestration import Candidate, ReaderLoad, choose_reader
 from orchestration.policy import Allows
 from worklist_cache import keys
+from worklist_cache.scripts import LEASE_ACQUIRE
 
 if TYPE_CHECKING:
     from gateway.context import Gateway
@@ -36,20 +37,6 @@ TICK_S = 0.5
 LEASE_MS = 3_000
 ALERT_ROLES = ("coordinator", "admin")
 
-# KEYS: lease   ARGV: node, ttl ms. 1 when this node holds the lease (taken or renewed).
-_LEASE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-
 
 class OfferDesk:
     """The offer loop of one gateway node, and the offers' shared state."""
@@ -57,7 +44,7 @@ class OfferDesk:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.redis = gw.redis
-        self._lease = gw.redis.register_script(_LEASE)
+        self._lease = gw.redis.register_script(LEASE_ACQUIRE)
 
     # ---- the shared state ----------------------------------------------------------------
 

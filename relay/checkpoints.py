@@ -12,20 +12,7 @@ from __future__ import annotations
 
 from worklist_cache import keys
 from worklist_cache.connection import Client
-
-# KEYS: lease   ARGV: owner, ttl_ms.  Take a free lease or renew our own.
-_ACQUIRE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
+from worklist_cache.scripts import LEASE_ACQUIRE
 
 # KEYS: lease   ARGV: owner.
 _RELEASE = """
@@ -52,7 +39,7 @@ class RedisCheckpoints:
         self._key = keys.relay_checkpoint(stream_arn)
         self.owner = owner
         self.lease_ms = lease_ms
-        self._acquire = redis.register_script(_ACQUIRE)
+        self._acquire = redis.register_script(LEASE_ACQUIRE)
         self._release = redis.register_script(_RELEASE)
         self._fenced_set = redis.register_script(_FENCED_SET)
 

@@ -241,3 +241,19 @@ return 1
 """
 
 __all__ = ["APPLY", "APPLY_REVIEW", "PRUNE", "SNAPSHOT"]
+
+# A lease held by one owner: KEYS: lease   ARGV: owner, ttl ms. Takes a free lease or
+# renews the owner's own; 1 when the owner holds it afterwards. Shared by the relay's
+# shard leases and the gateway's per-tenant STAT offer desk.
+LEASE_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""

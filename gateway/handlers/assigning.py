@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 from dynamo.exceptions import AlreadyClaimed, ExamNotFound, NotClaimable, StoreError
 from dynamo.models import now_ms
 from gateway.auth import Role
-from gateway.handlers.claiming import locate, publish_claim, reads, store_error
+from gateway.handlers.claiming import locate, permitted, publish_claim, reads, store_error
 from gateway.protocol import (
     BoardRequest,
     ErrorCode,
@@ -205,12 +205,9 @@ async def offer_decline(session: Connection, frame: OfferDecline) -> None:
 
 
 def _coordinates(session: Connection, request_id: str) -> bool:
-    p = session.principal
-    assert p is not None
-    if p.has(Role.COORDINATOR) or p.has(Role.ADMIN):
-        return True
-    session.error(request_id, ErrorCode.FORBIDDEN, "the workload board is for coordinators")
-    return False
+    return permitted(
+        session, request_id, Role.COORDINATOR, "the workload board is for coordinators"
+    )
 
 
 async def board(session: Connection, frame: BoardRequest) -> None:

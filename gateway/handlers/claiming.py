@@ -96,14 +96,22 @@ async def publish_claim(session: Connection, exam: Exam) -> None:
         log.warning("early publish of a claim change failed; the relay will carry it")
 
 
-def reads(session: Connection, request_id: str) -> bool:
-    """Claims and reports are for radiologists (and admins); coordinators only watch."""
+def permitted(session: Connection, request_id: str, role: Role, refusal: str) -> bool:
+    """Whether the session's principal has `role` (an admin has every one); otherwise
+    the request is answered `forbidden` with `refusal`."""
     p = session.principal
     assert p is not None
-    if p.has(Role.RADIOLOGIST) or p.has(Role.ADMIN):
+    if p.has(role) or p.has(Role.ADMIN):
         return True
-    session.error(request_id, ErrorCode.FORBIDDEN, "only radiologists claim and sign exams")
+    session.error(request_id, ErrorCode.FORBIDDEN, refusal)
     return False
+
+
+def reads(session: Connection, request_id: str) -> bool:
+    """Claims and reports are for radiologists (and admins); coordinators only watch."""
+    return permitted(
+        session, request_id, Role.RADIOLOGIST, "only radiologists claim and sign exams"
+    )
 
 
 async def claim(session: Connection, frame: ClaimRequest) -> None:
