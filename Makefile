@@ -63,10 +63,11 @@ protocol-schema: $(VENV)/.stamp
 	$(PY) -c 'import json; from gateway.protocol import schema; print(json.dumps(schema(), indent=2, sort_keys=True))' > docs/protocol.schema.json
 
 # The benchmark (loadtest/bench/): everything on loopback, results in loadtest/results/.
-# QUICK=1 runs the reduced scale (under 2 minutes); PROFILE=1 adds a py-spy profile.
+# QUICK=1 runs the reduced scale (under 2 minutes); PROFILE=1 adds a py-spy profile;
+# ONLY=idle,deliveries runs only the phases named (see `python -m loadtest.bench --help`).
 .PHONY: bench
 bench: deps
-	$(PY) -m loadtest.bench $(if $(QUICK),--quick) $(if $(PROFILE),--profile)
+	$(PY) -m loadtest.bench $(if $(QUICK),--quick) $(if $(PROFILE),--profile) $(if $(ONLY),--only $(ONLY))
 
 # The assignment simulation alone (free picking vs push on one seeded day; `make bench`
 # runs it too): loadtest/results/assignment.{json,md,png}. SEED=N for another day.

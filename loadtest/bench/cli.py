@@ -31,7 +31,14 @@ from loadtest.loadclients import (
 __all__ = ["main", "run_bench", "write_results"]
 
 
-async def run_bench(scale: Scale, stack: Stack, out: Path, profile: bool) -> dict[str, Any]:
+PHASES = ("idle", "ceiling", "deliveries", "store_claims", "hl7", "snapshot", "cluster")
+
+
+async def run_bench(
+    scale: Scale, stack: Stack, out: Path, profile: bool, only: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """Every phase in order; `only` names the phases to run (the rest are skipped, and
+    the report says nothing of them). The deliveries need the ceiling, so they run it."""
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
@@ -39,6 +46,9 @@ async def run_bench(scale: Scale, stack: Stack, out: Path, profile: bool) -> dic
     bench = Bench(scale, stack, out, profile)
     bench.tmp.mkdir(parents=True, exist_ok=True)
     timeline = bench.results.setdefault("timeline_s", {})
+
+    def wanted(*steps: str) -> bool:
+        return only is None or any(step in only for step in steps)
 
     def lap(step: str, since: float) -> float:
         now = time.monotonic()
@@ -49,29 +59,37 @@ async def run_bench(scale: Scale, stack: Stack, out: Path, profile: bool) -> dic
         t = time.monotonic()
         main, ceiling_table = await bench.start()
         t = lap("start", t)
-        await bench.idle()
-        t = lap("idle", t)
-        ceiling = await bench.ceiling(ceiling_table)
-        t = lap("ceiling", t)
-        await bench.deliveries(main, ceiling)
-        t = lap("deliveries_and_websocket_claims", t)
-        async with dynamodb_client(main) as client:
-            store = ExamStore(client, main.table)
-            rounds = scale.store_claim_rounds if ws_claims_available() else scale.claim_rounds
-            await bench.claims(StoreClaimers(store), rounds)
-        t = lap("store_claims", t)
-        say(f"HL7: {scale.hl7_messages} messages over 10 MLLP connections")
-        bench.results.update(await hl7_phase(bench.env, scale.hl7_messages, 10, bench.stack.logs))
-        t = lap("hl7", t)
-        opened, closed = scale.snapshot_tenant
-        say(f"snapshot and resume cost: one tenant, {opened} open and {closed} closed exams")
-        cost = await snapshot_cost.measure(opened, closed, days=30.0, runs=50)
-        bench.results.update(
-            snapshot_large_tenant=cost,
-            snapshot_p99_ms_large_tenant=max(v["p99_ms"] for v in cost["views"].values()),
-        )
-        t = lap("snapshot_cost", t)
-        if scale.cluster:
+        if wanted("idle"):
+            await bench.idle()
+            t = lap("idle", t)
+        if wanted("ceiling", "deliveries"):
+            ceiling = await bench.ceiling(ceiling_table)
+            t = lap("ceiling", t)
+        if wanted("deliveries"):
+            await bench.deliveries(main, ceiling)
+            t = lap("deliveries_and_websocket_claims", t)
+        if wanted("store_claims"):
+            async with dynamodb_client(main) as client:
+                store = ExamStore(client, main.table)
+                ws = ws_claims_available() and wanted("deliveries")
+                rounds = scale.store_claim_rounds if ws else scale.claim_rounds
+                await bench.claims(StoreClaimers(store), rounds)
+            t = lap("store_claims", t)
+        if wanted("hl7"):
+            say(f"HL7: {scale.hl7_messages} messages over 10 MLLP connections")
+            hl7 = await hl7_phase(bench.env, scale.hl7_messages, 10, bench.stack.logs)
+            bench.results.update(hl7)
+            t = lap("hl7", t)
+        if wanted("snapshot"):
+            opened, closed = scale.snapshot_tenant
+            say(f"snapshot and resume cost: one tenant, {opened} open and {closed} closed exams")
+            cost = await snapshot_cost.measure(opened, closed, days=30.0, runs=50)
+            bench.results.update(
+                snapshot_large_tenant=cost,
+                snapshot_p99_ms_large_tenant=max(v["p99_ms"] for v in cost["views"].values()),
+            )
+            t = lap("snapshot_cost", t)
+        if scale.cluster and wanted("cluster"):
             say("Redis Cluster: CPU per delivery with 1, 2 and 3 gateway nodes")
             bench.results.update(await measure_cluster(scale, out))
             lap("cluster", t)
@@ -111,7 +129,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     size.add_argument("--tiny", action="store_true", help="the test suite's scale")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway's fan-out")
+    parser.add_argument(
+        "--only",
+        type=lambda v: frozenset(p.strip() for p in v.split(",") if p.strip()),
+        help=f"comma-separated phases to run, of: {', '.join(PHASES)} (default: all)",
+    )
     args = parser.parse_args(argv)
+    if args.only is not None and not args.only <= set(PHASES):
+        parser.error(f"unknown phase(s): {', '.join(sorted(args.only - set(PHASES)))}")
     scale = SCALES["tiny" if args.tiny else "quick" if args.quick else "full"]
     raise_nofile_limit()  # inherited by every child: the gateway holds thousands of sockets
     out: Path = args.out.resolve()
@@ -119,13 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"benchmark, {scale.name} mode; logs in {out / 'logs'}")
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            results = runner.run(run_bench(scale, stack, out, args.profile))
+            results = runner.run(run_bench(scale, stack, out, args.profile, args.only))
     except (KeyboardInterrupt, asyncio.CancelledError):
         say("interrupted; stopping everything")
         return 130
     finally:
         stack.stop()
     write_results(results, out)
+    if args.only is not None:
+        return 0
     # Not a phase: pure Python, no server, a few seconds; the same files as
     # `python -m loadtest.assignment` (the default day, free picking against push).
     say("assignment simulation: free picking against push on the default day")
