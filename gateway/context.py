@@ -193,6 +193,8 @@ class Gateway:
         log.warning("feed gap: resyncing %d sessions", len(self.sessions))
         for session in list(self.sessions):
             session.resync()
+        # Presence announcements may have been lost too: every node's mirror is read again.
+        self.presence.resync()
         # Directory notices may have been lost with the connection: read them all again.
         self.orchestrator.forget_rules()
         self._spawn_recheck(list(self.sessions))
