@@ -360,10 +360,13 @@ class LoadProcess:
         view: Mapping[str, Any] | None,
         secret: str | None,
         concurrency: int,
+        users: int = 0,
     ) -> Reply:
         """Open `count` sessions (and subscribe each to `view` unless it is None).
 
-        With several tenants, session i belongs to tenant i modulo their number.
+        With several tenants, session i belongs to tenant i modulo their number. Every
+        session is the person `bench-reader`; with `users`, session i is
+        `bench-reader-{i % users}` (a tenant with that many people, each with tabs).
         """
         tenants = [tenant] if isinstance(tenant, str) else list(tenant)
         limit = asyncio.Semaphore(max(1, concurrency))
@@ -373,7 +376,8 @@ class LoadProcess:
             tenant = tenants[index % len(tenants)]
             token = None
             if secret is not None:
-                token = mint_bench_token(secret, sub="bench-reader", tenant=tenant)
+                sub = f"bench-reader-{index % users}" if users else "bench-reader"
+                token = mint_bench_token(secret, sub=sub, tenant=tenant)
             async with limit:
                 try:
                     conn = await open_session(url, token)
@@ -508,6 +512,7 @@ class LoadProcess:
                 view=command.get("view"),
                 secret=command.get("secret"),
                 concurrency=int(command.get("concurrency", 50)),
+                users=int(command.get("users", 0)),
             )
         if cmd == "phase":
             return self.start_phase(command["prefix"], int(command["stride"]))
@@ -670,6 +675,7 @@ class ClientPool:
         secret: str | None,
         concurrency: int = 50,
         timeout: float = 300.0,
+        users: int = 0,
     ) -> Reply:
         """Spread `total` sessions over the processes; returns opened/failed/errors."""
         n = len(self.procs)
@@ -685,6 +691,7 @@ class ClientPool:
                     view=view,
                     secret=secret,
                     concurrency=concurrency,
+                    users=users,
                 )
                 for p, c in zip(self.procs, counts, strict=True)
             )

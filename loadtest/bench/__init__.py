@@ -10,6 +10,9 @@ bare baseline `python -m loadtest.baseline`, and load-client processes
 Phases, in order:
 1. idle: as many idle sessions as allowed (10,000 in full mode) on a fresh gateway; its
    RSS before/after.
+1b. storm: N sessions of one tenant (5,000 in full mode) dropped at once and
+   reconnected on a fresh gateway; the time until all have resubscribed
+   (`storm_resubscribed_s`), and gateway and Redis CPU per session at N/2 and N.
 2. ceiling: a Python writer (ExamStore) writing as fast as it can to DynamoDB Local.
 3. e2e: the same writer a little under that rate, while every client (1,000) watches the
    whole tenant feed; latency = receive time - the delta's `updated_at`, split into
@@ -41,7 +44,7 @@ The package, one job per module, in the order data flows through a run:
     measure    one measured phase            phases     the phases, in order
     claimers   concurrent claimers           report     figures and `bench.md`
     verdicts   figures against targets       plot       `bench.png`
-    cli        `python -m loadtest.bench`
+    storm      the reconnect storm phase     cli        `python -m loadtest.bench`
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from loadtest.bench.phases import Bench
 from loadtest.bench.plot import render_plot
 from loadtest.bench.report import finish, render_markdown
 from loadtest.bench.stack import Stack
+from loadtest.bench.storm import storm_phase
 from loadtest.hl7bench import hl7_phase
 from loadtest.loadclients import (
     raise_nofile_limit,
@@ -31,7 +32,16 @@ from loadtest.loadclients import (
 __all__ = ["main", "run_bench", "write_results"]
 
 
-PHASES = ("idle", "ceiling", "deliveries", "store_claims", "hl7", "snapshot", "cluster")
+PHASES = (
+    "idle",
+    "storm",
+    "ceiling",
+    "deliveries",
+    "store_claims",
+    "hl7",
+    "snapshot",
+    "cluster",
+)
 
 
 async def run_bench(
@@ -62,6 +72,9 @@ async def run_bench(
         if wanted("idle"):
             await bench.idle()
             t = lap("idle", t)
+        if wanted("storm"):
+            await storm_phase(bench)
+            t = lap("storm", t)
         if wanted("ceiling", "deliveries"):
             ceiling = await bench.ceiling(ceiling_table)
             t = lap("ceiling", t)

@@ -68,6 +68,9 @@ class Scale:
     # CPU per delivery with 1, 2 and 3 gateway nodes on a real Redis Cluster
     # (`loadtest.bench.cluster`); the suite's tiny run leaves it to tests/test_cluster.py.
     cluster: bool = True
+    # Sessions of one tenant dropped at once and reconnected (`loadtest.bench.storm`);
+    # measured at half this and at this.
+    storm_sessions: int = 5_000
 
 
 SCALES = {
@@ -99,6 +102,7 @@ SCALES = {
         claim_rounds=100,
         store_claim_rounds=50,
         drain_cap_s=12,
+        storm_sessions=1_000,
     ),
     "tiny": Scale(
         name="tiny",
@@ -116,6 +120,7 @@ SCALES = {
         hl7_messages=40,
         snapshot_tenant=(200, 2_000),
         cluster=False,
+        storm_sessions=40,
     ),
 }
 

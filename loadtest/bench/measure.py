@@ -33,10 +33,12 @@ async def open_pool(
     view: Mapping[str, Any] | None,
     gateway: bool = True,
     attempts: int = 3,
+    users: int = 0,
 ) -> dict[str, Any]:
     """Top the pool up to `want` open sessions (clients evicted earlier reconnect).
 
-    Sessions with the gateway authenticate once it supports it; `view` None: no subscribe.
+    Sessions with the gateway authenticate once it supports it; `view` None: no subscribe;
+    `users`: how many people the sessions are spread over (0: all one person).
     Sessions that fail to open are retried after a pause, as a real client would, up to
     `attempts` times; every failure is counted.
     """
@@ -46,7 +48,7 @@ async def open_pool(
 
     async def open_more(count: int) -> None:
         nonlocal opened, failed
-        reply = await pool.open(url, count, tenant=tenant, view=view, secret=secret)
+        reply = await pool.open(url, count, tenant=tenant, view=view, secret=secret, users=users)
         opened += reply["opened"]
         failed += reply["failed"]
         errors.extend(reply["errors"])

@@ -21,6 +21,7 @@ from loadtest.bench.config import (
     OTHERS_LIMIT,
 )
 from loadtest.bench.phases import Bench
+from loadtest.bench.storm import STORM_USERS
 from loadtest.bench.verdicts import fmt, pair, verdicts
 from loadtest.loadclients import (
     auth_available,
@@ -46,6 +47,7 @@ REQUIRED = (
     "baseline_p99_ms_at_25",
     "max_connections",
     "kb_per_connection",
+    "storm_resubscribed_s",
     "claim_p99_ms",
     "claim_p99_ms_idle",
     "bytes_per_delivery",
@@ -148,6 +150,28 @@ def finish(bench: Bench, started: float) -> dict[str, Any]:
     return r
 
 
+def _storm_note(r: Mapping[str, Any]) -> str:
+    runs = (r["phases"].get("storm") or {}).get("runs") or {}
+    if not runs:
+        return "- **Reconnect storm**: not run."
+    lines = "; ".join(
+        f"{int(size):,} sessions: resubscribed in {run['resubscribed_s']} s, per session "
+        f"gateway {fmt(run['gateway_cpu_us_per_session'])} us CPU, Redis "
+        f"{fmt(run['redis_cpu_us_per_session'])} us CPU, "
+        f"{fmt(run['redis_commands_per_session'])} commands, "
+        f"{fmt(run['redis_bytes_per_session'])} bytes sent"
+        for size, run in runs.items()
+    )
+    return (
+        f"- **Reconnect storm**: a fresh gateway; N sessions of one tenant "
+        f"({STORM_USERS} people, so each has tabs), authenticated and subscribed to its "
+        "(empty) feed, all closed at once and reopened; `storm_resubscribed_s` = from the "
+        "drop until every session has its snapshot again. Cost = the gateway's CPU and "
+        "Redis's (`INFO` `used_cpu_*`, commands, bytes sent) from the drop until the "
+        f"gateway is quiet again, divided by the sessions, at N/2 and N. {lines}."
+    )
+
+
 def render_markdown(r: Mapping[str, Any]) -> str:
     m = r["machine"]
     s = r["scale"]
@@ -233,6 +257,7 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         f"tenants; RSS growth / sessions held. RSS {idle.get('rss_before_mb')} -> "
         f"{idle.get('rss_after_mb')} MB for {idle.get('held')} sessions, opened in "
         f"{idle.get('open_s')} s.",
+        _storm_note(r),
         f"- **Claims**: {CLAIMERS} users claim one exam at once, the winner releases it; "
         + (
             f"over the WebSocket ({CLAIMERS} authenticated sessions, `claim` -> `claimed` or "

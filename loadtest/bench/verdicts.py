@@ -99,6 +99,7 @@ def _verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
             _verdict(_lt(r.get("e2e_p99_ms_from_ack"), 150)),
         ),
         ("end-to-end lost deliveries", fmt(r.get("e2e_lost")), "0", _verdict(None)),
+        _storm_row(r),
         _snapshot_row(r),
         _cluster_row(r),
         (
@@ -222,6 +223,27 @@ def _verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
         ),
     ]
     return rows
+
+
+def _storm_row(r: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    n = r.get("storm_sessions")
+    if r.get("storm_resubscribed_s") is None or not n:
+        return ("reconnect storm of one tenant", "not run", "-", _verdict(None))
+    gw = r.get("storm_gateway_cpu_growth")
+    redis = r.get("storm_redis_cpu_growth")
+    linear = None if gw is None or redis is None else gw <= 1.5 and redis <= 1.5
+    ok = None if linear is None else linear and r.get("storm_resubscribed") == n
+    return (
+        f"reconnect storm: {n:,} sessions of one tenant resubscribed; CPU per session "
+        f"at N over N/2 (gateway, Redis)",
+        f"{fmt(r.get('storm_resubscribed'))} in {fmt(r['storm_resubscribed_s'], 's')}; "
+        f"{fmt(r.get('storm_gateway_cpu_us_per_session_at_half'))} -> "
+        f"{fmt(r.get('storm_gateway_cpu_us_per_session'))} us ({fmt(gw)}x), "
+        f"{fmt(r.get('storm_redis_cpu_us_per_session_at_half'))} -> "
+        f"{fmt(r.get('storm_redis_cpu_us_per_session'))} us ({fmt(redis)}x)",
+        "all resubscribed; per session at N within 1.5x of N/2",
+        _verdict(ok),
+    )
 
 
 def _snapshot_row(r: Mapping[str, Any]) -> tuple[str, str, str, str]:
