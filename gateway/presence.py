@@ -27,6 +27,7 @@ appears.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -201,6 +202,10 @@ class Presence:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._write is not None and not self._write.done():
+            # Sessions that left on the way out: their entries go, not left to be pruned.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._write), 2.0)
         for task in (self._beat, self._flush, self._write, *self._rereads):
             if task is not None:
                 task.cancel()

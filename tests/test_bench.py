@@ -107,6 +107,12 @@ async def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert results["claim_rounds"] == TINY.claim_rounds
     assert results["max_connections"] == TINY.idle_connections
     assert isinstance(results["kb_per_connection"], float)
+    # The reconnect storm: every session of the tenant came back and got its snapshot.
+    assert results["storm_sessions"] == TINY.storm_sessions
+    assert results["storm_resubscribed"] == TINY.storm_sessions
+    assert isinstance(results["storm_resubscribed_s"], float)
+    assert results["storm_resubscribed_s"] > 0
+    assert results["storm_redis_commands_per_session"] > 0
     assert isinstance(results["client_limited"], bool)
     assert results["machine"]["cores"] >= 1 and results["machine"]["python"]
     # HL7 over MLLP: every message acknowledged AA, once.
@@ -117,6 +123,7 @@ async def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
     markdown = (tmp_path / "bench.md").read_text()
     assert "| figure | measured | target | verdict |" in markdown
     assert "end-to-end p50 / p99" in markdown and "double claims" in markdown
+    assert "reconnect storm" in markdown
     assert markdown in text  # printed as well as written
     assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
 

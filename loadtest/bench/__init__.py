@@ -10,24 +10,24 @@ bare baseline `python -m loadtest.baseline`, and load-client processes
 Phases, in order:
 1. idle: as many idle sessions as allowed (10,000 in full mode) on a fresh gateway; its
    RSS before/after.
-1b. storm: N sessions of one tenant (5,000 in full mode) dropped at once and
+2. storm: N sessions of one tenant (5,000 in full mode) dropped at once and
    reconnected on a fresh gateway; the time until all have resubscribed
    (`storm_resubscribed_s`), and gateway and Redis CPU per session at N/2 and N.
-2. ceiling: a Python writer (ExamStore) writing as fast as it can to DynamoDB Local.
-3. e2e: the same writer a little under that rate, while every client (1,000) watches the
+3. ceiling: a Python writer (ExamStore) writing as fast as it can to DynamoDB Local.
+4. e2e: the same writer a little under that rate, while every client (1,000) watches the
    whole tenant feed; latency = receive time - the delta's `updated_at`, split into
    stages (write acknowledged, published by the relay, received).
-4. fan-out: deltas published where the relay publishes them (`WorklistFeed.publish`) at
+5. fan-out: deltas published where the relay publishes them (`WorklistFeed.publish`) at
    25/s, 200/s, then 1,000/s, to the same clients; latency, losses, gateway CPU per
    delivery.
-5. claims: rounds of 20 concurrent claimers on one exam over the WebSocket (when the
+6. claims: rounds of 20 concurrent claimers on one exam over the WebSocket (when the
    gateway has `claim`), and at the store (`dynamo.claims`) for comparison: round trip
    p50/p99 and double claims.
-6. baseline: the fan-out of phase 4 through `loadtest.baseline`, for its CPU per delivery.
-7. HL7: orders and status changes over 10 MLLP connections.
-8. snapshot cost: one tenant's cache with 5,000 open and 100,000 closed exams
+7. baseline: the fan-out of phase 5 through `loadtest.baseline`, for its CPU per delivery.
+8. HL7: orders and status changes over 10 MLLP connections.
+9. snapshot cost: one tenant's cache with 5,000 open and 100,000 closed exams
    (`loadtest.snapshot_cost`): snapshot and resume p99, Redis memory.
-9. cluster (quick and full modes): CPU per delivery with 1, 2 and 3 gateway processes
+10. cluster (quick and full modes): CPU per delivery with 1, 2 and 3 gateway processes
    on a real three-master Redis Cluster (`loadtest.bench.cluster`).
 
 After the phases, with everything stopped, it runs the assignment simulation

@@ -141,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     size.add_argument("--quick", action="store_true", help="reduced scale, under 2 minutes")
     size.add_argument("--tiny", action="store_true", help="the test suite's scale")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
-    parser.add_argument("--profile", action="store_true", help="py-spy the gateway's fan-out")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the gateway's fan-out and the storm"
+    )
     parser.add_argument(
         "--only",
         type=lambda v: frozenset(p.strip() for p in v.split(",") if p.strip()),

@@ -27,8 +27,8 @@ __all__ = [
 RESULTS = ROOT / "loadtest" / "results"
 TENANT = "northwind"
 # Idle sessions belong to groups of this many users, each with an empty feed (so their
-# snapshots cost nothing). One radiology group rarely has more users online, and a
-# tenant's presence work grows with the square of its users (see the report's notes).
+# snapshots cost nothing). One radiology group rarely has more users online. (A storm of
+# one tenant's sessions has its own phase: `loadtest.bench.storm`.)
 IDLE_PER_TENANT = 100
 WHOLE_FEED: dict[str, Any] = {"statuses": []}  # every status of the tenant
 # 25/s is the product's "no backlog" load (CPU <= the baseline's), 200/s its batching

@@ -49,6 +49,14 @@ async def seed_storm_people(settings: DynamoSettings) -> None:
         await DirectoryStore(ExamStore(client, settings.table)).apply(entries, actor="bench")
 
 
+async def _commands(redis: Redis) -> dict[str, int]:
+    """Calls so far per Redis command (`INFO commandstats`)."""
+    stats = await redis.info("commandstats")
+    return {
+        k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items() if isinstance(v, dict)
+    }
+
+
 async def _counters(redis: Redis, gateway: psutil.Process) -> dict[str, float]:
     cpu = await redis.info("cpu")
     stats = await redis.info("stats")
@@ -75,6 +83,7 @@ async def _one_storm(
     first = await open_all()
     await settle([gateway.pid])
     before = await _counters(redis, gateway)
+    calls_before = await _commands(redis)
     started = time.monotonic()
     await pool.call("close", timeout=600)
     again = await open_all()
@@ -83,6 +92,9 @@ async def _one_storm(
     # What the storm left to do (presence diffs, writes) is part of its cost.
     await settle([gateway.pid])
     after = await _counters(redis, gateway)
+    calls = await _commands(redis)
+    calls = {k: n - calls_before.get(k, 0) for k, n in calls.items()}
+    top = sorted(((n, k) for k, n in calls.items() if n > 0), reverse=True)[:10]
     cost = {k: after[k] - before[k] for k in before}
     per = max(held, 1)
     return {
@@ -100,6 +112,7 @@ async def _one_storm(
         "redis_commands_per_session": round(cost["redis_commands"] / per, 2),
         "redis_bytes_per_session": round(cost["redis_bytes_out"] / per, 1),
         "gateway_cpu_us_per_session": round(cost["gateway_cpu_s"] * 1e6 / per, 1),
+        "redis_calls_by_command": {k: n for n, k in top},
     }
 
 
@@ -121,7 +134,14 @@ async def storm_phase(bench: Bench) -> None:
         await pool.call("close", timeout=60)
         for size in (n // 2, n):
             say(f"storm: {size} sessions of one tenant drop at once and reconnect")
-            runs[str(size)] = run = await _one_storm(pool, url, size, redis, proc)
+            profiler = None
+            if bench.profile and size == n:
+                profiler = await bench._start_profiler(gateway.pid, "storm")
+            try:
+                runs[str(size)] = run = await _one_storm(pool, url, size, redis, proc)
+            finally:
+                if profiler is not None:
+                    bench.phases["profile_storm"] = await bench._stop_profiler(*profiler)
             await pool.call("close", timeout=600)
             say(
                 f"storm of {size}: {run['resubscribed']} resubscribed in "
