@@ -52,7 +52,7 @@ STALE_MS = 35_000
 _DEBOUNCE_S = 0.05
 # In a storm, the pause between two rounds of diffs grows so that sending them takes at
 # most this share of the node's time (each round costs one frame per session).
-_DIFF_SHARE = 0.25
+_DIFF_SHARE = 0.1
 
 
 def _now_ms() -> int:

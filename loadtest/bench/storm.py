@@ -84,6 +84,7 @@ async def _one_storm(
     await settle([gateway.pid])
     before = await _counters(redis, gateway)
     calls_before = await _commands(redis)
+    received = await pool.call("progress", timeout=60)
     started = time.monotonic()
     await pool.call("close", timeout=600)
     again = await open_all()
@@ -91,6 +92,9 @@ async def _one_storm(
     held = sum(r["open"] for r in await pool.call("progress", timeout=60))
     # What the storm left to do (presence diffs, writes) is part of its cost.
     await settle([gateway.pid])
+    now = await pool.call("progress", timeout=60)
+    frames = sum(r["frames"] for r in now) - sum(r["frames"] for r in received)
+    sent = sum(r["bytes"] for r in now) - sum(r["bytes"] for r in received)
     after = await _counters(redis, gateway)
     calls = await _commands(redis)
     calls = {k: n - calls_before.get(k, 0) for k, n in calls.items()}
@@ -113,6 +117,9 @@ async def _one_storm(
         "redis_bytes_per_session": round(cost["redis_bytes_out"] / per, 1),
         "gateway_cpu_us_per_session": round(cost["gateway_cpu_s"] * 1e6 / per, 1),
         "redis_calls_by_command": {k: n for n, k in top},
+        # What the gateway sent each session (welcome, auth, presence, snapshot).
+        "frames_per_session": round(frames / per, 1),
+        "bytes_per_session": round(sent / per, 1),
     }
 
 
@@ -149,7 +156,8 @@ async def storm_phase(bench: Bench) -> None:
                 f"{run['gateway_cpu_us_per_session']} us CPU, Redis "
                 f"{run['redis_cpu_us_per_session']} us CPU, "
                 f"{run['redis_commands_per_session']} commands, "
-                f"{run['redis_bytes_per_session']} bytes"
+                f"{run['redis_bytes_per_session']} bytes; to each session "
+                f"{run['frames_per_session']} frames, {run['bytes_per_session']} bytes"
             )
     finally:
         await redis.aclose()
