@@ -63,7 +63,7 @@ class _User:
     """One user's connections folded into what everyone sees (two tabs, one presence),
     kept incrementally: adding or removing a connection costs its own rows only."""
 
-    __slots__ = ("conns", "name", "roles", "rows", "sub")
+    __slots__ = ("_record", "conns", "name", "roles", "rows", "sub")
 
     def __init__(self, entry: dict[str, Any]) -> None:
         self.sub: str = entry["sub"]
@@ -71,8 +71,12 @@ class _User:
         self.roles: list[str] = entry["roles"]
         self.conns: dict[str, list[str]] = {}  # connection -> the exams it reads
         self.rows: dict[str, tuple[int, dict[str, Any]]] = {}  # exam -> (connections, row)
+        # What `record` returned, until a connection comes or goes (callers only read
+        # it: every join's `presence_state` lists every user, most of them unchanged).
+        self._record: dict[str, Any] | None = None
 
     def add(self, conn: str, entry: dict[str, Any]) -> None:
+        self._record = None
         self.name, self.roles = entry["name"], entry["roles"]
         exams = []
         for row in entry.get("reading") or ():
@@ -83,6 +87,7 @@ class _User:
         self.conns[conn] = exams
 
     def remove(self, conn: str) -> None:
+        self._record = None
         for exam_id in self.conns.pop(conn, ()):
             count, row = self.rows[exam_id]
             if count > 1:
@@ -91,13 +96,15 @@ class _User:
                 del self.rows[exam_id]
 
     def record(self) -> dict[str, Any]:
-        return {
-            "sub": self.sub,
-            "name": self.name,
-            "roles": self.roles,
-            "reading": [self.rows[k][1] for k in sorted(self.rows)],
-            "connections": len(self.conns),
-        }
+        if self._record is None:
+            self._record = {
+                "sub": self.sub,
+                "name": self.name,
+                "roles": self.roles,
+                "reading": [self.rows[k][1] for k in sorted(self.rows)],
+                "connections": len(self.conns),
+            }
+        return self._record
 
 
 class _Mirror:
