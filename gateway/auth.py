@@ -158,6 +158,9 @@ class Authenticator:
     def __init__(self, verifier: Verifier, directory: DirectoryStore) -> None:
         self.verifier = verifier
         self.directory = directory
+        # (tenant, sub) -> the directory read under way: concurrent logins of one
+        # person (a reconnect storm: every tab of every user at once) share one read.
+        self._reads: dict[tuple[str, str], asyncio.Future[Person | None]] = {}
 
     async def authenticate(self, token: str) -> tuple[Identity, Principal]:
         identity = await self.verifier.verify(token)
@@ -165,8 +168,28 @@ class Authenticator:
 
     async def principal(self, identity: Identity) -> Principal:
         """The principal as the directory has it now (a live session's re-check)."""
-        person = await self.directory.person(identity.tenant, identity.sub)
+        person = await self._person(identity.tenant, identity.sub)
         return principal_for(identity, person)
+
+    async def _person(self, tenant: str, sub: str) -> Person | None:
+        """The directory's person, read once for every caller that asks while a read of
+        the same person is under way; a caller that comes after it ends reads afresh, so
+        nothing is cached beyond one read's time."""
+        key = (tenant, sub)
+        read = self._reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(self.directory.person(tenant, sub))
+            self._reads[key] = read
+            read.add_done_callback(lambda done: self._read_done(key, done))
+        # One caller going away (a closed socket) does not cancel the others' read.
+        return await asyncio.shield(read)
+
+    def _read_done(self, key: tuple[str, str], read: asyncio.Future[Person | None]) -> None:
+        if self._reads.get(key) is read:
+            del self._reads[key]
+        if not read.cancelled():
+            read.exception()  # retrieved: every caller may have gone; each one that
+            # awaited it got the exception already
 
 
 class SecretVerifier:
