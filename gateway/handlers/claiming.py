@@ -5,6 +5,8 @@ lease while the connection lives. A dropped connection does not release anything
 lease runs out unless the same user comes back and claims again (which hands them a
 new token). Every successful change is published to the feed at once, ahead of the
 stream relay; the relay's copy carries the same version and is dropped as a repeat.
+Concurrent claims of one exam pass a short Redis reservation first (`gateway.claimgate`):
+the first goes on to DynamoDB, the others are answered `conflict` at once.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dynamo.exceptions import (
 from dynamo.models import Exam
 from dynamo.states import ExamStatus
 from gateway.auth import Role
+from gateway.claimgate import Holder
 from gateway.protocol import BreakLock, ClaimRequest, ErrorCode, Release, Sign
 from orchestration import Mode
 
@@ -136,10 +139,20 @@ async def claim(session: Connection, frame: ClaimRequest) -> None:
     patient_id = await locate(session, frame.id, frame.exam_id, where)
     if patient_id is None:
         return
+    # Concurrent claims of one exam: the first reserves it, the others hear `conflict`
+    # now rather than queue on DynamoDB's item (`gateway.claimgate`).
+    gate = await gw.claim_gate.enter(principal.tenant, frame.exam_id, principal.sub, principal.name)
+    if isinstance(gate, Holder):
+        gw.metrics["claims_gated"] += 1
+        refusal = AlreadyClaimed(frame.exam_id, gate.sub, gate.name, gate.lease_expires_at)
+        store_error(session, frame.id, refusal)
+        return
     try:
         result = await gw.claims.claim(patient_id, frame.exam_id, principal.sub, principal.name)
     except StoreError as exc:
         store_error(session, frame.id, exc)
+        if gate is not None:
+            await gw.claim_gate.lost(gate)
         return
     gw.metrics["claims_won"] += 1
     session.claims[frame.exam_id] = result.token
@@ -154,6 +167,9 @@ async def claim(session: Connection, frame: ClaimRequest) -> None:
             "lease_expires_at": result.exam.lease_expires_at,
         }
     )
+    if gate is not None:
+        lease = result.exam.lease_expires_at
+        await gw.claim_gate.won(gate, principal.sub, principal.name, lease)
     await publish_claim(session, result.exam)
     await gw.presence.update(session)
 
@@ -178,6 +194,8 @@ async def _changed(session: Connection, exam: Exam, reply: dict[str, Any]) -> No
     if exam.claimed_by is None:
         session.claims.pop(exam.accession, None)
     session.send({**reply, "exam_id": exam.accession, "version": exam.version})
+    if exam.claimed_by is None:
+        await session.gw.claim_gate.clear(exam.tenant, exam.accession)
     await publish_claim(session, exam)
     await session.gw.presence.update(session)
 
@@ -254,6 +272,7 @@ async def break_lock(session: Connection, frame: BreakLock) -> None:
             "version": exam.version,
         }
     )
+    await gw.claim_gate.clear(principal.tenant, frame.exam_id)
     await publish_claim(session, exam)
     if holder is not None:
         await gw.presence.notify(
