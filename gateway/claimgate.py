@@ -1,23 +1,24 @@
 """The claim gate: a short Redis reservation in front of the claim's DynamoDB write.
 
 When several readers claim one exam at once, only the first to reserve the exam here
-goes on to the conditional write in DynamoDB; the others are answered `conflict` at
-once, naming the reserver, instead of queueing one after another on the same item. The
-gate is a courtesy, never the guarantee: the DynamoDB conditional write alone decides
-who holds an exam (no two readers ever do), whatever the gate says.
+goes on to the conditional write in DynamoDB; the others wait for its outcome (a few
+milliseconds: one write, not a queue of them) and are answered `conflict` naming the
+winner, without writing to DynamoDB themselves. The gate is a courtesy, never the
+guarantee: the DynamoDB conditional write alone decides who holds an exam (no two
+readers ever do), whatever the gate says.
 
 - A reservation is `SET NX PX` with a short TTL (`GATEWAY_CLAIM_GATE_MS`): a holder that
   fails or dies mid-claim blocks nobody for longer than that.
 - A claim that wins keeps the reservation, now naming the holder and the lease's end,
-  until its TTL (never beyond the lease), so claims arriving just after are answered
-  at once too; a claim that loses (or fails) takes its reservation back.
+  until its TTL (never beyond the lease): claims arriving meanwhile are answered from it
+  at once. A claim that loses (or fails) takes its reservation back, and those waiting
+  on it try again (one of them goes on to DynamoDB, which gives the true answer).
 - Whatever ends a claim through the gateway (release, a FINAL report, a broken lock, a
   reassignment) clears the reservation, so the exam is claimable at once. A claim ended
   some other way (the RIS finalizes or cancels the exam over HL7) may be answered
   `conflict` for at most what is left of the TTL.
-- The same user claiming again (a second tab) passes the gate: DynamoDB lets a holder
-  claim again.
-- Redis down or slow: the gate is skipped (logged), claims go to DynamoDB alone.
+- The same user passes the gate (a second tab claims again, as DynamoDB allows).
+- Redis failing or slow: the gate is skipped (logged), claims go to DynamoDB alone.
 
 The worklist cache's row is not used to refuse a claim: the row may lag DynamoDB (the
 holder released a moment ago and the change is still on its way), so a refusal read
@@ -80,7 +81,8 @@ class Ticket:
 
 @dataclass(frozen=True)
 class Holder:
-    """Who holds the gate: claiming now (`lease_expires_at` None) or holding the claim."""
+    """Who holds the gate: claiming now (`lease_expires_at` None) or holding the claim
+    (`enter` answers only the latter)."""
 
     sub: str
     name: str | None
@@ -90,11 +92,15 @@ class Holder:
 class ClaimGate:
     """Reservations of exams being claimed, shared by every gateway node."""
 
-    def __init__(self, redis: Client, ttl_ms: int, *, timeout_s: float = 0.25) -> None:
+    def __init__(
+        self, redis: Client, ttl_ms: int, *, timeout_s: float = 1.0, poll_s: float = 0.002
+    ) -> None:
         self.redis = redis
         self.ttl_ms = ttl_ms
-        # A gate slower than this is skipped: it exists to save time.
+        # A gate slower than this is skipped (the claim goes to DynamoDB alone).
         self.timeout_s = timeout_s
+        # How often a claim waiting on another's reservation looks again.
+        self.poll_s = poll_s
         self._enter = redis.register_script(_ENTER)
         self._settle = redis.register_script(_SETTLE)
 
@@ -103,11 +109,23 @@ class ClaimGate:
         return self.ttl_ms > 0
 
     async def enter(self, tenant: str, exam_id: str, sub: str, name: str) -> Ticket | Holder | None:
-        """Reserve `exam_id` for `sub`'s claim: a `Ticket` when reserved, the `Holder`
-        when someone else holds the gate, None when the claim goes on without the gate
-        (disabled, Redis unavailable, or `sub` holds it already)."""
+        """Reserve `exam_id` for `sub`'s claim: a `Ticket` when reserved; the `Holder`
+        when someone else holds the exam (a claim under way is waited for, up to the
+        TTL); None when the claim goes on to DynamoDB without the gate (disabled, Redis
+        failing, `sub` holds it already, or a reservation outlived the wait)."""
         if not self.enabled:
             return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ttl_ms / 1000
+        while True:
+            got = await self._try(tenant, exam_id, sub, name)
+            if not isinstance(got, Holder) or got.lease_expires_at is not None:
+                return got
+            if loop.time() >= deadline:
+                return None  # stuck: let DynamoDB answer
+            await asyncio.sleep(self.poll_s)
+
+    async def _try(self, tenant: str, exam_id: str, sub: str, name: str) -> Ticket | Holder | None:
         nonce = secrets.token_hex(8)
         value = _value(nonce, sub, name, None)
         try:
@@ -147,8 +165,10 @@ class ClaimGate:
         if not self.enabled:
             return
         try:
+            # As long as the reservation could live: a clear that fails leaves the exam
+            # answered `conflict` until the reservation's TTL.
             await asyncio.wait_for(
-                self.redis.delete(keys.claim_gate(tenant, exam_id)), self.timeout_s
+                self.redis.delete(keys.claim_gate(tenant, exam_id)), self.ttl_ms / 1000
             )
         except asyncio.CancelledError:
             raise
@@ -160,7 +180,7 @@ class ClaimGate:
         try:
             await asyncio.wait_for(
                 self._settle(keys=[gate], args=[ticket.nonce, value, max(ttl, 1)]),
-                self.timeout_s,
+                self.ttl_ms / 1000,
             )
         except asyncio.CancelledError:
             raise

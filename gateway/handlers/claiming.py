@@ -6,7 +6,8 @@ lease runs out unless the same user comes back and claims again (which hands the
 new token). Every successful change is published to the feed at once, ahead of the
 stream relay; the relay's copy carries the same version and is dropped as a repeat.
 Concurrent claims of one exam pass a short Redis reservation first (`gateway.claimgate`):
-the first goes on to DynamoDB, the others are answered `conflict` at once.
+the first goes on to DynamoDB, the others wait for its outcome and are answered
+`conflict` without queueing writes on the same item.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ async def claim(session: Connection, frame: ClaimRequest) -> None:
     if patient_id is None:
         return
     # Concurrent claims of one exam: the first reserves it, the others hear `conflict`
-    # now rather than queue on DynamoDB's item (`gateway.claimgate`).
+    # once it won, rather than queue writes on DynamoDB's item (`gateway.claimgate`).
     gate = await gw.claim_gate.enter(principal.tenant, frame.exam_id, principal.sub, principal.name)
     if isinstance(gate, Holder):
         gw.metrics["claims_gated"] += 1
