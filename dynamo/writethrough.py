@@ -14,8 +14,9 @@ beside publishing stays with the relay: peer-review sampling of exams that becam
 FINAL (`relay.sampler`), patient changes, removals, directory notices.
 
 A failed early publish is only logged: the relay carries the change anyway. A publish is
-given at most `timeout_s`, and after a failure the next `pause_s` of writes skip it, so a
-Redis outage slows no writer (an HL7 acknowledgement waits on its writes).
+given at most `timeout_s` (1 s), and after a failure the next `pause_s` (1 s) of writes
+skip it, so a Redis outage barely slows a writer (an HL7 acknowledgement waits on its
+writes).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class WriteThrough:
     """Publishes the delta of each acknowledged exam write; never fails the write."""
 
     def __init__(
-        self, feed: DeltaPublisher, *, timeout_s: float = 0.5, pause_s: float = 5.0
+        self, feed: DeltaPublisher, *, timeout_s: float = 1.0, pause_s: float = 1.0
     ) -> None:
         self.feed = feed
         self.timeout_s = timeout_s

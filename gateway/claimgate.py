@@ -1,9 +1,11 @@
 """The claim gate: a short Redis reservation in front of the claim's DynamoDB write.
 
 When several readers claim one exam at once, only the first to reserve the exam here
-goes on to the conditional write in DynamoDB; the others wait for its outcome (a few
-milliseconds: one write, not a queue of them) and are answered `conflict` naming the
-winner, without writing to DynamoDB themselves. The gate is a courtesy, never the
+goes on to the conditional write in DynamoDB; the others wait for its outcome (one
+write's time, not a queue of them) and are answered `conflict` naming the winner,
+without writing to DynamoDB themselves. Claims on the node of the claim under way wait
+on it in memory; claims on other nodes look at the reservation again after 2 ms,
+doubling to 32 ms. The gate is a courtesy, never the
 guarantee: the DynamoDB conditional write alone decides who holds an exam (no two
 readers ever do), whatever the gate says.
 
@@ -72,11 +74,12 @@ return 1
 
 @dataclass(frozen=True)
 class Ticket:
-    """This claim's reservation (settle it with `won` or `lost`)."""
+    """This claim's reservation (settle it with `won` or `lost`, or `abandon` it)."""
 
     tenant: str
     exam_id: str
     nonce: str
+    sub: str
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,12 @@ class ClaimGate:
         self.ttl_ms = ttl_ms
         # A gate slower than this is skipped (the claim goes to DynamoDB alone).
         self.timeout_s = timeout_s
-        # How often a claim waiting on another's reservation looks again.
+        # How soon a claim waiting on another node's reservation looks again (doubling
+        # to 16x): a claim on this node is waited for locally, without Redis.
         self.poll_s = poll_s
+        # Claims under way on this node, by (tenant, exam): their holder's sub, and the
+        # outcome the others here wait for (the holder, or None: try again).
+        self._flights: dict[tuple[str, str], tuple[str, asyncio.Future[Holder | None]]] = {}
         self._enter = redis.register_script(_ENTER)
         self._settle = redis.register_script(_SETTLE)
 
@@ -117,13 +124,32 @@ class ClaimGate:
             return None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ttl_ms / 1000
-        while True:
+        pause = self.poll_s
+        while loop.time() < deadline:
+            flight = self._flights.get((tenant, exam_id))
+            if flight is not None:
+                if flight[0] == sub:
+                    return None  # the same user again: DynamoDB lets a holder re-claim
+                try:
+                    outcome = await asyncio.wait_for(
+                        asyncio.shield(flight[1]), deadline - loop.time()
+                    )
+                except TimeoutError:
+                    self._land_flight((tenant, exam_id), flight, None)  # stuck: forget it
+                    break
+                if outcome is not None:
+                    return outcome
+                continue  # that claim lost: try again
             got = await self._try(tenant, exam_id, sub, name)
-            if not isinstance(got, Holder) or got.lease_expires_at is not None:
+            if isinstance(got, Ticket):
+                self._flights[(tenant, exam_id)] = (sub, loop.create_future())
                 return got
-            if loop.time() >= deadline:
-                return None  # stuck: let DynamoDB answer
-            await asyncio.sleep(self.poll_s)
+            if got is None or got.lease_expires_at is not None:
+                return got
+            # Under way on another node: look again shortly.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 16 * self.poll_s)
+        return None  # a reservation outlived the wait: let DynamoDB answer
 
     async def _try(self, tenant: str, exam_id: str, sub: str, name: str) -> Ticket | Holder | None:
         nonce = secrets.token_hex(8)
@@ -139,7 +165,7 @@ class ClaimGate:
             log.warning("claim gate unavailable (%s): claiming at the store alone", _name(exc))
             return None
         if held is None:
-            return Ticket(tenant, exam_id, nonce)
+            return Ticket(tenant, exam_id, nonce, sub)
         holder = _holder(held)
         if holder is None or holder.sub == sub:
             return None
@@ -154,11 +180,35 @@ class ClaimGate:
         if ttl <= 0:
             await self.lost(ticket)
             return
+        self._land(ticket, Holder(sub, name, lease_expires_at))
         await self._settled(ticket, _value(ticket.nonce, sub, name, lease_expires_at), ttl)
 
     async def lost(self, ticket: Ticket) -> None:
         """The claim did not win (refused, or failed): take the reservation back."""
+        self._land(ticket, None)
         await self._settled(ticket, "", 0)
+
+    def abandon(self, ticket: Ticket) -> None:
+        """The claim ended without an outcome (its request was cancelled): claims here
+        waiting on it try again; its reservation in Redis lapses on its own."""
+        self._land(ticket, None)
+
+    def _land(self, ticket: Ticket, outcome: Holder | None) -> None:
+        key = (ticket.tenant, ticket.exam_id)
+        flight = self._flights.get(key)
+        if flight is not None and flight[0] == ticket.sub:
+            self._land_flight(key, flight, outcome)
+
+    def _land_flight(
+        self,
+        key: tuple[str, str],
+        flight: tuple[str, asyncio.Future[Holder | None]],
+        outcome: Holder | None,
+    ) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight[1].done():
+            flight[1].set_result(outcome)
 
     async def clear(self, tenant: str, exam_id: str) -> None:
         """The exam's claim ended: nobody's reservation stands any more."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from dynamo.deltas import ExamDelta
@@ -118,11 +119,18 @@ def reads(session: Connection, request_id: str) -> bool:
     )
 
 
+def _spent(session: Connection, what: str, since: float) -> None:
+    """Add the microseconds since `since` to the metric `claim_{what}_us` (where a
+    claim's time goes: the gate, DynamoDB, the whole handler; /metrics)."""
+    session.gw.metrics[f"claim_{what}_us"] += int((time.perf_counter() - since) * 1e6)
+
+
 async def claim(session: Connection, frame: ClaimRequest) -> None:
     principal = session.principal
     assert principal is not None
     if not reads(session, frame.id):
         return
+    began = time.perf_counter()
     gw = session.gw
     try:
         rules = await gw.orchestrator.rules(principal.tenant)
@@ -142,19 +150,30 @@ async def claim(session: Connection, frame: ClaimRequest) -> None:
         return
     # Concurrent claims of one exam: the first reserves it, the others hear `conflict`
     # once it won, rather than queue writes on DynamoDB's item (`gateway.claimgate`).
+    at = time.perf_counter()
     gate = await gw.claim_gate.enter(principal.tenant, frame.exam_id, principal.sub, principal.name)
+    _spent(session, "gate", at)
     if isinstance(gate, Holder):
         gw.metrics["claims_gated"] += 1
         refusal = AlreadyClaimed(frame.exam_id, gate.sub, gate.name, gate.lease_expires_at)
         store_error(session, frame.id, refusal)
+        _spent(session, "handled", began)
         return
+    at = time.perf_counter()
     try:
         result = await gw.claims.claim(patient_id, frame.exam_id, principal.sub, principal.name)
     except StoreError as exc:
+        _spent(session, "store", at)
         store_error(session, frame.id, exc)
+        _spent(session, "handled", began)
         if gate is not None:
             await gw.claim_gate.lost(gate)
         return
+    except BaseException:
+        if gate is not None:
+            gw.claim_gate.abandon(gate)  # claims waiting here on this one try again
+        raise
+    _spent(session, "store", at)
     gw.metrics["claims_won"] += 1
     session.claims[frame.exam_id] = result.token
     session.claim_rows[frame.exam_id] = where
@@ -168,6 +187,7 @@ async def claim(session: Connection, frame: ClaimRequest) -> None:
             "lease_expires_at": result.exam.lease_expires_at,
         }
     )
+    _spent(session, "handled", began)
     if gate is not None:
         lease = result.exam.lease_expires_at
         await gw.claim_gate.won(gate, principal.sub, principal.name, lease)
