@@ -148,7 +148,7 @@ async def test_a_failed_early_publish_never_fails_the_write(
         async def publish(self, deltas: Any) -> object:
             raise ConnectionError("redis is down")
 
-    through = WriteThrough(Down())
+    through = WriteThrough(Down(), pause_s=60)
     store = ExamStore(ddb, dynamo_settings.table, write_through=through)
     exam, order, profile = exam_bundle()
     await store.create_exam(exam, order, profile)
