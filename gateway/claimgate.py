@@ -3,10 +3,10 @@
 When several readers claim one exam at once, only the first to reserve the exam here
 goes on to the conditional write in DynamoDB; the others wait for its outcome (one
 write's time, not a queue of them) and are answered `conflict` naming the winner,
-without writing to DynamoDB themselves. Claims on the node of the claim under way wait
-on it in memory; claims on other nodes look at the reservation again after 2 ms,
-doubling to 32 ms. The gate is a courtesy, never the
-guarantee: the DynamoDB conditional write alone decides who holds an exam (no two
+without writing to DynamoDB themselves. One claim per node and exam speaks to Redis:
+the node's other claims of that exam wait on it in memory; a claim under way on another
+node is looked at again after 2 ms, doubling to 32 ms. The gate is a courtesy, never
+the guarantee: the DynamoDB conditional write alone decides who holds an exam (no two
 readers ever do), whatever the gate says.
 
 - A reservation is `SET NX PX` with a short TTL (`GATEWAY_CLAIM_GATE_MS`): a holder that
@@ -124,9 +124,9 @@ class ClaimGate:
             return None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ttl_ms / 1000
-        pause = self.poll_s
+        key = (tenant, exam_id)
         while loop.time() < deadline:
-            flight = self._flights.get((tenant, exam_id))
+            flight = self._flights.get(key)
             if flight is not None:
                 if flight[0] == sub:
                     return None  # the same user again: DynamoDB lets a holder re-claim
@@ -135,21 +135,38 @@ class ClaimGate:
                         asyncio.shield(flight[1]), deadline - loop.time()
                     )
                 except TimeoutError:
-                    self._land_flight((tenant, exam_id), flight, None)  # stuck: forget it
+                    self._land_flight(key, flight, None)  # stuck: forget it
                     break
                 if outcome is not None:
-                    return outcome
+                    return None if outcome.sub == sub else outcome  # a holder may re-claim
                 continue  # that claim lost: try again
+            # This claim speaks for the node: others here wait on it, not on Redis.
+            mine: tuple[str, asyncio.Future[Holder | None]] = (sub, loop.create_future())
+            self._flights[key] = mine
+            try:
+                got = await self._reserve(tenant, exam_id, sub, name, deadline)
+            except BaseException:
+                self._land_flight(key, mine, None)
+                raise
+            if not isinstance(got, Ticket):
+                self._land_flight(key, mine, got)
+            return got  # a Ticket keeps the flight until `won`, `lost` or `abandon`
+        return None  # a reservation outlived the wait: let DynamoDB answer
+
+    async def _reserve(
+        self, tenant: str, exam_id: str, sub: str, name: str, deadline: float
+    ) -> Ticket | Holder | None:
+        """Reserve in Redis, waiting (polling, backing off) on another node's claim."""
+        loop = asyncio.get_running_loop()
+        pause = self.poll_s
+        while True:
             got = await self._try(tenant, exam_id, sub, name)
-            if isinstance(got, Ticket):
-                self._flights[(tenant, exam_id)] = (sub, loop.create_future())
+            if not isinstance(got, Holder) or got.lease_expires_at is not None:
                 return got
-            if got is None or got.lease_expires_at is not None:
-                return got
-            # Under way on another node: look again shortly.
+            if loop.time() >= deadline:
+                return None
             await asyncio.sleep(pause)
             pause = min(pause * 2, 16 * self.poll_s)
-        return None  # a reservation outlived the wait: let DynamoDB answer
 
     async def _try(self, tenant: str, exam_id: str, sub: str, name: str) -> Ticket | Holder | None:
         nonce = secrets.token_hex(8)

@@ -256,6 +256,7 @@ async def reassign(session: Connection, frame: Reassign) -> None:
         return
     exam = result.exam
     gw.metrics["reassigned"] += 1
+    await gw.claim_gate.clear(tenant, frame.exam_id)  # it named the previous holder
     session.send(
         {
             "type": "reassigned",
@@ -266,7 +267,6 @@ async def reassign(session: Connection, frame: Reassign) -> None:
             "version": exam.version,
         }
     )
-    await gw.claim_gate.clear(tenant, frame.exam_id)  # it named the previous holder
     await publish_claim(session, exam)
     await gw.offers.drop(tenant, frame.exam_id)
     await gw.orchestrator.record(

@@ -214,9 +214,9 @@ async def _changed(session: Connection, exam: Exam, reply: dict[str, Any]) -> No
     """Answer the request, publish the change ahead of the stream, refresh presence."""
     if exam.claimed_by is None:
         session.claims.pop(exam.accession, None)
-    session.send({**reply, "exam_id": exam.accession, "version": exam.version})
-    if exam.claimed_by is None:
+        # Before the reply: a claim sent the moment the reply arrives finds it clear.
         await session.gw.claim_gate.clear(exam.tenant, exam.accession)
+    session.send({**reply, "exam_id": exam.accession, "version": exam.version})
     await publish_claim(session, exam)
     await session.gw.presence.update(session)
 
@@ -284,6 +284,7 @@ async def break_lock(session: Connection, frame: BreakLock) -> None:
         store_error(session, frame.id, exc)
         return
     gw.metrics["locks_broken"] += int(holder is not None)
+    await gw.claim_gate.clear(principal.tenant, frame.exam_id)  # before the reply
     session.send(
         {
             "type": "lock_broken",
@@ -293,7 +294,6 @@ async def break_lock(session: Connection, frame: BreakLock) -> None:
             "version": exam.version,
         }
     )
-    await gw.claim_gate.clear(principal.tenant, frame.exam_id)
     await publish_claim(session, exam)
     if holder is not None:
         await gw.presence.notify(
