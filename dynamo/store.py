@@ -3,7 +3,9 @@
 One `ExamStore` wraps one aioboto3 DynamoDB client (one per process). Workflow moves
 (`transition`) are conditioned on the version and state that were read, so concurrent
 writers cannot lose each other's updates. Claims (the lock that prevents two people
-reading one exam) live in `dynamo.claims`, on the same items.
+reading one exam) live in `dynamo.claims`, on the same items. A writer may opt in to
+write-through (`dynamo.writethrough`): each exam it creates or moves is published to the
+worklist feed as soon as DynamoDB acknowledges it, ahead of the stream relay.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from dynamo import keys
@@ -58,10 +60,20 @@ _LOCATION_TTL_S = 60.0
 
 
 class ExamStore:
-    def __init__(self, client: Any, table: str, *, retry: Retry | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        *,
+        retry: Retry | None = None,
+        write_through: Callable[[Exam], Awaitable[None]] | None = None,
+    ) -> None:
         self._client = client
         self.table = table
         self.retry = retry or Retry()
+        # Called with each exam this store created or moved, once DynamoDB acknowledged
+        # the write (`dynamo.writethrough.WriteThrough`: publish it ahead of the relay).
+        self.write_through = write_through
         # (tenant, accession) -> (patient_id, when cached): an ADT merge moves an exam
         # to another partition, so a pointer is trusted for a bounded time only.
         self._where: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
@@ -124,6 +136,8 @@ class ExamStore:
                 raise ExamAlreadyExists(exam.accession) from None
             raise
         self._remember(exam.tenant, exam.accession, exam.patient_id)
+        if self.write_through is not None:
+            await self.write_through(exam)
         return exam
 
     def _remember(self, tenant: str, accession: str, patient_id: str) -> None:
@@ -285,10 +299,13 @@ class ExamStore:
             current, target, now=now, condition=condition, values=values, sets=sets
         )
         try:
-            return exam_from_item(await self.update(request.pop("Key"), **request))
+            exam = exam_from_item(await self.update(request.pop("Key"), **request))
         except ConditionFailed as failed:
             seen = failed.old["version"] if failed.old else None
             raise VersionConflict(current.accession, current.version, seen) from None
+        if self.write_through is not None:
+            await self.write_through(exam)
+        return exam
 
     # ---- the tenant registry and what a rebuild reads (dynamo/keys.py) -----------------
 

@@ -27,6 +27,7 @@ from dynamo.review import ReviewStore
 from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
 from gateway.auth import Authenticator, JwksVerifier, SecretVerifier, Verifier
+from gateway.claimgate import ClaimGate
 from gateway.exceptions import ConfigurationError
 from gateway.handlers import claiming, worklists
 from gateway.handlers.reviewing import ReviewBoard
@@ -170,6 +171,7 @@ class Gateway:
         self.store = ExamStore(ddb, dynamo.table)
         self.claims = Claims(self.store, lease_seconds=dynamo.claim_lease_seconds)
         self.claim_renew_seconds = dynamo.claim_renew_seconds
+        self.claim_gate = ClaimGate(self.redis, settings.claim_gate_ms)
         self.reviews = ReviewStore(self.store, lease_seconds=dynamo.claim_lease_seconds)
         self.reviews_board = ReviewBoard(self)
         self.directory = DirectoryStore(self.store)

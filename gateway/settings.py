@@ -56,6 +56,10 @@ class GatewaySettings(BaseSettings):
     # it, to go out to each client in one write (a `batch`); a delta after a quiet
     # window goes out at once. 0 writes every delta as it arrives.
     flush_ms: float = 10.0
+    # Milliseconds a claim's reservation in Redis keeps concurrent claims of the same
+    # exam off DynamoDB (answered `conflict` at once); 0 sends every claim to DynamoDB.
+    # Only a courtesy: DynamoDB's conditional write is what guarantees one reader.
+    claim_gate_ms: int = 2000
     max_subscriptions: int = 8
     max_frame_bytes: int = 64 * 1024
     snapshot_limit: int = 500

@@ -1,6 +1,7 @@
 """`python -m hl7_ingest`: the MLLP listener as its own process.
 
-Reads settings from HL7_* (listener) and DYNAMO_* (the table), logs JSON lines without
+Reads settings from HL7_* (listener), DYNAMO_* (the table) and REDIS_URL (the worklist
+feed its writes are published to, `HL7_WRITE_THROUGH`), logs JSON lines without
 patient data, and on SIGTERM stops accepting, lets the messages in progress finish
 (`HL7_DRAIN_SECONDS`), then exits.
 """
@@ -24,14 +25,15 @@ from hl7_ingest.processor import Ingest
 from hl7_ingest.settings import Hl7Settings
 from service.logs import configure_logging
 from service.runner import run_until_signalled
+from worklist_cache.writethrough import write_through
 
 log = logging.getLogger("hl7_ingest")
 
 
 async def run_listener(settings: Hl7Settings, dynamo: DynamoSettings, mappings: Mappings) -> None:
-    async with dynamodb_client(dynamo) as client:
+    async with dynamodb_client(dynamo) as client, write_through(settings.write_through) as through:
         await wait_for_table(client, dynamo.table)
-        store = ExamStore(client, dynamo.table)
+        store = ExamStore(client, dynamo.table, write_through=through)
         directory = SiteDirectory(store, settings.directory_cache_seconds)
         ingest = Ingest(store, mappings, settings, directory=directory)
         await ensure_dead_letter_table(store, ingest.dead_letters.table)

@@ -65,6 +65,10 @@ class Hl7Settings(BaseSettings):
     drain_seconds: float = 5.0
     # How long accepted control IDs are remembered for deduplication (TTL attribute).
     dedupe_days: float = 30.0
+    # Publish each exam write to the worklist feed (Redis: REDIS_URL) as soon as DynamoDB
+    # acknowledges it, ahead of the stream relay (`dynamo.writethrough`); off: the relay
+    # alone publishes it.
+    write_through: bool = True
     log_level: str = "INFO"
 
     def limits(self) -> Limits:

@@ -30,6 +30,7 @@ from dynamo.table import wait_for_table
 from loadtest.hl7.builder import MessageBuilder
 from loadtest.hl7.client import MllpClient
 from loadtest.plan import DAY, HOUR, Clock, Event, events_of, plan_day, sim_reader, to_records
+from worklist_cache.writethrough import write_through
 
 log = logging.getLogger("loadtest.simulator")
 
@@ -56,6 +57,9 @@ class SimSettings(BaseSettings):
     hl7_port: int = 2575
     hl7_connections: int = 4
     tenants: str = ""  # comma-separated tenant codes; empty means every demo tenant
+    # With the "store" transport: publish each exam write to the worklist feed (Redis:
+    # REDIS_URL) as soon as DynamoDB acknowledges it, ahead of the stream relay.
+    write_through: bool = True
     log_level: str = "INFO"
 
 
@@ -237,9 +241,10 @@ class Hl7Sender:
 
 
 async def run_simulator(settings: SimSettings, dynamo: DynamoSettings) -> None:
-    async with dynamodb_client(dynamo) as client:
+    through_on = settings.write_through and settings.transport == "store"
+    async with dynamodb_client(dynamo) as client, write_through(through_on) as through:
         await wait_for_table(client, dynamo.table)
-        sim = Simulator(ExamStore(client, dynamo.table), settings)
+        sim = Simulator(ExamStore(client, dynamo.table, write_through=through), settings)
         if sim.hl7 is not None:
             await wait_for_listener(settings.hl7_host, settings.hl7_port)
         log.info(

@@ -48,6 +48,9 @@ async def test_listener_send_and_deadletters_as_processes(
         "DYNAMO_TABLE": dynamo_settings.table,
         "HL7_PORT": str(port),
         "HL7_LOG_LEVEL": "INFO",
+        # No worklist here: the listener's writes are not published (nor sent to a
+        # Redis this test does not own).
+        "HL7_WRITE_THROUGH": "false",
     }
     log_path = tmp_path / "hl7.log"
     with log_path.open("wb") as log:

@@ -163,6 +163,13 @@ def decisions(tenant: str) -> str:
     return f"{_t(tenant)}:orch:decisions"
 
 
+def claim_gate(tenant: str, exam_id: str) -> str:
+    """String with a short TTL (SET NX PX): a claim of this exam is under way, or was
+    just won (`gateway.claimgate`); concurrent claims are answered `conflict` without
+    queueing on DynamoDB. Only a courtesy: the claim in DynamoDB is the guarantee."""
+    return f"{_t(tenant)}:claim:gate:{exam_id}"
+
+
 def offer_lease(tenant: str) -> str:
     """String with a TTL (SET NX PX, renewed by its holder): the gateway node that drives
     the tenant's STAT offers now; any other node takes over when it lapses."""

@@ -256,6 +256,7 @@ async def reassign(session: Connection, frame: Reassign) -> None:
         return
     exam = result.exam
     gw.metrics["reassigned"] += 1
+    await gw.claim_gate.clear(tenant, frame.exam_id)  # it named the previous holder
     session.send(
         {
             "type": "reassigned",

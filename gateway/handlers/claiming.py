@@ -5,12 +5,16 @@ lease while the connection lives. A dropped connection does not release anything
 lease runs out unless the same user comes back and claims again (which hands them a
 new token). Every successful change is published to the feed at once, ahead of the
 stream relay; the relay's copy carries the same version and is dropped as a repeat.
+Concurrent claims of one exam pass a short Redis reservation first (`gateway.claimgate`):
+the first goes on to DynamoDB, the others wait for its outcome and are answered
+`conflict` without queueing writes on the same item.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from dynamo.deltas import ExamDelta
@@ -26,6 +30,7 @@ from dynamo.exceptions import (
 from dynamo.models import Exam
 from dynamo.states import ExamStatus
 from gateway.auth import Role
+from gateway.claimgate import Holder
 from gateway.protocol import BreakLock, ClaimRequest, ErrorCode, Release, Sign
 from orchestration import Mode
 
@@ -114,11 +119,18 @@ def reads(session: Connection, request_id: str) -> bool:
     )
 
 
+def _spent(session: Connection, what: str, since: float) -> None:
+    """Add the microseconds since `since` to the metric `claim_{what}_us` (where a
+    claim's time goes: the gate, DynamoDB, the whole handler; /metrics)."""
+    session.gw.metrics[f"claim_{what}_us"] += int((time.perf_counter() - since) * 1e6)
+
+
 async def claim(session: Connection, frame: ClaimRequest) -> None:
     principal = session.principal
     assert principal is not None
     if not reads(session, frame.id):
         return
+    began = time.perf_counter()
     gw = session.gw
     try:
         rules = await gw.orchestrator.rules(principal.tenant)
@@ -136,11 +148,32 @@ async def claim(session: Connection, frame: ClaimRequest) -> None:
     patient_id = await locate(session, frame.id, frame.exam_id, where)
     if patient_id is None:
         return
+    # Concurrent claims of one exam: the first reserves it, the others hear `conflict`
+    # once it won, rather than queue writes on DynamoDB's item (`gateway.claimgate`).
+    at = time.perf_counter()
+    gate = await gw.claim_gate.enter(principal.tenant, frame.exam_id, principal.sub, principal.name)
+    _spent(session, "gate", at)
+    if isinstance(gate, Holder):
+        gw.metrics["claims_gated"] += 1
+        refusal = AlreadyClaimed(frame.exam_id, gate.sub, gate.name, gate.lease_expires_at)
+        store_error(session, frame.id, refusal)
+        _spent(session, "handled", began)
+        return
+    at = time.perf_counter()
     try:
         result = await gw.claims.claim(patient_id, frame.exam_id, principal.sub, principal.name)
     except StoreError as exc:
+        _spent(session, "store", at)
         store_error(session, frame.id, exc)
+        _spent(session, "handled", began)
+        if gate is not None:
+            await gw.claim_gate.lost(gate)
         return
+    except BaseException:
+        if gate is not None:
+            gw.claim_gate.abandon(gate)  # claims waiting here on this one try again
+        raise
+    _spent(session, "store", at)
     gw.metrics["claims_won"] += 1
     session.claims[frame.exam_id] = result.token
     session.claim_rows[frame.exam_id] = where
@@ -154,6 +187,10 @@ async def claim(session: Connection, frame: ClaimRequest) -> None:
             "lease_expires_at": result.exam.lease_expires_at,
         }
     )
+    _spent(session, "handled", began)
+    if gate is not None:
+        lease = result.exam.lease_expires_at
+        await gw.claim_gate.won(gate, principal.sub, principal.name, lease)
     await publish_claim(session, result.exam)
     await gw.presence.update(session)
 
@@ -177,6 +214,8 @@ async def _changed(session: Connection, exam: Exam, reply: dict[str, Any]) -> No
     """Answer the request, publish the change ahead of the stream, refresh presence."""
     if exam.claimed_by is None:
         session.claims.pop(exam.accession, None)
+        # Before the reply: a claim sent the moment the reply arrives finds it clear.
+        await session.gw.claim_gate.clear(exam.tenant, exam.accession)
     session.send({**reply, "exam_id": exam.accession, "version": exam.version})
     await publish_claim(session, exam)
     await session.gw.presence.update(session)
@@ -245,6 +284,7 @@ async def break_lock(session: Connection, frame: BreakLock) -> None:
         store_error(session, frame.id, exc)
         return
     gw.metrics["locks_broken"] += int(holder is not None)
+    await gw.claim_gate.clear(principal.tenant, frame.exam_id)  # before the reply
     session.send(
         {
             "type": "lock_broken",

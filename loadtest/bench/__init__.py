@@ -14,9 +14,11 @@ Phases, in order:
    reconnected on a fresh gateway; the time until all have resubscribed
    (`storm_resubscribed_s`), and gateway and Redis CPU per session at N/2 and N.
 3. ceiling: a Python writer (ExamStore) writing as fast as it can to DynamoDB Local.
-4. e2e: the same writer a little under that rate, while every client (1,000) watches the
-   whole tenant feed; latency = receive time - the delta's `updated_at`, split into
-   stages (write acknowledged, published by the relay, received).
+4. e2e: the same writer at 100 updates/s with write-through on (each write's delta
+   published as soon as DynamoDB acknowledges it), while every client (1,000) watches
+   the whole tenant feed; latency = receive time - the delta's `updated_at`, split into
+   stages (write acknowledged, first published, received). Then the same with
+   write-through off (the relay alone), and at 90 % of the ceiling (information).
 5. fan-out: deltas published where the relay publishes them (`WorklistFeed.publish`) at
    25/s, 200/s, then 1,000/s, to the same clients; latency, losses, gateway CPU per
    delivery.

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection
 
@@ -50,6 +51,10 @@ class Claimers:
 
     async def __aexit__(self, *exc: object) -> None:
         return None
+
+    async def counters(self) -> dict[str, float]:
+        """The server's claim counters (`claim_*_us`, `claims_*`), where there is one."""
+        return {}
 
     async def round(self, exam: Exam, errors: Counter[str]) -> tuple[list[float], int]:
         """Every claimer claims `exam` at once; the winner (if any) releases it.
@@ -115,6 +120,17 @@ class WsClaimers(Claimers):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 5)
         self.conns.clear()
+
+    async def counters(self) -> dict[str, float]:
+        url = self.url.replace("ws://", "http://", 1).rsplit("/", 1)[0] + "/metrics"
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(url, timeout=10)).text
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name.startswith(("gateway_claim_", "gateway_claims_", "gateway_requests_claim")):
+                out[name.removeprefix("gateway_").removesuffix("_total")] = float(value)
+        return out
 
     async def _request(self, conn: ClientConnection, frame: dict[str, Any]) -> dict[str, Any]:
         await conn.send(orjson.dumps(frame).decode())

@@ -12,6 +12,7 @@ __all__ = [
     "CLAIM_FANOUT_RATE",
     "CLIENT_LIMIT",
     "CLIENT_QUEUE",
+    "E2E_RATE",
     "FANOUT_RATES",
     "IDLE_PER_TENANT",
     "OTHERS_LIMIT",
@@ -34,6 +35,9 @@ WHOLE_FEED: dict[str, Any] = {"statuses": []}  # every status of the tenant
 # 25/s is the product's "no backlog" load (CPU <= the baseline's), 200/s its batching
 # load (CPU <= half the baseline's); 1,000/s saturates the box.
 FANOUT_RATES = (25, 200, 1000)
+# End to end is measured at this write rate (the target's), with write-through; 90 % of
+# the DynamoDB Local ceiling is measured too, as information.
+E2E_RATE = 100
 # Claims are also measured while every client receives this many updates per second.
 CLAIM_FANOUT_RATE = 25
 CLAIMERS = 20

@@ -31,6 +31,7 @@ from loadtest.bench.config import (
     CLAIM_FANOUT_RATE,
     CLAIMERS,
     CLIENT_QUEUE,
+    E2E_RATE,
     FANOUT_RATES,
     IDLE_PER_TENANT,
     TENANT,
@@ -237,8 +238,7 @@ class Bench:
         pids = self._meter_pids("gateway", gateway.pid, pool)
         quiet = [gateway.pid, *pool.pids]
         await self._warm_up(store, pool)
-        await settle(quiet)
-        await self._e2e(store, pool, pids, ceiling_rate)
+        await self._e2e_runs(store, feed, pool, pids, ceiling_rate, quiet, url)
         for rate, seconds in zip(FANOUT_RATES, scale.fanout_s, strict=True):
             await settle(quiet)
             await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)
@@ -280,27 +280,71 @@ class Bench:
         if not await drain(pool, conns, cap=60, stall=60):
             raise RuntimeError("no delta reached the clients within 60 s: is the relay up?")
 
-    async def _e2e(
-        self, store: ExamStore, pool: ClientPool, pids: dict[str, int], ceiling_rate: float
+    async def _e2e_runs(
+        self,
+        store: ExamStore,
+        feed: WorklistFeed,
+        pool: ClientPool,
+        pids: dict[str, int],
+        ceiling_rate: float,
+        quiet: list[int],
+        url: str,
     ) -> None:
+        """End to end at the target's E2E_RATE with write-through (the figure), then
+        without it (the relay alone), then at 90 % of the ceiling (information)."""
+        # A little above the target, so the rate sent (writes / the run's seconds) is not
+        # below it by the run's last write.
+        target = E2E_RATE * 1.02
+        runs = (
+            ("e2e", "E-", target, True),
+            ("e2e_relay_only", "ER-", target, False),
+            ("e2e_ceiling", "EC-", 0.9 * ceiling_rate, True),
+        )
+        for name, prefix, rate, through in runs:
+            await settle(quiet)
+            await open_pool(pool, url, self.scale.clients, tenant=TENANT, view=WHOLE_FEED)
+            await self._e2e(store, feed if through else None, pool, pids, rate, name, prefix)
+        self.results.update(
+            e2e_write_through=True,
+            e2e_relay_only_p50_ms_from_ack=self.phases["e2e_relay_only"]["from_ack"]["p50_ms"],
+            e2e_relay_only_p99_ms_from_ack=self.phases["e2e_relay_only"]["from_ack"]["p99_ms"],
+            e2e_relay_only_updates_per_s=self.phases["e2e_relay_only"]["rate_sent"],
+            e2e_ceiling_p50_ms_from_ack=self.phases["e2e_ceiling"]["from_ack"]["p50_ms"],
+            e2e_ceiling_p99_ms_from_ack=self.phases["e2e_ceiling"]["from_ack"]["p99_ms"],
+            e2e_ceiling_p99_ms=self.phases["e2e_ceiling"]["p99_ms"],
+            e2e_ceiling_updates_per_s=self.phases["e2e_ceiling"]["rate_sent"],
+            e2e_ceiling_lost=self.phases["e2e_ceiling"]["lost"],
+        )
+
+    async def _e2e(
+        self,
+        store: ExamStore,
+        feed: WorklistFeed | None,
+        pool: ClientPool,
+        pids: dict[str, int],
+        rate: float,
+        name: str,
+        prefix: str,
+    ) -> None:
+        """Exams written through the store at `rate`, each delivered to every client;
+        with `feed`, the writes are published by write-through (else by the relay)."""
         scale = self.scale
         # A Redis subscriber in a process of its own: the writer keeps this one busy.
         probes = await self.stack.pool("probe", 1)
         probe = probes.procs[0]
         channel = keys.channel(TENANT)
-        rate = 0.9 * ceiling_rate
         # Enough chains that the pacer, not a chain's wait for its previous write, sets
         # the pace while the box is busy fanning out.
-        writer = ExamWriter(store, "E-")
+        writer = ExamWriter(store, prefix, feed=feed)
 
         async def send() -> tuple[list[int], float]:
             elapsed = await writer.run(scale.e2e_s, rate, 2 * scale.writer_concurrency)
             return writer.keys, elapsed
 
         meter_pids = {**pids, "probe": probe.pid}
-        phase = Phase("e2e", "gateway", pids["gateway"], pool, meter_pids, self.tmp, "E-", STRIDE)
+        phase = Phase(name, "gateway", pids["gateway"], pool, meter_pids, self.tmp, prefix, STRIDE)
         await probe.call(
-            "probe", redis_url=self.env["REDIS_URL"], channel=channel, prefix="E-", stride=STRIDE
+            "probe", redis_url=self.env["REDIS_URL"], channel=channel, prefix=prefix, stride=STRIDE
         )
         try:
             result = await phase.run(send, drain_cap=scale.drain_cap_s, rate_offered=round(rate, 1))
@@ -310,7 +354,7 @@ class Bench:
             sizes = {int(k): int(n) for k, n in report.get("sizes", [])}
             await self.stack.close_pool(probes)
         # Split each delivery at the moments its delta was acknowledged by DynamoDB and
-        # left the relay (seen on Redis by the probe).
+        # first published (seen on Redis by the probe: by write-through, or the relay).
         lat, k = phase.latencies, phase.keys
         width = max(max(writer.keys, default=-1), int(k.max(initial=-1))) + 1
         stamp = per_key(writer.stamped, width)  # epoch ms, as the store wrote it
@@ -322,6 +366,7 @@ class Bench:
         full_sizes = finite(full[k]) if k.size else np.zeros(0)
         delivered = result["delivered"]
         result.update(
+            write_through=feed is not None,
             bytes_per_delivery=round(result["bytes"] / delivered, 1) if delivered else None,
             bytes_per_delivery_full_rows=(
                 round(float(full_sizes.mean()), 1) if full_sizes.size else None
@@ -331,11 +376,14 @@ class Bench:
             from_ack=percentiles(finite(lat - (ack - stamp)[k])),
             stages={
                 "stamp_to_ack": percentiles(finite(ack - stamp)),
-                "ack_to_relay_publish": percentiles(finite(published - ack)),
+                "ack_to_publish": percentiles(finite(published - ack)),
                 "publish_to_client": percentiles(finite(lat + (stamp - published)[k])),
             },
         )
-        self.phases["e2e"] = result
+        self.phases[name] = result
+        say(phase_line(result))
+        if name != "e2e":
+            return
         self.results.update(
             e2e_p50_ms=result["p50_ms"],
             e2e_p99_ms=result["p99_ms"],
@@ -350,7 +398,6 @@ class Bench:
             e2e_patch_mismatches=result["patch_mismatches"],
             clients=result["clients"],
         )
-        say(phase_line(result))
 
     async def _fanout(
         self,
@@ -452,6 +499,7 @@ class Bench:
         double = no_winner = 0
         async with claimers:
             exam = await ready_exam(claimers.store, prefix, 0)
+            before = await claimers.counters()
             start = time.monotonic()
             for i in range(rounds):
                 times, winners = await claimers.round(exam, errors)
@@ -462,7 +510,28 @@ class Bench:
                     no_winner += 1
                     exam = await ready_exam(claimers.store, prefix, i + 1)
             elapsed = time.monotonic() - start
+            after = await claimers.counters()
         stats = percentiles(np.asarray(latencies))
+        # Where a claim's time went, mean per claim on the server (gate, DynamoDB, the
+        # handler); the round trip's mean minus the handler's is the socket and the
+        # event loop (reading the frame, waiting for the loop, writing the reply).
+        spent = {k: after[k] - before.get(k, 0.0) for k in after}
+        handled = spent.get("requests_claim", 0.0)
+        server: dict[str, Any] = {}
+        if handled:
+            server = {
+                "claims": int(handled),
+                "gated": int(spent.get("claims_gated", 0)),
+                "at_dynamodb": int(handled - spent.get("claims_gated", 0)),
+                **{
+                    f"{what}_mean_ms": round(spent.get(f"claim_{what}_us", 0) / handled / 1000, 2)
+                    for what in ("gate", "store", "handled")
+                },
+                "outside_handler_mean_ms": round(
+                    float(np.mean(latencies)) - spent.get("claim_handled_us", 0) / handled / 1000,
+                    2,
+                ),
+            }
         self.phases[name] = {
             "measured_at": claimers.where,
             "rounds": rounds,
@@ -473,10 +542,12 @@ class Bench:
             "errors": dict(errors),
             "seconds": round(elapsed, 2),
             **stats,
+            **({"time_split": server} if server else {}),
         }
         say(
             f"{name} ({claimers.where}): {rounds} rounds x {CLAIMERS}, p50 {stats['p50_ms']} ms, "
             f"p99 {stats['p99_ms']} ms, double claims {double}"
+            + (f"; server: {server}" if server else "")
         )
 
 

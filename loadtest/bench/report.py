@@ -16,6 +16,7 @@ import psutil
 from loadtest.bench.config import (
     CLAIMERS,
     CLIENT_QUEUE,
+    E2E_RATE,
     FANOUT_RATES,
     IDLE_PER_TENANT,
     OTHERS_LIMIT,
@@ -224,7 +225,6 @@ def render_markdown(r: Mapping[str, Any]) -> str:
     busy = r["phases"].get("claims_websocket_fanout", {})
     store_claims = r["phases"].get("claims_store", {})
     e2e = r["phases"].get("e2e", {})
-    stages = e2e.get("stages", {})
     ceiling = r["phases"].get("ceiling", {})
     out += [
         "",
@@ -235,14 +235,28 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         f"reads then writes) for {s['ceiling_s']} s after {s['warmup_s']} s of unmeasured "
         "writes (DynamoDB Local's JIT warms up), on a table no relay reads. "
         f"Writer CPU share: {ceiling.get('cpu_share', {}).get('bench', 'n/a')} of a core.",
-        "- **End to end**: the same writer paced at 90 % of the ceiling; latency = the "
+        f"- **End to end**: the same writer paced at {E2E_RATE} updates/s with "
+        "write-through on (`dynamo.writethrough`: each write's delta published as soon as "
+        "DynamoDB acknowledges it; the relay's copy is dropped by version); then at the "
+        "same rate with write-through off (the relay alone), and at 90 % of the ceiling "
+        "(information: on 2 cores DynamoDB Local alone takes a core). Latency = the "
         "client's receive time - `delta.updated_at`. The store stamps `updated_at` *before* "
         "DynamoDB acknowledges the write, so this overestimates the product's definition "
         "(write acknowledged -> received), which is shown on its own line: the writer notes "
-        "when each write returned. Stages, p50 / p99 ms: stamp -> acknowledged "
-        f"{pair(stages.get('stamp_to_ack'))}; acknowledged -> published by the relay (a "
-        f"Redis subscriber in the benchmark) {pair(stages.get('ack_to_relay_publish'))}; "
-        f"published -> received {pair(stages.get('publish_to_client'))}.",
+        "when each write was acknowledged. Stages, p50 / p99 ms, stamp -> acknowledged -> "
+        "first published (a Redis subscriber in the benchmark) -> received: "
+        + "; ".join(
+            f"{label} {pair(st.get('stamp_to_ack'))} -> {pair(st.get('ack_to_publish'))} -> "
+            f"{pair(st.get('publish_to_client'))} at {ph.get('rate_sent')}/s"
+            for label, ph in (
+                ("write-through", e2e),
+                ("relay alone", r["phases"].get("e2e_relay_only", {})),
+                ("write-through at 90 % of the ceiling", r["phases"].get("e2e_ceiling", {})),
+            )
+            if ph
+            for st in [ph.get("stages", {})]
+        )
+        + ".",
         "- **Fan-out**: deltas published with `WorklistFeed.publish` (the relay's own call) "
         "in 5 ms ticks, `updated_at` = publish time; unique exam ids, so every client must "
         "receive every delta. `lost` counts (delta, client) pairs missing after the drain "
@@ -272,7 +286,20 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         )
         + f"At the store (`dynamo.claims.Claims`, one aioboto3 client, DynamoDB Local): "
         f"{store_claims.get('rounds')} rounds, {store_claims.get('rounds_without_winner')} "
-        "without a winner.",
+        "without a winner. Where a claim's time went over the WebSocket (the gateway's "
+        "`claim_*_us` counters, mean ms per claim: the claim gate including the wait for "
+        "the first claimer's outcome, DynamoDB, the whole handler; the round trip's mean "
+        "minus the handler's is the socket and the event loop), and claims that reached "
+        "DynamoDB: "
+        + "; ".join(
+            f"{label} gate {t.get('gate_mean_ms')}, DynamoDB {t.get('store_mean_ms')}, "
+            f"handler {t.get('handled_mean_ms')}, outside it {t.get('outside_handler_mean_ms')}, "
+            f"{t.get('at_dynamodb')} of {t.get('claims')} at DynamoDB"
+            for label, ph in (("idle", claims), ("under fan-out", busy))
+            for t in [ph.get("time_split") or {}]
+            if t
+        )
+        + ".",
         "- Load clients: `websockets` asyncio clients, "
         f"{s['client_procs']} processes, compression off (so is the baseline's); "
         f"gateway `GATEWAY_CLIENT_QUEUE={r['gateway_client_queue']}`; "

@@ -15,6 +15,7 @@ from dynamo.exceptions import StoreError
 from dynamo.models import Exam, Order, PatientProfile, now_ms
 from dynamo.states import ExamStatus, Modality, Priority
 from dynamo.store import ExamStore
+from dynamo.writethrough import WriteThrough
 from loadtest.bench.config import TENANT
 from loadtest.plan import exam_now, to_records
 from worklist_cache import WorklistFeed
@@ -89,10 +90,12 @@ class Pacer:
 
 @dataclass
 class ExamWriter:
-    """Writes synthetic exams through the store (create, then transitions), paced."""
+    """Writes synthetic exams through the store (create, then transitions), paced; with
+    `feed`, the store writes through to it (`dynamo.writethrough`) while `run` runs."""
 
     store: ExamStore
     prefix: str
+    feed: WorklistFeed | None = None
     keys: list[int] = field(default_factory=list)  # n * STRIDE + version - 1, written
     write_ms: list[float] = field(default_factory=list)
     # key -> the store's `updated_at` stamp, and when DynamoDB acknowledged (epoch ms)
@@ -100,8 +103,31 @@ class ExamWriter:
     acked: dict[int, float] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
 
+    def _key(self, exam: Exam) -> int:
+        return int(exam.accession[len(self.prefix) :]) * STRIDE + exam.version - 1
+
     async def run(self, seconds: float, rate: float | None, concurrency: int) -> float:
         """Write for `seconds` (at most `rate` writes/s); returns the elapsed seconds."""
+        if self.feed is None:
+            return await self._run(seconds, rate, concurrency)
+        through = WriteThrough(self.feed)
+
+        async def acknowledged(exam: Exam) -> None:
+            # Acknowledged now: what follows is the early publish.
+            self.acked[self._key(exam)] = time.time() * 1000
+            await through(exam)
+
+        self.store.write_through = acknowledged
+        try:
+            return await self._run(seconds, rate, concurrency)
+        finally:
+            self.store.write_through = None
+            if through.failed:
+                self.errors["write_through_failed"] += through.failed
+            if through.skipped:
+                self.errors["write_through_skipped"] += through.skipped
+
+    async def _run(self, seconds: float, rate: float | None, concurrency: int) -> float:
         pacer = Pacer(rate)
         numbers = itertools.count()
         start = time.monotonic()
@@ -129,7 +155,7 @@ class ExamWriter:
                     self.write_ms.append((time.perf_counter() - t0) * 1000)
                     key = n * STRIDE + written.version - 1
                     self.keys.append(key)
-                    self.acked[key] = time.time() * 1000
+                    self.acked.setdefault(key, time.time() * 1000)
                     self.stamped[key] = written.updated_at
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
