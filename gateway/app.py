@@ -16,8 +16,9 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from audit.settings import AuditSettings
@@ -31,7 +32,7 @@ from gateway.exceptions import AuthError, ConfigurationError
 from gateway.protocol import CloseCode, schema
 from gateway.session import Session
 from gateway.settings import GatewaySettings
-from gateway.wire import capture_send
+from gateway.wire import SEND_KEY
 from worklist_cache import CacheSettings
 
 __all__ = ["bind", "build_verifier", "create_app"]
@@ -233,9 +234,30 @@ def create_app(
         # Every other GET lands on the app (deep links, old bookmarks): never a 404.
         return FileResponse(index_html, headers={"Cache-Control": "no-cache"})
 
+    ws_route = WebSocketRoute("/ws", websocket_endpoint)
+
+    def websocket_lane(app: ASGIApp) -> ASGIApp:
+        """Records the server's own `send` of each WebSocket (for writing frames straight
+        to its transport, gateway.wire), and takes `/ws` to its endpoint before the
+        exception middleware and the router: each of their frames would stay on every
+        connection's stack for as long as it is open. (The exception middleware does
+        nothing for a WebSocket whose endpoint raises no `WebSocketException`.)"""
+
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "websocket":
+                scope[SEND_KEY] = send
+                match, child = ws_route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child)
+                    await websocket_endpoint(WebSocket(scope, receive, send))
+                    return
+            await app(scope, receive, send)
+
+        return middleware
+
     audit_pool = reports.LazyPool(AuditSettings())
     routes: list[Any] = [
-        WebSocketRoute("/ws", websocket_endpoint),
+        ws_route,
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
@@ -250,6 +272,5 @@ def create_app(
         Mount("/static", StaticFiles(directory=static_dir), name="static"),
         Route("/{path:path}", index),
     ]
-    # The server's own `send` of each WebSocket, for writing frames straight to its
-    # transport (gateway.wire); Starlette's error middleware passes WebSockets through.
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(capture_send)])
+    # Starlette's error middleware passes WebSockets through.
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(websocket_lane)])

@@ -147,6 +147,10 @@ class Session:
     async def run(self) -> None:
         subprotocols = self.ws.scope.get("subprotocols") or []
         await self.ws.accept(subprotocol="ris.v1" if "ris.v1" in subprotocols else None)
+        # Nothing reads the handshake's headers after accept (the origin was checked
+        # before): an idle connection does not keep them.
+        self.ws.scope["headers"] = []
+        vars(self.ws).pop("_headers", None)  # starlette's cached `Headers` of them
         # Frames go straight to the transport while nothing waits (gateway.wire).
         self.client.writer = DirectWriter.find(self.ws.scope)
         self.client.queue.on_put = self._wake_writer

@@ -1,6 +1,6 @@
 """Writing frames straight to a connection's transport, as `websockets.broadcast` does.
 
-The ASGI path (`await websocket.send_text`) costs a writer task wake-up per client per
+The ASGI path (`await websocket.send_text`) costs a task wake-up per client per
 frame, and a frame serialization per client. When uvicorn serves the connection with
 its websockets-sansio protocol, the hub can instead hand the bytes of a frame to the
 connection's transport at once, from the pub/sub callback, as long as nothing waits in
@@ -10,9 +10,11 @@ coalescing, eviction). A frame's bytes are built once and written to every conne
 that takes the same text (`encode_text`), unless the connection negotiated
 compression, which is per connection.
 
-`capture_send` keeps the server's own ASGI `send` in the scope (Starlette wraps it) so
-`DirectWriter.find` can reach the protocol behind it; any other WebSocket
-implementation gets no direct writer and every frame goes through the ASGI path.
+The app's WebSocket middleware (`gateway.app`) keeps the server's own ASGI `send` in
+the scope (Starlette wraps it) under `SEND_KEY`, so `DirectWriter.find` can reach the
+protocol behind it (uvicorn's websockets-sansio, or `gateway.serverproto`'s subclass
+of it); any other WebSocket implementation gets no direct writer and every frame goes
+through the ASGI path.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 from websockets.protocol import State
 
-__all__ = ["SEND_KEY", "DirectWriter", "FrameQueue", "capture_send", "encode_text"]
+__all__ = ["SEND_KEY", "DirectWriter", "FrameQueue", "encode_text"]
 
 SEND_KEY = "gateway.asgi_send"
 
@@ -74,17 +76,6 @@ class FrameQueue(Generic[T]):
         if not items:
             self._items = None  # an empty deque still holds a block
         return item
-
-
-def capture_send(app: ASGIApp) -> ASGIApp:
-    """An ASGI middleware that records the server's `send` of each WebSocket."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            scope[SEND_KEY] = send
-        await app(scope, receive, send)
-
-    return middleware
 
 
 def encode_text(text: str) -> bytes:
