@@ -107,6 +107,7 @@ async def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert results["claim_rounds"] == TINY.claim_rounds
     assert results["max_connections"] == TINY.idle_connections
     assert isinstance(results["kb_per_connection"], float)
+    assert isinstance(results["baseline_kb_per_connection"], float)
     assert isinstance(results["client_limited"], bool)
     assert results["machine"]["cores"] >= 1 and results["machine"]["python"]
     # HL7 over MLLP: every message acknowledged AA, once.

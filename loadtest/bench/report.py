@@ -46,6 +46,7 @@ REQUIRED = (
     "baseline_p99_ms_at_25",
     "max_connections",
     "kb_per_connection",
+    "baseline_kb_per_connection",
     "claim_p99_ms",
     "claim_p99_ms_idle",
     "bytes_per_delivery",
@@ -232,7 +233,9 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         f"feed and left idle, {IDLE_PER_TENANT} users per tenant over {idle.get('tenants')} "
         f"tenants; RSS growth / sessions held. RSS {idle.get('rss_before_mb')} -> "
         f"{idle.get('rss_after_mb')} MB for {idle.get('held')} sessions, opened in "
-        f"{idle.get('open_s')} s.",
+        f"{idle.get('open_s')} s. The baseline's figure: the bare `websockets` server "
+        f"holding {idle.get('baseline_held')} idle connections of the same load clients "
+        f"(welcomed, no auth, no subscription).",
         f"- **Claims**: {CLAIMERS} users claim one exam at once, the winner releases it; "
         + (
             f"over the WebSocket ({CLAIMERS} authenticated sessions, `claim` -> `claimed` or "
