@@ -4,10 +4,11 @@ Each connection of uvicorn's `WebSocketsSansIOProtocol` holds an `asyncio.Queue`
 what the client sent (four deques of about 700 bytes each, idle or not), an
 `asyncio.Event` for "the transport takes more" (one more), and, after the handshake,
 the parsed request and the response with their headers, which nothing reads once the
-connection is accepted (the app's scope has its own copy of the request's headers). `LeanSansIOProtocol` is the same protocol with a receive queue
-and a writable flag that hold nothing while idle, and it lets go of the handshake's
-request and response after accept. `python -m gateway` serves with it when
-`GATEWAY_WS_IMPL` is `websockets-sansio` (the default); `ws_protocol` picks it.
+connection is accepted (the app's scope has its own copy of the request's headers).
+`LeanSansIOProtocol` is the same protocol with a receive queue and a writable flag that
+hold nothing while idle, and it lets go of the handshake's request and response after
+accept. `python -m gateway` serves with it when `GATEWAY_WS_IMPL` is
+`websockets-sansio` (the default); `ws_protocol` picks it.
 """
 
 from __future__ import annotations
