@@ -7,7 +7,8 @@ the parsed request and the response with their headers, which nothing reads once
 connection is accepted (the app's scope has its own copy of the request's headers).
 `LeanSansIOProtocol` is the same protocol with a receive queue and a writable flag that
 hold nothing while idle, and it lets go of the handshake's request and response after
-accept. `python -m gateway` serves with it when `GATEWAY_WS_IMPL` is
+accept; its keepalive pings share one timer per event loop (`PingWheel`) rather than
+hold a timer handle each. `python -m gateway` serves with it when `GATEWAY_WS_IMPL` is
 `websockets-sansio` (the default); `ws_protocol` picks it.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-__all__ = ["Inbox", "LeanSansIOProtocol", "WritableFlag", "ws_protocol"]
+__all__ = ["Inbox", "LeanSansIOProtocol", "PingWheel", "WritableFlag", "ws_protocol"]
 
 
 class Inbox:
@@ -97,14 +98,65 @@ class WritableFlag:
         return True
 
 
+class PingWheel:
+    """One timer per event loop for every connection's next keepalive ping, instead of
+    a timer handle per connection: due pings go out at the next tick (`TICK` s)."""
+
+    TICK = 0.5
+    _wheels: dict[int, PingWheel] = {}  # by id(loop), while pings are due on it
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.due: deque[tuple[float, LeanSansIOProtocol]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> PingWheel:
+        wheel = cls._wheels.get(id(loop))
+        if wheel is None:
+            wheel = cls._wheels[id(loop)] = cls(loop)
+        return wheel
+
+    def add(self, proto: LeanSansIOProtocol, at: float) -> None:
+        self.due.append((at, proto))
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.TICK, self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        due = self.due
+        # Entries come in about the order they are due (every connection pings after
+        # the same interval, less its last round trip).
+        while due and due[0][0] <= now:
+            at, proto = due.popleft()
+            if proto.ping_at == at:  # not stopped or rescheduled since
+                proto.ping_at = None
+                proto.send_keepalive_ping()
+        if due:
+            self.timer = self.loop.call_later(self.TICK, self._tick)
+        else:
+            self._wheels.pop(id(self.loop), None)
+
+
 class LeanSansIOProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol with `Inbox`, `WritableFlag`, and no
-    handshake request or response kept after accept."""
+    """uvicorn's websockets-sansio protocol with `Inbox`, `WritableFlag`, no handshake
+    request or response kept after accept, and keepalive pings timed by `PingWheel`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.queue = Inbox()  # type: ignore[assignment]
         self.writable = WritableFlag()  # type: ignore[assignment]
+        self.ping_at: float | None = None  # (loop time) the next ping, when one is due
+
+    def schedule_ping(self) -> None:
+        assert self.ping_interval is not None
+        self.ping_at = self.loop.time() + max(0.0, self.ping_interval - self.last_ping_rtt)
+        PingWheel.of(self.loop).add(self, self.ping_at)
+
+    def stop_keepalive(self) -> None:
+        self.ping_at = None
+        super().stop_keepalive()
 
     async def send(self, message: Any) -> None:
         await super().send(message)
