@@ -15,6 +15,7 @@ hold a timer handle each. `python -m gateway` serves with it when `GATEWAY_WS_IM
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections import deque
 from typing import Any
 
@@ -107,8 +108,10 @@ class PingWheel:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.due: deque[tuple[float, LeanSansIOProtocol]] = deque()
+        # (when, tie-breaker, protocol): a heap, soonest first.
+        self.due: list[tuple[float, int, LeanSansIOProtocol]] = []
         self.timer: asyncio.TimerHandle | None = None
+        self._added = 0
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> PingWheel:
@@ -118,7 +121,8 @@ class PingWheel:
         return wheel
 
     def add(self, proto: LeanSansIOProtocol, at: float) -> None:
-        self.due.append((at, proto))
+        self._added += 1
+        heapq.heappush(self.due, (at, self._added, proto))
         if self.timer is None:
             self.timer = self.loop.call_later(self.TICK, self._tick)
 
@@ -126,17 +130,17 @@ class PingWheel:
         self.timer = None
         now = self.loop.time()
         due = self.due
-        # Entries come in about the order they are due (every connection pings after
-        # the same interval, less its last round trip).
-        while due and due[0][0] <= now:
-            at, proto = due.popleft()
-            if proto.ping_at == at:  # not stopped or rescheduled since
-                proto.ping_at = None
-                proto.send_keepalive_ping()
-        if due:
-            self.timer = self.loop.call_later(self.TICK, self._tick)
-        else:
-            self._wheels.pop(id(self.loop), None)
+        try:
+            while due and due[0][0] <= now:
+                at, _, proto = heapq.heappop(due)
+                if proto.ping_at == at:  # not stopped or rescheduled since
+                    proto.ping_at = None
+                    proto.send_keepalive_ping()
+        finally:
+            if due:
+                self.timer = self.loop.call_later(self.TICK, self._tick)
+            else:
+                self._wheels.pop(id(self.loop), None)
 
 
 class LeanSansIOProtocol(WebSocketsSansIOProtocol):
