@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 
 from gateway.app import bind, create_app
 from gateway.exceptions import ConfigurationError
+from gateway.serverproto import ws_protocol
 from gateway.settings import GatewaySettings
 from service.logs import configure_logging
 
@@ -58,7 +59,7 @@ def main() -> int:
         app,
         host=settings.host,
         port=settings.port,
-        ws=settings.ws_impl,
+        ws=ws_protocol(settings.ws_impl),  # websockets-sansio: its leaner subclass
         loop="auto",
         log_config=None,
         access_log=False,

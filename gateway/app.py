@@ -8,16 +8,16 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from audit.settings import AuditSettings
@@ -31,7 +31,7 @@ from gateway.exceptions import AuthError, ConfigurationError
 from gateway.protocol import CloseCode, schema
 from gateway.session import Session
 from gateway.settings import GatewaySettings
-from gateway.wire import capture_send
+from gateway.wire import SEND_KEY
 from worklist_cache import CacheSettings
 
 __all__ = ["bind", "build_verifier", "create_app"]
@@ -76,7 +76,8 @@ def create_app(
             log.info("gateway %s ready (demo=%s)", gw.node, settings.demo)
             yield
 
-    async def websocket_endpoint(websocket: WebSocket) -> None:
+    async def open_session(websocket: WebSocket) -> Session | None:
+        """The session of a new WebSocket, or None when it was refused."""
         gw: Gateway = websocket.app.state.gw
         if gw.draining:
             # 503, not 403: a client must tell "try another node" from "refused".
@@ -88,12 +89,17 @@ def create_app(
                 await websocket.send_denial_response(refusal)
             else:
                 await websocket.close(CloseCode.TRY_AGAIN)
-            return
+            return None
         if not gw.origin_allowed(websocket):
             gw.metrics["origin_refused"] += 1
             await websocket.close(CloseCode.POLICY)
-            return
-        await Session(gw, websocket).run()
+            return None
+        return Session(gw, websocket)
+
+    async def websocket_endpoint(websocket: WebSocket) -> None:
+        session = await open_session(websocket)
+        if session is not None:
+            await session.run()
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
@@ -234,8 +240,9 @@ def create_app(
         return FileResponse(index_html, headers={"Cache-Control": "no-cache"})
 
     audit_pool = reports.LazyPool(AuditSettings())
+    ws_route = WebSocketRoute("/ws", websocket_endpoint)
     routes: list[Any] = [
-        WebSocketRoute("/ws", websocket_endpoint),
+        ws_route,
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
@@ -250,6 +257,39 @@ def create_app(
         Mount("/static", StaticFiles(directory=static_dir), name="static"),
         Route("/{path:path}", index),
     ]
-    # The server's own `send` of each WebSocket, for writing frames straight to its
-    # transport (gateway.wire); Starlette's error middleware passes WebSockets through.
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(capture_send)])
+    return GatewayApp(ws_route, open_session, routes=routes, lifespan=lifespan)
+
+
+class GatewayApp(Starlette):
+    """The Starlette app, which takes a WebSocket to `/ws` straight to its session.
+
+    It records the server's own `send` of each WebSocket (for writing frames straight to
+    its transport, `gateway.wire`), and runs a `/ws` session right here rather than
+    through the middleware stack, the router and the route's wrapper: each of their
+    coroutine frames would stay on every open connection's stack for its whole life.
+    (Starlette's error and exception middleware do nothing for a WebSocket whose
+    endpoint raises no `WebSocketException`; the session raises none.)
+    """
+
+    def __init__(
+        self,
+        ws_route: WebSocketRoute,
+        open_session: Callable[[WebSocket], Awaitable[Session | None]],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._ws_route = ws_route
+        self._open_session = open_session
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope[SEND_KEY] = send
+            match, child = self._ws_route.matches(scope)
+            if match is Match.FULL:
+                scope["app"] = self
+                scope.update(child)
+                session = await self._open_session(WebSocket(scope, receive, send))
+                if session is not None:
+                    await session.run()
+                return
+        await super().__call__(scope, receive, send)

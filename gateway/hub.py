@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from gateway.wire import DirectWriter, encode_text
+from gateway.wire import DirectWriter, FrameQueue, encode_text
 from worklist_cache.feed import offset_key
 from worklist_cache.views import RowMatcher, Scope, View
 
@@ -58,7 +58,7 @@ Patch = tuple[int, str]
 Pending = tuple[str, dict[str, Any], str, str]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Subscription:
     sub_id: str
     tenant: str
@@ -177,6 +177,22 @@ def route(
 class Client:
     """What the hub knows of one WebSocket connection."""
 
+    __slots__ = (
+        "_on_epoch_change",
+        "_on_overflow",
+        "busy",
+        "hub",
+        "max_bytes",
+        "overflowed",
+        "queue",
+        "queued_bytes",
+        "subs",
+        "user",
+        "window",
+        "window_keys",
+        "writer",
+    )
+
     def __init__(
         self,
         queue_size: int,
@@ -186,7 +202,9 @@ class Client:
         max_bytes: int = 0,
         hub: Hub | None = None,
     ) -> None:
-        self.queue: asyncio.Queue[Queued] = asyncio.Queue(queue_size)
+        # Frames waiting for the session's writer (started when one is put; see
+        # `gateway.session`); no buffer while empty.
+        self.queue: FrameQueue[Queued] = FrameQueue(queue_size)
         # Characters queued and not yet taken by the writer (0 = no bound).
         self.queued_bytes = 0
         self.max_bytes = max_bytes

@@ -1,11 +1,14 @@
-"""One WebSocket connection: authenticate, then a reader and a writer task; when one
-ends, both end.
+"""One WebSocket connection: authenticate, then read requests in the connection's own
+task; frames go straight to the transport, or queue behind a writer started for them.
 
-Lifecycle: `welcome` -> the client's `auth` (within `auth_timeout`, nothing else is
-processed before it) -> requests. The writer drains the client's bounded queue,
-batching what backed up (`hub.coalesce`). Closing goes through `request_close`, which
-either lets queued frames out first (an error that explains the close) or cuts in at
-once (a client too slow to take anything more).
+Lifecycle: `welcome` -> the client's `auth` (within `auth_timeout`, checked by the
+gateway's housekeeping; nothing else is processed before it) -> requests. An idle
+session holds no task of its own besides the server's one for the connection: the
+writer task exists only while frames wait in the client's bounded queue, drains them,
+batching what backed up (`hub.coalesce`), and ends. Closing goes through
+`request_close`, which either lets queued frames out first (an error that explains the
+close) or cuts in at once (a client too slow to take anything more); a close decided
+outside the reading task interrupts its read.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from dynamo.directory.models import Person
+from dynamo.models import now_ms
 from gateway.auth import Identity, Principal, principal_for
 from gateway.exceptions import AuthError, TenantNotBuilt
 from gateway.handlers import dispatch, worklists
@@ -42,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.session")
 
 _CLOSE: Queued = ("\x01close", "")
+# A session's end without a close frame (the client went away while frames were written).
+_GONE: tuple[int, str] = (0, "")
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _MAX_BATCH = 256
 
@@ -62,6 +68,8 @@ class ConnectionState(Enum):
 class TokenBucket:
     """Requests per second with a burst; `take` says how long to wait when empty."""
 
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = burst
@@ -79,6 +87,30 @@ class TokenBucket:
 
 
 class Session:
+    __slots__ = (
+        "_auth_by",
+        "_bucket",
+        "_close_after_flush",
+        "_interrupted",
+        "_outcome",
+        "_reading",
+        "_strikes",
+        "_task",
+        "_tasks",
+        "_waiter",
+        "_writer",
+        "claim_rows",
+        "claims",
+        "client",
+        "conn_id",
+        "gw",
+        "identity",
+        "principal",
+        "review_tokens",
+        "state",
+        "ws",
+    )
+
     def __init__(self, gw: Gateway, websocket: WebSocket) -> None:
         self.gw = gw
         self.ws = websocket
@@ -96,11 +128,18 @@ class Session:
         # exam_id -> its site and subspecialty, for scoping what presence shows of it
         self.claim_rows: dict[str, dict[str, Any]] = {}
         self.review_tokens: dict[str, str] = {}  # exam_id -> peer-review claim token
-        self._closing: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # How the session ends once decided: (code, reason) of its close frame, or _GONE.
+        self._outcome: tuple[int, str] | None = None
+        self._task: asyncio.Task[Any] | None = None  # the connection's (server's) task
+        self._reading = False  # that task waits for (or handles) the client's frames
+        self._interrupted = False  # ... and was cancelled to learn of `_outcome`
+        self._waiter: asyncio.Future[None] | None = None  # waits for `_outcome` (closing)
+        self._writer: asyncio.Task[None] | None = None  # while frames wait in the queue
+        self._tasks: set[asyncio.Task[Any]] | None = None  # spawned requests' work
         self._close_after_flush: tuple[int, str] = (CloseCode.NORMAL, "")
         self._bucket = TokenBucket(gw.settings.rate_limit, gw.settings.rate_burst)
         self._strikes = 0
+        self._auth_by = 0  # (ms) no `auth` by then: closed by `check_expiry`
         self.state = ConnectionState.CONNECTING
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -108,8 +147,15 @@ class Session:
     async def run(self) -> None:
         subprotocols = self.ws.scope.get("subprotocols") or []
         await self.ws.accept(subprotocol="ris.v1" if "ris.v1" in subprotocols else None)
+        # Nothing reads the handshake's headers after accept (the origin was checked
+        # before): an idle connection does not keep them.
+        self.ws.scope["headers"] = []
+        vars(self.ws).pop("_headers", None)  # starlette's cached `Headers` of them
         # Frames go straight to the transport while nothing waits (gateway.wire).
         self.client.writer = DirectWriter.find(self.ws.scope)
+        self.client.queue.on_put = self._wake_writer
+        self._task = asyncio.current_task()
+        self._auth_by = now_ms() + int(self.gw.settings.auth_timeout * 1000)
         self.gw.sessions.add(self)
         self.send(
             {
@@ -119,32 +165,33 @@ class Session:
                 "auth_timeout_ms": int(self.gw.settings.auth_timeout * 1000),
             }
         )
-        reader = asyncio.create_task(self._reader(), name="ws-reader")
-        writer = asyncio.create_task(self._writer(), name="ws-writer")
-        self.spawn(self._auth_deadline(), "ws-auth-deadline")
         try:
-            waiters: set[asyncio.Future[Any]] = {reader, writer, self._closing}
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            closing = self.state is ConnectionState.CLOSING
-            if reader in done and closing and not self._closing.done():
-                # The reader asked to close after an error frame (too large, bad
-                # token): let the writer send what is queued first, within a bound.
-                more: set[asyncio.Future[Any]] = {writer, self._closing}
-                await asyncio.wait(more, timeout=2.0, return_when=asyncio.FIRST_COMPLETED)
-                done = {t for t in (reader, writer) if t.done()}
-            for task in (reader, writer):
-                if task in done and not task.cancelled() and task.exception() is not None:
-                    log.error("session task failed", exc_info=task.exception())
-                    self.request_close(CloseCode.INTERNAL, "internal error", flush=False)
-            if self._closing.done():
-                code, reason = self._closing.result()
-                await self._close(code, reason)
+            try:
+                await self._read()
+            except asyncio.CancelledError:
+                if not self._uninterrupt():
+                    raise
+            except Exception:
+                log.error("session task failed", exc_info=True)
+                self.request_close(CloseCode.INTERNAL, "internal error", flush=False)
+            self._uninterrupt()
+            if self._outcome is None and self.state is ConnectionState.CLOSING:
+                # The reading stopped (an error frame asked to close, or the client
+                # left) while queued frames go out before the close: let the writer
+                # send them first, within a bound.
+                self._waiter = asyncio.get_running_loop().create_future()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._waiter, 2.0)
+            if self._outcome is not None and self._outcome is not _GONE:
+                await self._close(*self._outcome)
         finally:
             self.state = ConnectionState.CLOSED
             self.client.writer = None
-            for task in (reader, writer, *self._tasks):
+            self.client.queue.on_put = None
+            tasks = [*(self._tasks or ()), *((self._writer,) if self._writer else ())]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(reader, writer, *self._tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.gw.tenants_idle(self.gw.hub.detach(self.client))
             self.gw.reviews_board.forget(self)
             self.gw.sessions.discard(self)
@@ -152,14 +199,48 @@ class Session:
                 with contextlib.suppress(Exception):
                     await self.gw.presence.leave(self)
 
+    def _uninterrupt(self) -> bool:
+        """After `_finish` cancelled the read: take that cancellation back (True), unless
+        someone else cancelled the task too."""
+        if not self._interrupted:
+            return False
+        self._interrupted = False
+        task = self._task
+        assert task is not None
+        return task.uncancel() == 0
+
+    def _finish(self, outcome: tuple[int, str]) -> None:
+        """The session ends: with this close frame, or without (_GONE)."""
+        if self._outcome is not None:
+            return
+        self._outcome = outcome
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        task = self._task
+        if (
+            self._reading
+            and not self._interrupted
+            and task is not None
+            and task is not asyncio.current_task()
+        ):
+            # The connection's task waits for the client (or serves a request): cut in.
+            # (From within that task, the read loop sees `_outcome` when it returns.)
+            self._interrupted = True
+            task.cancel()
+
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
+        if self._tasks is not None:
+            self._tasks.discard(task)
+            if not self._tasks:
+                self._tasks = None
         if not task.cancelled() and task.exception() is not None:
             log.error("session task %s failed", task.get_name(), exc_info=task.exception())
 
@@ -167,7 +248,7 @@ class Session:
         """Close the connection; with `flush`, after the frames already queued."""
         # From now on frames queue (behind the close, or for nobody): none jumps ahead.
         self.client.writer = None
-        if self._closing.done() or (flush and self.state is ConnectionState.CLOSING):
+        if self._outcome is not None or (flush and self.state is ConnectionState.CLOSING):
             return
         self.state = ConnectionState.CLOSING
         if flush:
@@ -177,7 +258,7 @@ class Session:
                 return
             except asyncio.QueueFull:
                 pass
-        self._closing.set_result((code, reason))
+        self._finish((code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
         # A client that stopped reading takes the close frame only when it reads again
@@ -214,15 +295,29 @@ class Session:
         self.gw.metrics[f"errors_{code.value}"] += 1
         self.send(frame)
 
-    async def _writer(self) -> None:
-        """Drain what queued (while the transport was paused, or behind other frames);
-        the client is `busy` while frames taken off the queue are not written yet, so
-        the hub does not write a newer frame ahead of them."""
+    def _wake_writer(self) -> None:
+        """A frame was queued: start the writer unless it runs."""
+        if self._writer is None and self.state is not ConnectionState.CLOSED:
+            self._writer = asyncio.create_task(self._write_queued(), name="ws-writer")
+
+    async def _write_queued(self) -> None:
+        """Drain what queued (while the transport was paused, or behind other frames),
+        then end; the client is `busy` while frames taken off the queue are not written
+        yet, so the hub does not write a newer frame ahead of them."""
+        try:
+            await self._drain()
+        except Exception:
+            log.error("session task failed", exc_info=True)
+            self.request_close(CloseCode.INTERNAL, "internal error", flush=False)
+        finally:
+            self._writer = None
+
+    async def _drain(self) -> None:
         client = self.client
         queue = client.queue
         send = self.ws.send_text
-        while True:
-            items = [await queue.get()]
+        while not queue.empty():
+            items = [queue.get_nowait()]
             client.busy = True
             while len(items) < _MAX_BATCH and not queue.empty():
                 items.append(queue.get_nowait())
@@ -239,33 +334,40 @@ class Session:
                         await send(frame)
                 except Exception as exc:  # the client went away mid-send: not an error
                     log.debug("send failed (%s): client gone", type(exc).__name__)
+                    self._finish(_GONE)
                     return
                 self.gw.hub.frames_out += 1
             client.busy = False
             if closing:
-                if not self._closing.done():
-                    self._closing.set_result(self._close_after_flush)
+                self._finish(self._close_after_flush)
                 return
 
     # ---- input ---------------------------------------------------------------------------
 
-    async def _reader(self) -> None:
+    async def _read(self) -> None:
+        """The client's frames, in the connection's own task, until it leaves or the
+        session's end is decided (`_finish` cancels a read from outside)."""
         limit = self.gw.settings.max_frame_bytes
-        while True:
-            try:
-                message = await self.ws.receive()
-            except WebSocketDisconnect:
-                return
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("text")
-            if data is None:
-                data = message.get("bytes") or b""
-            if len(data) > limit:
-                self.error(None, ErrorCode.TOO_LARGE, f"frame above {limit} bytes")
-                self.request_close(CloseCode.TOO_LARGE, "frame too large")
-                return
-            await self._handle(data)
+        receive = self.ws.receive
+        self._reading = True
+        try:
+            while self._outcome is None:
+                try:
+                    message = await receive()
+                except WebSocketDisconnect:
+                    return
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                if len(data) > limit:
+                    self.error(None, ErrorCode.TOO_LARGE, f"frame above {limit} bytes")
+                    self.request_close(CloseCode.TOO_LARGE, "frame too large")
+                    return
+                await self._handle(data)
+        finally:
+            self._reading = False
 
     async def _handle(self, data: str | bytes) -> None:
         if self.state not in (ConnectionState.CONNECTING, ConnectionState.AUTHENTICATED):
@@ -319,12 +421,6 @@ class Session:
         return False
 
     # ---- authentication ------------------------------------------------------------------
-
-    async def _auth_deadline(self) -> None:
-        await asyncio.sleep(self.gw.settings.auth_timeout)
-        if self.principal is None:
-            self.error(None, ErrorCode.UNAUTHORIZED, "no auth frame in time")
-            self.request_close(CloseCode.UNAUTHORIZED, "authenticate first")
 
     async def _auth(self, frame: Auth) -> None:
         """The first `auth` opens the session; a later one refreshes its token.
@@ -402,7 +498,13 @@ class Session:
 
     def check_expiry(self, now: int) -> None:
         """Called by the gateway's housekeeping (one timer for every session, rather than
-        a task each: idle connections stay small)."""
+        a task each: idle connections stay small): no `auth` within `auth_timeout`, or
+        the token expired."""
+        if self.state is ConnectionState.CONNECTING and self._auth_by <= now:
+            self._auth_by = now + 2**40  # once
+            self.error(None, ErrorCode.UNAUTHORIZED, "no auth frame in time")
+            self.request_close(CloseCode.UNAUTHORIZED, "authenticate first")
+            return
         if self.state is ConnectionState.AUTHENTICATED and self.principal is not None:
             if self.principal.expires_at_ms <= now:
                 self.error(None, ErrorCode.TOKEN_EXPIRED, "the token expired; log in again")

@@ -1,6 +1,6 @@
 """Writing frames straight to a connection's transport, as `websockets.broadcast` does.
 
-The ASGI path (`await websocket.send_text`) costs a writer task wake-up per client per
+The ASGI path (`await websocket.send_text`) costs a task wake-up per client per
 frame, and a frame serialization per client. When uvicorn serves the connection with
 its websockets-sansio protocol, the hub can instead hand the bytes of a frame to the
 connection's transport at once, from the pub/sub callback, as long as nothing waits in
@@ -10,32 +10,72 @@ coalescing, eviction). A frame's bytes are built once and written to every conne
 that takes the same text (`encode_text`), unless the connection negotiated
 compression, which is per connection.
 
-`capture_send` keeps the server's own ASGI `send` in the scope (Starlette wraps it) so
-`DirectWriter.find` can reach the protocol behind it; any other WebSocket
-implementation gets no direct writer and every frame goes through the ASGI path.
+The app's WebSocket middleware (`gateway.app`) keeps the server's own ASGI `send` in
+the scope (Starlette wraps it) under `SEND_KEY`, so `DirectWriter.find` can reach the
+protocol behind it (uvicorn's websockets-sansio, or `gateway.serverproto`'s subclass
+of it); any other WebSocket implementation gets no direct writer and every frame goes
+through the ASGI path.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 from websockets.protocol import State
 
-__all__ = ["SEND_KEY", "DirectWriter", "capture_send", "encode_text"]
+__all__ = ["SEND_KEY", "DirectWriter", "FrameQueue", "encode_text"]
 
 SEND_KEY = "gateway.asgi_send"
 
+T = TypeVar("T")
 
-def capture_send(app: ASGIApp) -> ASGIApp:
-    """An ASGI middleware that records the server's `send` of each WebSocket."""
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            scope[SEND_KEY] = send
-        await app(scope, receive, send)
+class FrameQueue(Generic[T]):
+    """A client's bounded queue of frames, for an idle connection's sake lighter than
+    `asyncio.Queue`: nobody awaits it (`on_put` tells the session a frame waits, and
+    the session starts a writer that ends when the queue is empty), and it holds no
+    buffer while empty. `maxsize` <= 0: no bound."""
 
-    return middleware
+    __slots__ = ("_items", "maxsize", "on_put")
+
+    def __init__(self, maxsize: int = 0) -> None:
+        self._items: deque[T] | None = None
+        self.maxsize = maxsize
+        self.on_put: Callable[[], None] | None = None
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+    def full(self) -> bool:
+        return 0 < self.maxsize <= self.qsize()
+
+    def put_nowait(self, item: T) -> None:
+        """Raises `asyncio.QueueFull` when `maxsize` frames wait already."""
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        elif 0 < self.maxsize <= len(items):
+            raise asyncio.QueueFull
+        items.append(item)
+        if self.on_put is not None:
+            self.on_put()
+
+    def get_nowait(self) -> T:
+        """Raises `asyncio.QueueEmpty` when nothing waits."""
+        items = self._items
+        if not items:
+            raise asyncio.QueueEmpty
+        item = items.popleft()
+        if not items:
+            self._items = None  # an empty deque still holds a block
+        return item
 
 
 def encode_text(text: str) -> bytes:
@@ -67,7 +107,8 @@ class DirectWriter:
         """The connection's writer, when its server is uvicorn's websockets-sansio."""
         send = scope.get(SEND_KEY)
         proto = getattr(send, "__self__", None)
-        if proto is None or type(proto).__name__ != "WebSocketsSansIOProtocol":
+        names = {c.__name__ for c in type(proto).__mro__} if proto is not None else set()
+        if "WebSocketsSansIOProtocol" not in names:  # (or a subclass, gateway.serverproto)
             return None
         if not all(hasattr(proto, a) for a in ("transport", "conn", "writable", "close_sent")):
             return None

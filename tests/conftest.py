@@ -31,6 +31,7 @@ from dynamo.store import ExamStore
 from dynamo.table import ensure_table
 from gateway.app import bind, create_app
 from gateway.auth import mint_token
+from gateway.serverproto import ws_protocol
 from gateway.settings import GatewaySettings
 from relay.checkpoints import RedisCheckpoints
 from relay.stream import StreamRelay
@@ -254,7 +255,7 @@ async def _serve(
         app,
         host="127.0.0.1",
         port=port,
-        ws="websockets-sansio",
+        ws=ws_protocol("websockets-sansio"),  # as `python -m gateway` serves
         log_config=None,
         lifespan="on",
         access_log=False,

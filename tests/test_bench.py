@@ -113,6 +113,7 @@ async def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert isinstance(results["storm_resubscribed_s"], float)
     assert results["storm_resubscribed_s"] > 0
     assert results["storm_redis_commands_per_session"] > 0
+    assert isinstance(results["baseline_kb_per_connection"], float)
     assert isinstance(results["client_limited"], bool)
     assert results["machine"]["cores"] >= 1 and results["machine"]["python"]
     # HL7 over MLLP: every message acknowledged AA, once.

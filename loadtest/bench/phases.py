@@ -168,6 +168,40 @@ class Bench:
             )
         self.results.update(max_connections=held, kb_per_connection=kb)
         say(f"idle: {held} sessions held, {kb or 0:.1f} KB each ({opened['failed']} failed)")
+        await self._idle_baseline()
+
+    async def _idle_baseline(self) -> None:
+        """The bare `websockets` server (loadtest/baseline.py) holding as many idle
+        connections from the same load clients: its RSS growth per connection, the
+        floor the gateway's figure is compared with."""
+        scale = self.scale
+        port = free_port()
+        argv = [sys.executable, "-m", "loadtest.baseline", "--port", str(port)]
+        argv += ["--redis-url", self.env["REDIS_URL"], "--tenant", TENANT]
+        baseline = self.stack.spawn("baseline-idle", argv, self.env)
+        await asyncio.to_thread(wait_for_port, port, 30, baseline)
+        url = f"ws://127.0.0.1:{port}/"
+        pool = await self.stack.pool("idle-baseline", scale.idle_procs)
+        try:
+            await open_pool(pool, url, 20, tenant=TENANT, view=None, gateway=False)
+            await pool.call("close")
+            await asyncio.sleep(1.0)
+            proc = psutil.Process(baseline.pid)
+            before = proc.memory_info().rss
+            await open_pool(
+                pool, url, scale.idle_connections, tenant=TENANT, view=None, gateway=False
+            )
+            await asyncio.sleep(2.0)
+            held = sum(r["open"] for r in await pool.call("progress", timeout=30))
+            after = proc.memory_info().rss
+            await pool.call("close", timeout=120)
+        finally:
+            await self.stack.close_pool(pool)
+            await self.stack.stop_one(baseline)
+        kb = round((after - before) / 1024 / held, 2) if held else None
+        self.phases["idle"].update(baseline_held=held, baseline_kb_per_connection=kb)
+        self.results["baseline_kb_per_connection"] = kb
+        say(f"idle baseline: {held} connections held, {kb or 0:.1f} KB each")
 
     # -- 2. the DynamoDB ceiling --
 

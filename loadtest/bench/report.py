@@ -49,6 +49,7 @@ REQUIRED = (
     "max_connections",
     "kb_per_connection",
     "storm_resubscribed_s",
+    "baseline_kb_per_connection",
     "claim_p99_ms",
     "claim_p99_ms_idle",
     "bytes_per_delivery",
@@ -270,7 +271,9 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         f"feed and left idle, {IDLE_PER_TENANT} users per tenant over {idle.get('tenants')} "
         f"tenants; RSS growth / sessions held. RSS {idle.get('rss_before_mb')} -> "
         f"{idle.get('rss_after_mb')} MB for {idle.get('held')} sessions, opened in "
-        f"{idle.get('open_s')} s.",
+        f"{idle.get('open_s')} s. The baseline's figure: the bare `websockets` server "
+        f"holding {idle.get('baseline_held')} idle connections of the same load clients "
+        f"(welcomed, no auth, no subscription).",
         _storm_note(r),
         f"- **Claims**: {CLAIMERS} users claim one exam at once, the winner releases it; "
         + (

@@ -195,8 +195,15 @@ def _verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
         (
             "memory per idle session",
             fmt(r["kb_per_connection"], "KB"),
-            "< 40 KB",
-            _verdict(_lt(r["kb_per_connection"], 40)),
+            "<= 20 KB",
+            _verdict(None if r["kb_per_connection"] is None else r["kb_per_connection"] <= 20),
+        ),
+        (
+            "memory per idle connection: gateway / bare websockets baseline",
+            f"{fmt(r['kb_per_connection'])} / {fmt(r.get('baseline_kb_per_connection'), 'KB')}"
+            f" = {_ratio(r['kb_per_connection'], r.get('baseline_kb_per_connection'))}",
+            "(no target)",
+            "info",
         ),
         (
             "claim round trip p99, idle gateway (websocket)",

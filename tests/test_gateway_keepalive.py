@@ -1,0 +1,80 @@
+"""Keepalive with the gateway's WebSocket protocol (gateway.serverproto): pings share one
+timer per event loop, and a peer that stops answering them is still dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from typing import Any
+
+import uvicorn
+
+from devstack import free_port
+from gateway.serverproto import ws_protocol
+from tests.conftest import UNIT
+
+PING, CLOSE = 0x9, 0x8
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Accepts a WebSocket and waits for it to end."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readexactly(2)
+    size = head[1] & 0x7F
+    if size == 126:
+        size = int.from_bytes(await reader.readexactly(2), "big")
+    return head[0] & 0x0F, await reader.readexactly(size)
+
+
+async def test_a_peer_that_stops_answering_pings_is_pinged_then_dropped() -> None:
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        ws=ws_protocol("websockets-sansio"),
+        ws_ping_interval=0.3,
+        ws_ping_timeout=0.3,
+        log_config=None,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(int(500 * UNIT)):
+            if server.started:
+                break
+            await asyncio.sleep(0.02)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        status = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10 * UNIT)
+        assert status.startswith(b"HTTP/1.1 101")
+        # A ping comes (LeanSansIOProtocol times it with PingWheel); it is never answered...
+        opcode, _ = await asyncio.wait_for(read_frame(reader), 10 * UNIT)
+        assert opcode == PING
+        # ... so the server closes the connection (1011 keepalive ping timeout).
+        opcode, payload = await asyncio.wait_for(read_frame(reader), 10 * UNIT)
+        assert opcode == CLOSE and int.from_bytes(payload[:2], "big") == 1011
+        assert await asyncio.wait_for(reader.read(), 10 * UNIT) == b""
+        writer.close()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10 * UNIT)
