@@ -35,23 +35,19 @@ from typing import Any
 
 import orjson
 
+from gateway.frames import Patch, leave_frame, patch_text
+from gateway.frames import Queued as Queued  # (re-exported: the session's writer uses them)
+from gateway.frames import coalesce as coalesce
 from gateway.wire import DirectWriter, encode_text
 from worklist_cache.feed import offset_key
 from worklist_cache.views import RowMatcher, Scope, View
 
 log = logging.getLogger("gateway.hub")
 
-# A queued frame: (coalescing key or None for frames that are never merged, text).
-Queued = tuple[str | None, str]
-
 
 # The newest row the hub saw per exam, per tenant, at most this many (the oldest go):
 # what a patch is computed against.
 ROWS_KEPT = 5_000
-_MISSING = object()
-
-# A patch's part after the subscription prefix, and the version it applies to.
-Patch = tuple[int, str]
 
 # A feed message held back while a subscription's snapshot or resume is read:
 # (offset, row, raw message text, epoch).
@@ -89,55 +85,10 @@ class Subscription:
         self.key_prefix = self.sub_id + "\x00"
 
 
-def leave_frame(sub: Subscription, epoch: str, offset: str, exam_id: str, version: int) -> str:
-    """An offset-only placeholder: enough to drop the row, nothing of the row itself."""
-    delta = orjson.dumps({"exam_id": exam_id, "version": version}).decode()
-    return (
-        sub.leave_prefix
-        + '"epoch":"'
-        + epoch
-        + '","offset":"'
-        + offset
-        + '","delta":'
-        + delta
-        + "}"
-    )
-
-
 def visible(sub: Subscription, row: dict[str, Any]) -> bool:
     """Whether a subscription's client may hold this row: the (scoped) view matches it.
     The rule `route` applies, and row requests too."""
     return row["op"] != "remove" and sub.matcher(row)
-
-
-def patch_text(
-    prev: dict[str, Any], prev_version: int, row: dict[str, Any], epoch: str, offset: str
-) -> str:
-    """A patch's part after its subscription prefix: the fields of `row` that differ
-    from `prev` (absent ones as null), from version `prev_version` to `row`'s."""
-    fields = {
-        k: v
-        for k, v in row.items()
-        if k not in ("exam_id", "version") and prev.get(k, _MISSING) != v
-    }
-    for k in prev:
-        if k not in row:
-            fields[k] = None
-    return (
-        '"epoch":"'
-        + epoch
-        + '","offset":"'
-        + offset
-        + '","exam_id":'
-        + orjson.dumps(row["exam_id"]).decode()
-        + ',"base":'
-        + str(prev_version)
-        + ',"version":'
-        + str(row["version"])
-        + ',"fields":'
-        + orjson.dumps(fields).decode()
-        + "}"
-    )
 
 
 def route(
@@ -170,7 +121,7 @@ def route(
     sub.held.pop(exam_id, None)
     if exam_id in sub.in_view:
         sub.in_view.discard(exam_id)
-        return leave_frame(sub, epoch, offset, exam_id, row["version"])
+        return leave_frame(sub.leave_prefix, epoch, offset, exam_id, row["version"])
     return None
 
 
@@ -242,9 +193,9 @@ class Client:
             (text,) = coalesce(items)
             shared = False
         else:
-            # The same frame objects in the same order make the same batch (memo holds
-            # `items`, so no id is reused while the flush runs).
-            ids = tuple(id(frame) for _, frame in items)
+            # The same (key, frame) objects in the same order make the same batch (memo
+            # holds `items`, so no id is reused while the flush runs).
+            ids = tuple(map(id, items))
             hit = memo.get(ids)
             if hit is None:
                 (text,) = coalesce(items)
@@ -342,31 +293,6 @@ class Client:
         if frame is None:
             frame = memo[sub.patch_prefix] = sub.patch_prefix + patch[1]
         return frame
-
-
-def coalesce(items: list[Queued]) -> list[str]:
-    """Frames to send for what waited in a queue: runs of delta frames become one batch
-    frame holding only the newest frame per (subscription, exam); other frames keep
-    their place."""
-    out: list[str] = []
-    run: dict[str, str] = {}
-
-    def flush() -> None:
-        if len(run) == 1:
-            out.append(next(iter(run.values())))
-        elif run:
-            out.append('{"type":"batch","frames":[' + ",".join(run.values()) + "]}")
-        run.clear()
-
-    for key, frame in items:
-        if key is None:
-            flush()
-            out.append(frame)
-        else:
-            run.pop(key, None)  # the newer frame replaces the older, at the end
-            run[key] = frame
-    flush()
-    return out
 
 
 class _Group:
@@ -550,7 +476,9 @@ class Hub:
         shown = row["op"] != "remove" and matcher(row)
         key = group.key_prefix + exam_id
         first = group.first
-        frame = leave = patched = None
+        frame = leave = patched = last = None
+        wire = b""
+        entry: Queued = (None, "")
         written = 0
         for client, sub in group.members:
             writer = client.writer
@@ -601,15 +529,19 @@ class Hub:
                     continue
                 sub.in_view.discard(exam_id)
                 if leave is None:
-                    leave = leave_frame(first, epoch, offset, exam_id, version)
+                    leave = leave_frame(first.leave_prefix, epoch, offset, exam_id, version)
                 out = leave
             if windowed:
+                if out is not last:  # one entry object per text: `flush` memoizes by id
+                    last, entry = out, (key, out)
                 if not client.window:
                     self.defer(client)
-                client.window.append((key, out))
+                client.window.append(entry)
                 client.window_keys.add(key)
             elif writer.plain:
-                writer.write(out, self.wire(out))
+                if out is not last:  # members mostly take the same text: its bytes
+                    last, wire = out, self.wire(out)
+                writer.write(out, wire)
                 written += 1
             else:
                 writer.write(out)

@@ -13,7 +13,8 @@ the kernel's. The loop's clock is simulated: by default messages come 40 ms apar
 each goes out at once, as in the bench's 25/s phase); with `--dense K`, K messages come
 within one flush window, then the window ends (`Hub.flush`). Messages are fresh exams, as
 in the bench's fan-out phases; `--updates` makes them changes of 50 exams the clients
-hold (patches).
+hold (patches). `--baseline` drives the bare baseline's fan-out instead
+(`loadtest.baseline`: `websockets.broadcast` of each message to every connection).
 
 With `--callgrind` the harness runs itself twice under `valgrind --tool=callgrind` (M
 and 2M messages) and prints the difference per message and per delivery, so start-up
@@ -104,6 +105,33 @@ def messages(count: int, updates: bool) -> list[bytes]:
     return out
 
 
+async def run_baseline(clients: int, count: int) -> dict[str, Any]:
+    """The bare baseline's fan-out (`loadtest.baseline`): `websockets.broadcast` of each
+    message as it came, to connections whose transport throws the bytes away."""
+    from websockets.asyncio.server import ServerConnection, broadcast
+    from websockets.server import ServerProtocol
+
+    conns, transports = [], []
+    for _ in range(clients):
+        conn = ServerConnection(ServerProtocol(), None, ping_interval=None)  # type: ignore[arg-type]
+        conn.protocol.state = State.OPEN
+        transport = _NullTransport()
+        conn.transport = transport  # type: ignore[assignment]
+        conns.append(conn)
+        transports.append(transport)
+    raws = messages(count, False)
+    started = time.process_time()
+    for raw in raws:
+        broadcast(conns, raw, text=True)
+    cpu = time.process_time() - started
+    return {
+        "clients": clients,
+        "messages": count,
+        "bytes": sum(t.bytes for t in transports),
+        "cpu_s": round(cpu, 4),
+    }
+
+
 async def run(clients: int, count: int, dense: int, updates: bool) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     clock = [1000.0]
@@ -164,6 +192,7 @@ def _instructions(argv: list[str]) -> int:
 def callgrind(args: argparse.Namespace) -> dict[str, Any]:
     base = [sys.executable, "-m", "loadtest.fanout_cost", "--clients", str(args.clients)]
     base += ["--dense", str(args.dense)] + (["--updates"] if args.updates else [])
+    base += ["--baseline"] if args.baseline else []
     small = _instructions([*base, "--messages", str(args.messages)])
     large = _instructions([*base, "--messages", str(2 * args.messages)])
     per_message = (large - small) / args.messages
@@ -172,6 +201,7 @@ def callgrind(args: argparse.Namespace) -> dict[str, Any]:
         "messages": args.messages,
         "dense": args.dense,
         "updates": args.updates,
+        "baseline": args.baseline,
         "instructions_per_message": round(per_message),
         "instructions_per_delivery": round(per_message / args.clients),
     }
@@ -183,10 +213,16 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--dense", type=int, default=0, help="messages per flush window")
     parser.add_argument("--updates", action="store_true", help="changes of held exams")
+    parser.add_argument(
+        "--baseline", action="store_true", help="websockets.broadcast instead of the hub"
+    )
     parser.add_argument("--callgrind", action="store_true")
     args = parser.parse_args()
     if args.callgrind:
         print(json.dumps(callgrind(args)))
+        return
+    if args.baseline:
+        print(json.dumps(asyncio.run(run_baseline(args.clients, args.messages))))
         return
     print(json.dumps(asyncio.run(run(args.clients, args.messages, args.dense, args.updates))))
 
