@@ -6,6 +6,13 @@ splicing bytes, never re-serialized), a `leave` placeholder (the exam was in the
 and no longer matches: only its id, version and offset, never its row), or nothing.
 `route` is the one rule for live delivery, the replay after a snapshot and resume.
 
+The hub applies `route` once per group of subscriptions that route alike (the same sub
+id, so the same frame prefixes, and matchers with the same key, so the same answer for
+every row): for a member that is live at the message's epoch and, unless the flush
+window holds the message, writable now with nothing in front (`Hub._fan`), what is left
+is its holds (`in_view`, `held`) and one write of bytes shared by the group; any other
+member takes `Client.offer`, the same rule one subscription at a time.
+
 A frame goes straight to the client's transport (`gateway.wire.DirectWriter`) when
 nothing waits in front of it: the client's queue is empty, its writer holds nothing and
 the transport is not paused. One message's frame is built once per distinct
@@ -88,7 +95,13 @@ class Subscription:
 def visible(sub: Subscription, row: dict[str, Any]) -> bool:
     """Whether a subscription's client may hold this row: the (scoped) view matches it.
     The rule `route` applies, and row requests too."""
-    return row["op"] != "remove" and sub.matcher(row)
+    return shows(sub.matcher, row)
+
+
+def shows(matcher: RowMatcher, row: dict[str, Any]) -> bool:
+    """`visible` for every subscription with this matcher (the hub decides it once per
+    group of them)."""
+    return row["op"] != "remove" and matcher(row)
 
 
 def route(
@@ -473,7 +486,7 @@ class Hub:
         matcher = group.matcher
         exam_id = row["exam_id"]
         version = row["version"]
-        shown = row["op"] != "remove" and matcher(row)
+        shown = shows(matcher, row)
         key = group.key_prefix + exam_id
         first = group.first
         frame = leave = patched = last = None
