@@ -165,10 +165,8 @@ class Client:
         self.writer: DirectWriter | None = None
         # The session's writer holds frames it took off the queue and has not written.
         self.busy = False
-        # Frames held for the hub's flush window (`Hub.flush_s`), written at its end,
-        # and their coalescing keys.
+        # Frames held for the hub's flush window (`Hub.flush_s`), written at its end.
         self.window: list[Queued] = []
-        self.window_keys: set[str] = set()
 
     def _direct(self, frame: str, shared: bool) -> bool:
         """Write `frame` now if nothing waits in front of it; False: queue it.
@@ -197,7 +195,6 @@ class Client:
         frame per exam; queued instead when something waits in front of it. `memo`
         (one per flush) lets clients holding the same frames share one batch."""
         items, self.window = self.window, []
-        self.window_keys.clear()
         if not items or self.overflowed:
             return
         if len(items) == 1:
@@ -220,6 +217,11 @@ class Client:
             return
         for key, frame in items:
             self._enqueue(frame, key)
+
+    def holds(self, key: str) -> bool:
+        """The flush window holds a frame of this (subscription, exam): a patch now
+        would lose its base when the window is coalesced (asked only for patches)."""
+        return any(k == key for k, _ in self.window)
 
     def _enqueue(self, frame: str, key: str | None) -> None:
         size = len(frame)
@@ -284,12 +286,11 @@ class Client:
         )
         key = sub.key_prefix + exam_id
         if windowed and self.writer is not None and self.hub is not None:
-            if patchable and key not in self.window_keys:
+            if patchable and not self.holds(key):
                 frame = self._patch(sub, patch, memo)  # type: ignore[arg-type]
             if not self.window:
                 self.hub.defer(self)
             self.window.append((key, frame))
-            self.window_keys.add(key)
             return
         if self.window:
             self.flush()  # (a replay after a snapshot) what the window holds goes first
@@ -523,8 +524,7 @@ class Hub:
                     patch is not None
                     and base == patch[0]
                     and not (
-                        windowed
-                        and (client.busy or not client.queue.empty() or key in client.window_keys)
+                        windowed and (client.busy or not client.queue.empty() or client.holds(key))
                     )
                 ):
                     if patched is None:
@@ -550,7 +550,6 @@ class Hub:
                 if not client.window:
                     self.defer(client)
                 client.window.append(entry)
-                client.window_keys.add(key)
             elif writer.plain:
                 if out is not last:  # members mostly take the same text: its bytes
                     last, wire = out, self.wire(out)
