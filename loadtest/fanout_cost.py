@@ -136,6 +136,15 @@ async def run(clients: int, count: int, dense: int, updates: bool) -> dict[str, 
     loop = asyncio.get_running_loop()
     clock = [1000.0]
     loop.time = lambda: clock[0]  # type: ignore[method-assign]
+    try:
+        return _drive(clients, count, dense, updates, clock)
+    finally:
+        del loop.time  # the loop's own clock again
+
+
+def _drive(
+    clients: int, count: int, dense: int, updates: bool, clock: list[float]
+) -> dict[str, Any]:
     hub = Hub(flush_s=0.010)
     view = View(statuses=[])
     scope = Scope(TENANT)

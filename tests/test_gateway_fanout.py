@@ -17,6 +17,7 @@ from websockets.frames import Frame, Opcode
 from dynamo.deltas import ExamDelta
 from gateway.hub import Client, Hub, Subscription
 from gateway.wire import encode_text
+from loadtest import fanout_cost
 from tests.conftest import UNIT, Stack, token
 from tests.support.exams import exam_bundle
 from tests.support.wsclient import WsClient
@@ -331,3 +332,17 @@ async def test_grouped_fan_out_sends_what_routing_each_subscription_alone_sends(
         assert _queued(a) == _queued(b)
         sa, sb = next(iter(a.subs.values())), next(iter(b.subs.values()))
         assert (sa.held, sa.in_view) == (sb.held, sb.in_view)
+
+
+def test_the_cost_harness_gives_every_client_every_message_as_the_baseline_does() -> None:
+    """`loadtest.fanout_cost` compares like with like: the hub and the bare baseline
+    deliver the same messages to the same clients, the hub's frames longer only by
+    their prefix."""
+    hub = asyncio.run(fanout_cost.run(5, 20, 0, False))
+    bare = asyncio.run(fanout_cost.run_baseline(5, 20))
+    assert hub["frames_out"] == 5 * 20
+    prefix = len('{"type":"delta","sub":"s1",') - 1  # the message's "{" is kept
+    assert hub["bytes"] - bare["bytes"] == 5 * 20 * prefix
+    dense = asyncio.run(fanout_cost.run(5, 20, 4, False))
+    # The first message after a quiet window at once, then one write per window of 4.
+    assert dense["frames_out"] == 5 * (1 + 19 // 4 + 1)
