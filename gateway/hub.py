@@ -459,7 +459,8 @@ class Hub:
             for sub in client.subs.values():
                 if sub.tenant != tenant:
                     continue
-                key = (sub.sub_id, sub.matcher.key)
+                # (A matcher without a key, none of ours, routes alone.)
+                key = (sub.sub_id, getattr(sub.matcher, "key", None) or id(sub.matcher))
                 group = groups.get(key)
                 if group is None:
                     group = groups[key] = _Group(sub)
