@@ -253,6 +253,7 @@ class Gateway:
                 if isinstance(sub.matcher, HidingHeld) != hide:
                     sub.matcher = worklists.matcher_for(sub.view, p.sub, hide)
                     session.resync_one(sub)
+        self.hub.replan(tenant)  # the subscriptions route by their new matchers
 
     def _spawn_recheck(self, sessions: list[Session]) -> None:
         if not sessions:

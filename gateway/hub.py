@@ -6,6 +6,13 @@ splicing bytes, never re-serialized), a `leave` placeholder (the exam was in the
 and no longer matches: only its id, version and offset, never its row), or nothing.
 `route` is the one rule for live delivery, the replay after a snapshot and resume.
 
+The hub applies `route` once per group of subscriptions that route alike (the same sub
+id, so the same frame prefixes, and matchers with the same key, so the same answer for
+every row): for a member that is live at the message's epoch and, unless the flush
+window holds the message, writable now with nothing in front (`Hub._fan`), what is left
+is its holds (`in_view`, `held`) and one write of bytes shared by the group; any other
+member takes `Client.offer`, the same rule one subscription at a time.
+
 A frame goes straight to the client's transport (`gateway.wire.DirectWriter`) when
 nothing waits in front of it: the client's queue is empty, its writer holds nothing and
 the transport is not paused. One message's frame is built once per distinct
@@ -35,23 +42,19 @@ from typing import Any
 
 import orjson
 
+from gateway.frames import Patch, leave_frame, patch_text
+from gateway.frames import Queued as Queued  # (re-exported: the session's writer uses them)
+from gateway.frames import coalesce as coalesce
 from gateway.wire import DirectWriter, FrameQueue, encode_text
 from worklist_cache.feed import offset_key
 from worklist_cache.views import RowMatcher, Scope, View
 
 log = logging.getLogger("gateway.hub")
 
-# A queued frame: (coalescing key or None for frames that are never merged, text).
-Queued = tuple[str | None, str]
-
 
 # The newest row the hub saw per exam, per tenant, at most this many (the oldest go):
 # what a patch is computed against.
 ROWS_KEPT = 5_000
-_MISSING = object()
-
-# A patch's part after the subscription prefix, and the version it applies to.
-Patch = tuple[int, str]
 
 # A feed message held back while a subscription's snapshot or resume is read:
 # (offset, row, raw message text, epoch).
@@ -89,55 +92,16 @@ class Subscription:
         self.key_prefix = self.sub_id + "\x00"
 
 
-def leave_frame(sub: Subscription, epoch: str, offset: str, exam_id: str, version: int) -> str:
-    """An offset-only placeholder: enough to drop the row, nothing of the row itself."""
-    delta = orjson.dumps({"exam_id": exam_id, "version": version}).decode()
-    return (
-        sub.leave_prefix
-        + '"epoch":"'
-        + epoch
-        + '","offset":"'
-        + offset
-        + '","delta":'
-        + delta
-        + "}"
-    )
-
-
 def visible(sub: Subscription, row: dict[str, Any]) -> bool:
     """Whether a subscription's client may hold this row: the (scoped) view matches it.
     The rule `route` applies, and row requests too."""
-    return row["op"] != "remove" and sub.matcher(row)
+    return shows(sub.matcher, row)
 
 
-def patch_text(
-    prev: dict[str, Any], prev_version: int, row: dict[str, Any], epoch: str, offset: str
-) -> str:
-    """A patch's part after its subscription prefix: the fields of `row` that differ
-    from `prev` (absent ones as null), from version `prev_version` to `row`'s."""
-    fields = {
-        k: v
-        for k, v in row.items()
-        if k not in ("exam_id", "version") and prev.get(k, _MISSING) != v
-    }
-    for k in prev:
-        if k not in row:
-            fields[k] = None
-    return (
-        '"epoch":"'
-        + epoch
-        + '","offset":"'
-        + offset
-        + '","exam_id":'
-        + orjson.dumps(row["exam_id"]).decode()
-        + ',"base":'
-        + str(prev_version)
-        + ',"version":'
-        + str(row["version"])
-        + ',"fields":'
-        + orjson.dumps(fields).decode()
-        + "}"
-    )
+def shows(matcher: RowMatcher, row: dict[str, Any]) -> bool:
+    """`visible` for every subscription with this matcher (the hub decides it once per
+    group of them)."""
+    return row["op"] != "remove" and matcher(row)
 
 
 def route(
@@ -170,7 +134,7 @@ def route(
     sub.held.pop(exam_id, None)
     if exam_id in sub.in_view:
         sub.in_view.discard(exam_id)
-        return leave_frame(sub, epoch, offset, exam_id, row["version"])
+        return leave_frame(sub.leave_prefix, epoch, offset, exam_id, row["version"])
     return None
 
 
@@ -219,10 +183,8 @@ class Client:
         self.writer: DirectWriter | None = None
         # The session's writer holds frames it took off the queue and has not written.
         self.busy = False
-        # Frames held for the hub's flush window (`Hub.flush_s`), written at its end,
-        # and their coalescing keys.
+        # Frames held for the hub's flush window (`Hub.flush_s`), written at its end.
         self.window: list[Queued] = []
-        self.window_keys: set[str] = set()
 
     def _direct(self, frame: str, shared: bool) -> bool:
         """Write `frame` now if nothing waits in front of it; False: queue it.
@@ -251,7 +213,6 @@ class Client:
         frame per exam; queued instead when something waits in front of it. `memo`
         (one per flush) lets clients holding the same frames share one batch."""
         items, self.window = self.window, []
-        self.window_keys.clear()
         if not items or self.overflowed:
             return
         if len(items) == 1:
@@ -260,9 +221,9 @@ class Client:
             (text,) = coalesce(items)
             shared = False
         else:
-            # The same frame objects in the same order make the same batch (memo holds
-            # `items`, so no id is reused while the flush runs).
-            ids = tuple(id(frame) for _, frame in items)
+            # The same (key, frame) objects in the same order make the same batch (memo
+            # holds `items`, so no id is reused while the flush runs).
+            ids = tuple(map(id, items))
             hit = memo.get(ids)
             if hit is None:
                 (text,) = coalesce(items)
@@ -274,6 +235,11 @@ class Client:
             return
         for key, frame in items:
             self._enqueue(frame, key)
+
+    def holds(self, key: str) -> bool:
+        """The flush window holds a frame of this (subscription, exam): a patch now
+        would lose its base when the window is coalesced (asked only for patches)."""
+        return any(k == key for k, _ in self.window)
 
     def _enqueue(self, frame: str, key: str | None) -> None:
         size = len(frame)
@@ -338,12 +304,11 @@ class Client:
         )
         key = sub.key_prefix + exam_id
         if windowed and self.writer is not None and self.hub is not None:
-            if patchable and key not in self.window_keys:
+            if patchable and not self.holds(key):
                 frame = self._patch(sub, patch, memo)  # type: ignore[arg-type]
             if not self.window:
                 self.hub.defer(self)
             self.window.append((key, frame))
-            self.window_keys.add(key)
             return
         if self.window:
             self.flush()  # (a replay after a snapshot) what the window holds goes first
@@ -362,29 +327,18 @@ class Client:
         return frame
 
 
-def coalesce(items: list[Queued]) -> list[str]:
-    """Frames to send for what waited in a queue: runs of delta frames become one batch
-    frame holding only the newest frame per (subscription, exam); other frames keep
-    their place."""
-    out: list[str] = []
-    run: dict[str, str] = {}
+class _Group:
+    """The subscriptions of one tenant that route every message alike: the same sub id
+    (so the same frame prefixes and coalescing keys) and matchers with the same key
+    (one matcher object, shared). A message is routed once per group."""
 
-    def flush() -> None:
-        if len(run) == 1:
-            out.append(next(iter(run.values())))
-        elif run:
-            out.append('{"type":"batch","frames":[' + ",".join(run.values()) + "]}")
-        run.clear()
+    __slots__ = ("first", "key_prefix", "matcher", "members")
 
-    for key, frame in items:
-        if key is None:
-            flush()
-            out.append(frame)
-        else:
-            run.pop(key, None)  # the newer frame replaces the older, at the end
-            run[key] = frame
-    flush()
-    return out
+    def __init__(self, sub: Subscription) -> None:
+        self.first = sub  # the frame prefixes of every member
+        self.matcher = sub.matcher
+        self.key_prefix = sub.key_prefix
+        self.members: list[tuple[Client, Subscription]] = []
 
 
 class Hub:
@@ -402,6 +356,9 @@ class Hub:
         self._timer: asyncio.TimerHandle | None = None
         self._quiet_at = 0.0  # (loop time) from then on, a message goes out at once
         self._by_tenant: dict[str, set[Client]] = defaultdict(set)
+        # tenant -> its subscriptions grouped by how they route (rebuilt when a client
+        # or subscription comes or goes).
+        self._plans: dict[str, list[_Group]] = {}
         # tenant -> exam_id -> (version, row): the newest rows seen, for patches.
         self._rows: dict[str, dict[str, tuple[int, dict[str, Any]]]] = defaultdict(dict)
         self.deltas_in = 0
@@ -440,6 +397,7 @@ class Hub:
         """Returns True when this is the tenant's first client on this node."""
         first = not self._by_tenant[tenant]
         self._by_tenant[tenant].add(client)
+        self._plans.pop(tenant, None)  # (also after a new subscription of a client)
         return first
 
     def has_clients(self, tenant: str) -> bool:
@@ -451,6 +409,7 @@ class Hub:
         for tenant, clients in list(self._by_tenant.items()):
             if client in clients:
                 clients.discard(client)
+                self._plans.pop(tenant, None)
                 if not clients:
                     del self._by_tenant[tenant]
                     self._rows.pop(tenant, None)
@@ -459,6 +418,7 @@ class Hub:
 
     def refresh(self, client: Client, tenant: str) -> bool:
         """After an unsubscribe; True when the tenant has no client left here."""
+        self._plans.pop(tenant, None)
         if not any(s.tenant == tenant for s in client.subs.values()):
             clients = self._by_tenant.get(tenant, set())
             clients.discard(client)
@@ -502,9 +462,119 @@ class Hub:
             if not windowed:
                 self._quiet_at = now + self.flush_s  # the next one soon after waits
         try:
-            for client in list(self._by_tenant.get(tenant, ())):
-                for sub in tuple(client.subs.values()):
-                    if sub.tenant == tenant:
-                        client.offer(sub, offset, row, text, epoch, memo, windowed, patch)
+            for group in self._plans.get(tenant) or self._plan(tenant):
+                self._fan(group, offset, row, text, epoch, memo, windowed, patch)
         finally:
             self._wires.clear()
+
+    def replan(self, tenant: str) -> None:
+        """Subscriptions of the tenant changed how they route (a new matcher)."""
+        self._plans.pop(tenant, None)
+
+    def _plan(self, tenant: str) -> list[_Group]:
+        groups: dict[tuple[Any, ...], _Group] = {}
+        for client in self._by_tenant.get(tenant, ()):
+            for sub in client.subs.values():
+                if sub.tenant != tenant:
+                    continue
+                # (A matcher without a key, none of ours, routes alone.)
+                key = (sub.sub_id, getattr(sub.matcher, "key", None) or id(sub.matcher))
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = _Group(sub)
+                else:
+                    sub.matcher = group.matcher  # equal keys: the same answers
+                group.members.append((client, sub))
+        plan = self._plans[tenant] = list(groups.values())
+        return plan
+
+    def _fan(
+        self,
+        group: _Group,
+        offset: str,
+        row: dict[str, Any],
+        text: str,
+        epoch: str,
+        memo: dict[str, str],
+        windowed: bool,
+        patch: Patch | None,
+    ) -> None:
+        """One message through one group: `route`'s rule decided once, on the group's
+        matcher; a steady member (live at this epoch; unless windowed, writable now
+        with nothing in front) then costs its holds and one write of shared bytes.
+        Any other member takes `Client.offer`, the same rule member by member."""
+        matcher = group.matcher
+        exam_id = row["exam_id"]
+        version = row["version"]
+        shown = shows(matcher, row)
+        key = group.key_prefix + exam_id
+        first = group.first
+        frame = leave = patched = last = None
+        wire = b""
+        entry: Queued = (None, "")
+        written = 0
+        for client, sub in group.members:
+            writer = client.writer
+            if (
+                sub.pending is not None
+                or sub.floor is not None
+                or sub.epoch != epoch
+                or sub.matcher is not matcher
+                or client.overflowed
+                or writer is None
+                or not (
+                    (windowed and client.hub is self)
+                    or (
+                        not client.window
+                        and not client.busy
+                        and client.queue.empty()
+                        and writer.ready()
+                    )
+                )
+            ):
+                client.offer(sub, offset, row, text, epoch, memo, windowed, patch)
+                continue
+            if shown:
+                held = sub.held
+                base = held.get(exam_id) if patch is not None else None
+                sub.in_view.add(exam_id)
+                held[exam_id] = version
+                if (
+                    patch is not None
+                    and base == patch[0]
+                    and not (
+                        windowed and (client.busy or not client.queue.empty() or client.holds(key))
+                    )
+                ):
+                    if patched is None:
+                        patched = Client._patch(first, patch, memo)
+                    out = patched
+                else:
+                    if frame is None:
+                        frame = memo.get(first.prefix)
+                        if frame is None:
+                            frame = memo[first.prefix] = first.prefix + text[1:]
+                    out = frame
+            else:
+                sub.held.pop(exam_id, None)
+                if exam_id not in sub.in_view:
+                    continue
+                sub.in_view.discard(exam_id)
+                if leave is None:
+                    leave = leave_frame(first.leave_prefix, epoch, offset, exam_id, version)
+                out = leave
+            if windowed:
+                if out is not last:  # one entry object per text: `flush` memoizes by id
+                    last, entry = out, (key, out)
+                if not client.window:
+                    self.defer(client)
+                client.window.append(entry)
+            elif writer.plain:
+                if out is not last:  # members mostly take the same text: its bytes
+                    last, wire = out, self.wire(out)
+                writer.write(out, wire)
+                written += 1
+            else:
+                writer.write(out)
+                written += 1
+        self.frames_out += written

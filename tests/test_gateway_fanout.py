@@ -5,6 +5,7 @@ negotiated compression or not."""
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import orjson
@@ -16,11 +17,12 @@ from websockets.frames import Frame, Opcode
 from dynamo.deltas import ExamDelta
 from gateway.hub import Client, Hub, Subscription
 from gateway.wire import encode_text
+from loadtest import fanout_cost
 from tests.conftest import UNIT, Stack, token
 from tests.support.exams import exam_bundle
 from tests.support.wsclient import WsClient
 from worklist_cache import WorklistFeed
-from worklist_cache.views import Scope, View
+from worklist_cache.views import Scope, View, scope_view
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
@@ -203,3 +205,144 @@ async def test_a_window_held_for_a_paused_client_is_queued_not_lost() -> None:
     writer.paused = True
     hub.flush()
     assert [orjson.loads(f)["delta"]["exam_id"] for f in _queued(client)] == ["A2"]
+
+
+def _scoped_client(
+    hub: Hub, sites: frozenset[str], sub_id: str = "s1"
+) -> tuple[Client, FakeWriter]:
+    client = Client(50, lambda _c: None, hub=hub)
+    writer = FakeWriter()
+    client.writer = writer  # type: ignore[assignment]
+    scope = Scope("northwind", sites=sites)
+    view = scope_view(View(statuses=[]), scope)
+    sub = Subscription(sub_id, "northwind", view, view.matcher(), scope, "e1", pending=None)
+    client.subs[sub_id] = sub
+    hub.attach(client, "northwind")
+    return client, writer
+
+
+def _publish(hub: Hub, row: dict[str, Any], offset: str) -> None:
+    raw = '{"epoch":"e1","offset":"' + offset + '","delta":' + orjson.dumps(row).decode() + "}"
+    hub.on_message("northwind", raw.encode())
+
+
+def test_clients_sharing_a_sub_id_are_routed_by_their_own_scope() -> None:
+    """The hub routes a message once per group of alike subscriptions: a client of
+    another site, under the same sub id, must never be in the group of this one."""
+    hub = Hub()
+    _, gen = _scoped_client(hub, frozenset({"NW-GEN"}))
+    _, east = _scoped_client(hub, frozenset({"NW-EAST"}))
+    _, both = _scoped_client(hub, frozenset())
+    _, row = _raw("A1", 1, "1-0")
+    _publish(hub, row, "1-0")
+    _publish(hub, {**row, "version": 2, "site": "NW-EAST"}, "2-0")  # moved to the other site
+    seen = {
+        name: [
+            (f["type"], f.get("leave", False), f.get("delta", f)["version"])
+            for f in map(orjson.loads, w.written)
+        ]
+        for name, w in (("gen", gen), ("east", east), ("both", both))
+    }
+    assert seen["gen"] == [("delta", False, 1), ("delta", True, 2)]
+    assert seen["east"] == [("delta", False, 2)]
+    assert seen["both"] == [("delta", False, 1), ("patch", False, 2)]
+    leave = orjson.loads(gen.written[1])
+    assert set(leave["delta"]) == {"exam_id", "version"}, "a leave carries nothing of the row"
+
+
+def test_a_subscription_whose_matcher_changed_or_that_left_is_routed_as_it_is_now() -> None:
+    hub = Hub()
+    client, writer = _scoped_client(hub, frozenset({"NW-GEN"}))
+    other, other_writer = _scoped_client(hub, frozenset({"NW-GEN"}))
+    _, row = _raw("A1", 1, "1-0")
+    _publish(hub, row, "1-0")
+    # The tenant's rules changed this one's matcher (no re-plan asked for).
+    narrow = View(statuses=[], sites=["NW-EAST"])
+    client.subs["s1"].matcher = narrow.matcher()
+    other.subs.pop("s1")  # unsubscribed
+    hub.refresh(other, "northwind")
+    _publish(hub, {**row, "version": 2}, "2-0")
+    assert [orjson.loads(f).get("leave", False) for f in writer.written] == [False, True]
+    assert len(other_writer.written) == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_grouped_fan_out_sends_what_routing_each_subscription_alone_sends(
+    seed: int,
+) -> None:
+    """Seeded streams of changes (sites, states, removals, newer versions) to clients of
+    several scopes, some paused, busy or with a snapshot on its way, with and without a
+    flush window: every client gets the very frames `Client.offer` gives it alone."""
+    rng = random.Random(seed)
+    windowed = seed % 2 == 1
+    hubs = [Hub(flush_s=60.0 if windowed else 0.0) for _ in range(2)]
+
+    # The reference: every subscription routed alone, as before the hub grouped them.
+    def alone(group: Any, *args: Any) -> None:
+        for client, sub in group.members:
+            client.offer(sub, *args)
+
+    setattr(hubs[1], "_fan", alone)  # noqa: B010 (a method replaced on one instance)
+    site_sets = [frozenset(), frozenset({"NW-GEN"}), frozenset({"NW-EAST"})]
+    twins: list[list[tuple[Client, FakeWriter]]] = [[], []]
+    for i in range(12):
+        sites = site_sets[i % 3]
+        for side in (0, 1):
+            twins[side].append(_scoped_client(hubs[side], sites, "s1" if i % 4 else "s2"))
+    for n in range(120):
+        exam = f"A{rng.randrange(8)}"
+        row = {
+            "op": "remove" if rng.random() < 0.1 else "upsert",
+            "tenant": "northwind",
+            "site": rng.choice(["NW-GEN", "NW-EAST"]),
+            "exam_id": exam,
+            "version": n + 1,
+            "status": rng.choice(["COMPLETED", "SCHEDULED"]),
+            "priority": "STAT",
+            "modality": "CT",
+            "subspecialty": "neuro",
+            "procedure": rng.choice(["CT head", "CT chest"]),
+        }
+        for i in rng.sample(range(12), 2):  # some clients change state, on both sides
+            what = rng.choice(["pause", "resume", "busy", "idle", "snapshot", "live", "drain"])
+            for side in (0, 1):
+                client, writer = twins[side][i]
+                sub = next(iter(client.subs.values()))
+                if what in ("pause", "resume"):
+                    writer.paused = what == "pause"
+                elif what in ("busy", "idle"):
+                    client.busy = what == "busy"
+                elif what == "snapshot" and sub.pending is None:
+                    sub.pending = []
+                elif what == "live" and sub.pending is not None:
+                    held, sub.pending = sub.pending, None
+                    for pending in held:
+                        client.offer(sub, *pending)
+                elif what == "drain":
+                    _queued(client)
+        window_ends = windowed and rng.random() < 0.4
+        for hub in hubs:
+            _publish(hub, row, f"{n + 1}-0")
+            if window_ends:
+                hub.flush()
+    for hub in hubs:
+        hub.flush()
+    for (a, wa), (b, wb) in zip(*twins, strict=True):
+        assert wa.written == wb.written
+        assert _queued(a) == _queued(b)
+        sa, sb = next(iter(a.subs.values())), next(iter(b.subs.values()))
+        assert (sa.held, sa.in_view) == (sb.held, sb.in_view)
+
+
+def test_the_cost_harness_gives_every_client_every_message_as_the_baseline_does() -> None:
+    """`loadtest.fanout_cost` compares like with like: the hub and the bare baseline
+    deliver the same messages to the same clients, the hub's frames longer only by
+    their prefix."""
+    hub = asyncio.run(fanout_cost.run(5, 20, 0, False))
+    bare = asyncio.run(fanout_cost.run_baseline(5, 20))
+    assert hub["frames_out"] == 5 * 20
+    prefix = len('{"type":"delta","sub":"s1",') - 1  # the message's "{" is kept
+    assert hub["bytes"] - bare["bytes"] == 5 * 20 * prefix
+    dense = asyncio.run(fanout_cost.run(5, 20, 4, False))
+    # The first message after a quiet window at once, then one write per window of 4.
+    assert dense["frames_out"] == 5 * (1 + 19 // 4 + 1)

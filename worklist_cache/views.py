@@ -36,7 +36,7 @@ class View(BaseModel):
 class RowMatcher:
     """A view compiled to frozensets, for the per-delta hot path."""
 
-    __slots__ = ("me", "modalities", "priorities", "sites", "statuses", "subspecialties")
+    __slots__ = ("key", "me", "modalities", "priorities", "sites", "statuses", "subspecialties")
 
     def __init__(self, view: View, me: str | None = None) -> None:
         self.me = me if view.claimed_by_me else None
@@ -45,6 +45,17 @@ class RowMatcher:
         self.statuses = frozenset(s.value for s in view.statuses)
         self.priorities = frozenset(p.value for p in view.priorities)
         self.subspecialties = frozenset(view.subspecialties)
+        # Equal keys, equal answers for every row: the hub routes a message once for
+        # every subscription whose matcher has the same key.
+        self.key: tuple[Any, ...] = (
+            type(self).__name__,
+            self.me,
+            self.sites,
+            self.modalities,
+            self.statuses,
+            self.priorities,
+            self.subspecialties,
+        )
 
     def __call__(self, row: dict[str, Any]) -> bool:
         return (
@@ -67,6 +78,7 @@ class HidingHeld(RowMatcher):
     def __init__(self, view: View, viewer: str) -> None:
         super().__init__(view, viewer)
         self.viewer = viewer
+        self.key = (*self.key, viewer)
 
     def __call__(self, row: dict[str, Any]) -> bool:
         holder = row.get("claimed_by")
