@@ -153,7 +153,6 @@ class Client:
         "subs",
         "user",
         "window",
-        "window_keys",
         "writer",
     )
 
