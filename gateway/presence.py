@@ -115,6 +115,7 @@ class _Mirror:
         self.entries: dict[str, dict[str, Any]] = {}
         self.users: dict[str, _User] = {}
         self.touched: set[str] = set()
+        self.shared: dict[tuple[str, bytes], Any] = {}  # see `_share`
         # While the hash is being read, announcements wait here (then applied in order:
         # an announcement older than the read only repeats what the read saw).
         self.backlog: list[dict[str, Any]] | None = []
@@ -125,6 +126,7 @@ class _Mirror:
         old = self.entries.get(conn)
         if old == entry:
             return
+        self._share(entry)
         if old is not None:
             self.drop(conn)
         try:
@@ -135,6 +137,15 @@ class _Mirror:
         self.users[user.sub] = user
         self.entries[conn] = entry
         self.touched.add(user.sub)
+
+    def _share(self, entry: dict[str, Any]) -> None:
+        """Values most entries repeat (roles, scope, node: a group has few distinct ones)
+        are kept once, not once per connection (read-only everywhere)."""
+        for field in ("roles", "scope", "node"):
+            value = entry.get(field)
+            if isinstance(value, list | dict | str):
+                key = (field, orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+                entry[field] = self.shared.setdefault(key, value)
 
     def drop(self, conn: str) -> None:
         old = self.entries.pop(conn, None)
