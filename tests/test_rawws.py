@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame, Opcode
+from websockets.typing import Subprotocol
 
 from loadtest import rawws
 
@@ -38,7 +39,7 @@ class Server:
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[Server, str]]:
     s = Server()
-    async with serve(s.handler, "127.0.0.1", 0, subprotocols=["ris.v1"]) as ws:
+    async with serve(s.handler, "127.0.0.1", 0, subprotocols=[Subprotocol("ris.v1")]) as ws:
         port = ws.sockets[0].getsockname()[1]
         yield s, f"ws://127.0.0.1:{port}/ws"
 
@@ -88,7 +89,18 @@ async def test_pings_are_answered_in_the_hot_mode(server: tuple[Server, str]) ->
     conn = await rawws.connect(url)
     got: list[bytes] = []
     closed: list[int] = []
-    conn.listen(got.append, closed.append)
+    two, ended = asyncio.Event(), asyncio.Event()
+
+    def on_text(payload: bytes) -> None:
+        got.append(payload)
+        if len(got) == 2:
+            two.set()
+
+    def on_close(code: int) -> None:
+        closed.append(code)
+        ended.set()
+
+    conn.listen(on_text, on_close)
     await s.ready.wait()
     assert s.conn is not None
     for _ in range(3):
@@ -97,14 +109,10 @@ async def test_pings_are_answered_in_the_hot_mode(server: tuple[Server, str]) ->
         assert latency >= 0
     await s.conn.send("hot")
     await s.conn.send("frames")
-    async with asyncio.timeout(5):
-        while len(got) < 2:
-            await asyncio.sleep(0.01)
+    await asyncio.wait_for(two.wait(), 5)
     assert got == [b"hot", b"frames"]
     await s.conn.close(4001, "bye")
-    async with asyncio.timeout(5):
-        while not closed:
-            await asyncio.sleep(0.01)
+    await asyncio.wait_for(ended.wait(), 5)
     assert closed == [4001] and conn.close_code == 4001
 
 
