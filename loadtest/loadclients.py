@@ -293,7 +293,10 @@ class LoadProcess:
         now = time.time() * 1000.0
         phase = self.phase
         phase.frames += 1
-        phase.bytes += len(message)
+        if isinstance(message, bytes) and not message.isascii():
+            phase.bytes += len(message.decode())  # characters, as the text client counts
+        else:
+            phase.bytes += len(message)
         frame = orjson.loads(message)
         kind = frame.get("type")
         if kind == "delta":

@@ -13,6 +13,7 @@ from websockets.frames import Frame, Opcode
 from websockets.typing import Subprotocol
 
 from loadtest import rawws
+from loadtest.loadclients import LoadProcess, Receiver
 
 SIZES = [5, 125, 126, 300, 65535, 65536, 70000]  # 7-bit, 16-bit and 64-bit lengths
 
@@ -181,3 +182,17 @@ async def test_frames_split_across_reads_byte_by_byte(chunk: int) -> None:
     assert pong[0] == 0x80 | 0xA and pong[1] == 0x80 | 2
     assert rawws.mask(pong[6:], pong[2:6]) == b"p1"
     assert close[0] == 0x80 | 0x8 and rawws.mask(close[6:], close[2:6]) == struct.pack("!H", 1000)
+
+
+def test_the_load_client_counts_the_same_for_both_clients() -> None:
+    """The raw client hands `on_message` bytes, `websockets` hands str: same counters."""
+    frame = '{"type":"delta","sub":"s1","delta":{"exam_id":"p-3","version":2,'
+    frame += '"updated_at":1000.0,"description":"Röntgen Thorax"}}'
+    counters = []
+    for message in (frame, frame.encode()):
+        process = LoadProcess("t")
+        process.start_phase("p-", 4)
+        process.on_message(Receiver(rawws.RawConnection(b"")), message)
+        phase = process.phase
+        counters.append((phase.frames, phase.bytes, phase.delivered, list(phase.keys)))
+    assert counters[0] == counters[1] == (1, len(frame), 1, [3 * 4 + 2 - 1])
