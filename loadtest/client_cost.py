@@ -6,6 +6,11 @@ frames, shaped like the gateway's, to M connections held by this process's
 `--client both`). This process's user+system CPU over the receive window, divided by
 the frames received, is the figure; RSS growth per connection is measured while the
 connections are opened. Prints one JSON line per client.
+
+Measured 2026-12-05 (load average 2.2-2.8 on 2 shared cores), 2,000 connections x 100
+frames of 444 bytes at 100/s: raw 10.6 us CPU per frame and 3.1 KB RSS per connection,
+`websockets` 16.1 us and 15.0 KB (and it fell behind: p50 725 ms against 23.5 ms); at
+500 connections x 400 frames: raw 10.8-11.2 us, `websockets` 18.6-20.5 us per frame.
 """
 
 from __future__ import annotations
