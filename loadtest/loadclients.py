@@ -17,8 +17,11 @@ Which deltas belong to a phase is told by the exam id: the phase names a `prefix
 `stride`, and the delta of exam `{prefix}{n}` at version `v` is key `n * stride + v - 1`.
 
 Every connection goes through `open_session`, the one place that speaks the protocol's
-opening (welcome, then `auth` when a token is given). The process exits when its stdin
-closes, so an orchestrator that dies takes its clients with it.
+opening (welcome, then `auth` when a token is given). The client is `loadtest.rawws` (a
+raw `asyncio.Protocol` calling `on_message` synchronously per frame: no task per
+connection, no wake-up per message) unless `BENCH_CLIENT=websockets` asks for the
+`websockets` asyncio client (a task per connection), kept for comparison.
+The process exits when its stdin closes, so an orchestrator that dies takes its clients with it.
 """
 
 from __future__ import annotations
@@ -37,12 +40,15 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from loadtest import rawws
 
 log = logging.getLogger("loadtest.loadclients")
 
@@ -51,6 +57,29 @@ Reply = dict[str, Any]
 
 # A connection that is not open, welcomed and authenticated by then has failed.
 OPEN_TIMEOUT = 30.0
+
+CLIENTS = ("raw", "websockets")
+
+
+def client_kind() -> str:
+    """Which WebSocket client the load clients use: `BENCH_CLIENT`, `raw` by default."""
+    kind = os.environ.get("BENCH_CLIENT", "raw")
+    if kind not in CLIENTS:
+        raise ValueError(f"BENCH_CLIENT must be one of {', '.join(CLIENTS)}, not {kind!r}")
+    return kind
+
+
+class Conn(Protocol):
+    """What callers of `open_session` use: both clients have it."""
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    async def send(self, message: str, /) -> None: ...
+
+    async def recv(self) -> str | bytes: ...
+
+    async def close(self) -> None: ...
 
 
 class SessionError(Exception):
@@ -91,7 +120,7 @@ def mint_bench_token(secret: str, *, sub: str, tenant: str, ttl_s: int = 3600) -
     return str(token)
 
 
-async def _next_frame(conn: ClientConnection, timeout: float) -> Frame:
+async def _next_frame(conn: Conn, timeout: float) -> Frame:
     raw = await asyncio.wait_for(conn.recv(), timeout)
     frame = orjson.loads(raw)
     if not isinstance(frame, dict):
@@ -99,23 +128,25 @@ async def _next_frame(conn: ClientConnection, timeout: float) -> Frame:
     return frame
 
 
-async def open_session(
-    url: str, token: str | None, *, timeout: float = OPEN_TIMEOUT
-) -> ClientConnection:
+async def open_session(url: str, token: str | None, *, timeout: float = OPEN_TIMEOUT) -> Conn:
     """Connect, read `welcome`, authenticate when `token` is given; an open session.
 
     Compression is off: every load client would otherwise cost the server one deflate
     per frame, and the bare baseline is measured without it too.
     """
-    conn = await connect(
-        url,
-        compression=None,
-        open_timeout=timeout,
-        ping_interval=None,  # the server pings; the client only answers
-        close_timeout=2,
-        max_size=None,
-        max_queue=256,
-    )
+    conn: Conn
+    if client_kind() == "raw":
+        conn = await rawws.connect(url, timeout=timeout)
+    else:
+        conn = await connect(
+            url,
+            compression=None,
+            open_timeout=timeout,
+            ping_interval=None,  # the server pings; the client only answers
+            close_timeout=2,
+            max_size=None,
+            max_queue=256,
+        )
     try:
         welcome = await _next_frame(conn, timeout)
         if welcome.get("type") != "welcome":
@@ -137,7 +168,7 @@ async def open_session(
 
 
 async def subscribe(
-    conn: ClientConnection,
+    conn: Conn,
     tenant: str,
     view: Mapping[str, Any],
     *,
@@ -170,7 +201,7 @@ class Receiver:
 
     __slots__ = ("close_code", "conn", "newest", "received", "task")
 
-    def __init__(self, conn: ClientConnection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
         # received[key] == 1 once the delta with that key arrived on this connection.
         self.received = bytearray()
@@ -243,6 +274,10 @@ class FeedProbe:
         await self._redis.aclose()
 
 
+def _closed(receiver: Receiver, code: int) -> None:
+    receiver.close_code = code
+
+
 class LoadProcess:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -258,7 +293,10 @@ class LoadProcess:
         now = time.time() * 1000.0
         phase = self.phase
         phase.frames += 1
-        phase.bytes += len(message)
+        if isinstance(message, bytes) and not message.isascii():
+            phase.bytes += len(message.decode())  # characters, as the text client counts
+        else:
+            phase.bytes += len(message)
         frame = orjson.loads(message)
         kind = frame.get("type")
         if kind == "delta":
@@ -306,7 +344,11 @@ class LoadProcess:
     def _ask_row(self, receiver: Receiver, sub: str, exam_id: str) -> None:
         request = {"type": "row", "id": f"row-{self.phase.patch_mismatches}", "sub": sub}
         request["exam_id"] = exam_id
-        task = asyncio.create_task(receiver.conn.send(orjson.dumps(request).decode()))
+        conn = receiver.conn
+        if isinstance(conn, rawws.RawConnection):
+            conn.send_text(orjson.dumps(request))
+            return
+        task = asyncio.create_task(conn.send(orjson.dumps(request).decode()))
         self._asking.add(task)
         task.add_done_callback(self._asking.discard)
 
@@ -340,6 +382,7 @@ class LoadProcess:
 
     async def _listen(self, receiver: Receiver) -> None:
         conn = receiver.conn
+        assert isinstance(conn, ClientConnection)
         try:
             async for message in conn:
                 self.on_message(receiver, message)
@@ -393,7 +436,10 @@ class LoadProcess:
                         await asyncio.wait_for(conn.close(), 2)
                     return
             receiver = Receiver(conn)
-            receiver.task = asyncio.create_task(self._listen(receiver))
+            if isinstance(conn, rawws.RawConnection):
+                conn.listen(partial(self.on_message, receiver), partial(_closed, receiver))
+            else:
+                receiver.task = asyncio.create_task(self._listen(receiver))
             self.receivers.append(receiver)
 
         self._open_failures.clear()

@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import orjson
-from websockets.asyncio.client import ClientConnection
 
 from dynamo.claims import Claims
 from dynamo.exceptions import ClaimError
@@ -21,6 +20,7 @@ from dynamo.models import Exam
 from dynamo.store import ExamStore
 from loadtest.bench.config import CLAIMERS, TENANT
 from loadtest.loadclients import (
+    Conn,
     auth_available,
     mint_bench_token,
     open_session,
@@ -105,7 +105,7 @@ class WsClaimers(Claimers):
     def __init__(self, url: str, store: ExamStore) -> None:
         super().__init__(store)
         self.url = url
-        self.conns: list[ClientConnection] = []
+        self.conns: list[Conn] = []
         self._ids = itertools.count()
 
     async def __aenter__(self) -> WsClaimers:
@@ -132,7 +132,7 @@ class WsClaimers(Claimers):
                 out[name.removeprefix("gateway_").removesuffix("_total")] = float(value)
         return out
 
-    async def _request(self, conn: ClientConnection, frame: dict[str, Any]) -> dict[str, Any]:
+    async def _request(self, conn: Conn, frame: dict[str, Any]) -> dict[str, Any]:
         await conn.send(orjson.dumps(frame).decode())
         while True:
             reply: dict[str, Any] = orjson.loads(await asyncio.wait_for(conn.recv(), 30))
@@ -140,7 +140,7 @@ class WsClaimers(Claimers):
                 return reply
 
     async def round(self, exam: Exam, errors: Counter[str]) -> tuple[list[float], int]:
-        async def attempt(conn: ClientConnection) -> tuple[float, ClientConnection | None]:
+        async def attempt(conn: Conn) -> tuple[float, Conn | None]:
             request = {"type": "claim", "id": f"c{next(self._ids)}", "exam_id": exam.accession}
             t0 = time.perf_counter()
             reply = await self._request(conn, request)

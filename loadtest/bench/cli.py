@@ -26,6 +26,7 @@ from loadtest.bench.stack import Stack
 from loadtest.bench.storm import storm_phase
 from loadtest.hl7bench import hl7_phase
 from loadtest.loadclients import (
+    client_kind,
     raise_nofile_limit,
 )
 
@@ -152,11 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.only is not None and not args.only <= set(PHASES):
         parser.error(f"unknown phase(s): {', '.join(sorted(args.only - set(PHASES)))}")
+    try:
+        client = client_kind()
+    except ValueError as exc:
+        parser.error(str(exc))
     scale = SCALES["tiny" if args.tiny else "quick" if args.quick else "full"]
     raise_nofile_limit()  # inherited by every child: the gateway holds thousands of sockets
     out: Path = args.out.resolve()
     stack = Stack(out / "logs")
-    say(f"benchmark, {scale.name} mode; logs in {out / 'logs'}")
+    say(f"benchmark, {scale.name} mode, {client} load clients; logs in {out / 'logs'}")
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             results = runner.run(run_bench(scale, stack, out, args.profile, args.only))

@@ -26,9 +26,16 @@ from loadtest.bench.storm import STORM_USERS
 from loadtest.bench.verdicts import fmt, pair, verdicts
 from loadtest.loadclients import (
     auth_available,
+    client_kind,
 )
 
 __all__ = ["REQUIRED", "finish", "machine", "render_markdown"]
+
+CLIENT_TEXT = {
+    "raw": "`loadtest.rawws` raw `asyncio.Protocol` clients (frames parsed in "
+    "`data_received`, one callback per frame, no task per connection)",
+    "websockets": "`websockets` asyncio clients (`BENCH_CLIENT=websockets`)",
+}
 
 
 REQUIRED = (
@@ -138,6 +145,7 @@ def finish(bench: Bench, started: float) -> dict[str, Any]:
             default=0.0,
         ),
         auth=auth_available(),
+        load_client=client_kind(),
         mode=bench.scale.name,
         scale=asdict(bench.scale),
         gateway_client_queue=CLIENT_QUEUE,
@@ -303,7 +311,7 @@ def render_markdown(r: Mapping[str, Any]) -> str:
             if t
         )
         + ".",
-        "- Load clients: `websockets` asyncio clients, "
+        f"- Load clients: {CLIENT_TEXT.get(r.get('load_client', 'websockets'), '?')}, "
         f"{s['client_procs']} processes, compression off (so is the baseline's); "
         f"gateway `GATEWAY_CLIENT_QUEUE={r['gateway_client_queue']}`; "
         f"auth {'on' if r.get('auth') else 'off (gateway/auth.py not present yet)'}.",
