@@ -298,6 +298,11 @@ class Bench:
         await asyncio.to_thread(wait_for_port, port, 30, baseline)
         url = f"ws://127.0.0.1:{port}/"
         pids = self._meter_pids("baseline", baseline.pid, pool)
+        # The baseline forwards every message of the tenant's channel, where the relay
+        # may still be publishing the stream's copies of the e2e writes (the gateway
+        # drops those by version; the baseline cannot): wait until the relay is quiet.
+        waited = await settle([self.pids["relay"]], cap=scale.drain_cap_s * 2)
+        say(f"baseline: waited {waited:.1f} s for the relay to be quiet")
         for rate, seconds in zip(FANOUT_RATES, scale.fanout_s, strict=True):
             await open_pool(pool, url, scale.clients, tenant=TENANT, view=None, gateway=False)
             await settle([baseline.pid, *pool.pids])
