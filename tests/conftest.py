@@ -7,6 +7,7 @@ REDIS_URL, when given, must name a database the tests may flush.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -270,6 +271,23 @@ async def _serve(
             task.result()
         await asyncio.sleep(0.05)
     return server, task
+
+
+@contextlib.asynccontextmanager
+async def gateway_node(
+    dynamo_settings: DynamoSettings, redis_url: str
+) -> AsyncIterator[tuple[str, Any]]:
+    """One more gateway node on the test's Redis and DynamoDB (demo settings, no relay of
+    its own): its WebSocket URL and its app."""
+    port = free_port()
+    settings = GatewaySettings(port=port, jwt_secret=SECRET, demo=True, drain_seconds=0.2)
+    app = create_app(settings, CacheSettings(redis_url=redis_url), dynamo_settings)
+    server, task = await _serve(app, port, settings)
+    try:
+        yield f"ws://127.0.0.1:{port}/ws", app
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10 * UNIT)
 
 
 @pytest.fixture

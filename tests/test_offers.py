@@ -15,13 +15,10 @@ from dynamo.models import now_ms
 from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus, Priority
 from dynamo.store import ExamStore
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
-from tests.conftest import SECRET, UNIT, Stack, _serve, token
+from tests.conftest import UNIT, Stack, gateway_node, token
 from tests.support.exams import exam_in
 from tests.support.wsclient import WsClient
 from tests.test_next_case import cached, set_rules
-from worklist_cache import CacheSettings
 
 S = ExamStatus
 
@@ -31,17 +28,8 @@ async def second_node(
     stack: Stack, dynamo_settings: DynamoSettings, redis_url: str
 ) -> AsyncIterator[str]:
     """Another gateway node on the same Redis and DynamoDB (its ws URL)."""
-    from devstack import free_port
-
-    port = free_port()
-    settings = GatewaySettings(port=port, jwt_secret=SECRET, demo=True, drain_seconds=0.2)
-    app = create_app(settings, CacheSettings(redis_url=redis_url), dynamo_settings)
-    server, task = await _serve(app, port, settings)
-    try:
-        yield f"ws://127.0.0.1:{port}/ws"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10 * UNIT)
+    async with gateway_node(dynamo_settings, redis_url) as (url, _app):
+        yield url
 
 
 def offer_of(exam_id: str) -> Any:

@@ -19,12 +19,10 @@ from redis.asyncio import Redis
 from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
-from tests.conftest import SECRET, UNIT, Stack, _serve, token
+from tests.conftest import UNIT, Stack, gateway_node, token
 from tests.support.exams import exam_in
 from tests.support.wsclient import WsClient
-from worklist_cache import CacheSettings, keys
+from worklist_cache import keys
 
 TENANT = "northwind"
 
@@ -41,17 +39,8 @@ class Node:
 async def second_node(
     stack: Stack, dynamo_settings: DynamoSettings, redis_url: str
 ) -> AsyncIterator[Node]:
-    from devstack import free_port
-
-    port = free_port()
-    settings = GatewaySettings(port=port, jwt_secret=SECRET, demo=True, drain_seconds=0.2)
-    app = create_app(settings, CacheSettings(redis_url=redis_url), dynamo_settings)
-    server, task = await _serve(app, port, settings)
-    try:
-        yield Node(f"ws://127.0.0.1:{port}/ws", app)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10 * UNIT)
+    async with gateway_node(dynamo_settings, redis_url) as (url, app):
+        yield Node(url, app)
 
 
 class Viewer:

@@ -16,15 +16,13 @@ from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
 from dynamo.writethrough import WriteThrough
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from relay.checkpoints import RedisCheckpoints
 from relay.normalize import record_to_delta
 from relay.stream import StreamRelay
-from tests.conftest import SECRET, UNIT, _serve, seed_demo_directory, token
+from tests.conftest import gateway_node, seed_demo_directory, token
 from tests.support.exams import exam_bundle
 from tests.support.wsclient import Frame, WsClient
-from worklist_cache import CacheSettings, WorklistFeed
+from worklist_cache import WorklistFeed
 
 S = ExamStatus
 
@@ -34,19 +32,10 @@ async def gateway_alone(
     dynamo_settings: DynamoSettings, redis: Redis, redis_url: str
 ) -> AsyncIterator[str]:
     """A gateway with no relay running: its WebSocket URL."""
-    from devstack import free_port
-
-    port = free_port()
-    settings = GatewaySettings(port=port, jwt_secret=SECRET, demo=True, drain_seconds=0.2)
     async with dynamodb_client(dynamo_settings) as client:
         await seed_demo_directory(client, dynamo_settings.table)
-    app = create_app(settings, CacheSettings(redis_url=redis_url), dynamo_settings)
-    server, task = await _serve(app, port, settings)
-    try:
-        yield f"ws://127.0.0.1:{port}/ws"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10 * UNIT)
+    async with gateway_node(dynamo_settings, redis_url) as (url, _app):
+        yield url
 
 
 def _deliveries(client: WsClient, exam_id: str) -> list[int]:
