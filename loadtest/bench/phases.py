@@ -80,6 +80,16 @@ class Bench:
         env = {**self.env, "GATEWAY_PORT": str(port)}
         return self.stack.spawn(name, [sys.executable, "-m", "gateway"], env)
 
+    async def start_baseline(self, name: str) -> tuple[ManagedProcess, str]:
+        """The bare baseline server (`loadtest.baseline`) on the tenant's feed, ready:
+        the process and its WebSocket URL."""
+        port = free_port()
+        argv = [sys.executable, "-m", "loadtest.baseline", "--port", str(port)]
+        argv += ["--redis-url", self.env["REDIS_URL"], "--tenant", TENANT]
+        baseline = self.stack.spawn(name, argv, self.env)
+        await asyncio.to_thread(wait_for_port, port, 30, baseline)
+        return baseline, f"ws://127.0.0.1:{port}/"
+
     async def start(self) -> tuple[DynamoSettings, DynamoSettings]:
         redis_proc, redis_url = start_redis()
         self.stack.adopt(redis_proc)
@@ -175,12 +185,7 @@ class Bench:
         connections from the same load clients: its RSS growth per connection, the
         floor the gateway's figure is compared with."""
         scale = self.scale
-        port = free_port()
-        argv = [sys.executable, "-m", "loadtest.baseline", "--port", str(port)]
-        argv += ["--redis-url", self.env["REDIS_URL"], "--tenant", TENANT]
-        baseline = self.stack.spawn("baseline-idle", argv, self.env)
-        await asyncio.to_thread(wait_for_port, port, 30, baseline)
-        url = f"ws://127.0.0.1:{port}/"
+        baseline, url = await self.start_baseline("baseline-idle")
         pool = await self.stack.pool("idle-baseline", scale.idle_procs)
         try:
             await open_pool(pool, url, 20, tenant=TENANT, view=None, gateway=False)
@@ -291,12 +296,7 @@ class Bench:
 
     async def _baseline_phases(self, feed: WorklistFeed, pool: ClientPool) -> None:
         scale = self.scale
-        port = free_port()
-        argv = [sys.executable, "-m", "loadtest.baseline", "--port", str(port)]
-        argv += ["--redis-url", self.env["REDIS_URL"], "--tenant", TENANT]
-        baseline = self.stack.spawn("baseline", argv, self.env)
-        await asyncio.to_thread(wait_for_port, port, 30, baseline)
-        url = f"ws://127.0.0.1:{port}/"
+        baseline, url = await self.start_baseline("baseline")
         pids = self._meter_pids("baseline", baseline.pid, pool)
         # The baseline forwards every message of the tenant's channel, where the relay
         # may still be publishing the stream's copies of the e2e writes (the gateway
