@@ -392,6 +392,13 @@ class Hub:
             wire = self._wires[frame] = encode_text(frame)
         return wire
 
+    def seen_row(self, tenant: str, exam_id: str) -> dict[str, Any] | None:
+        """The newest row of the exam this node's feed delivered, while it is kept (a
+        tenant with clients here, one of its latest `ROWS_KEPT` exams): as fresh as the
+        cache's copy, give or take pub/sub's delivery, and read without a round trip."""
+        seen = self._rows.get(tenant, {}).get(exam_id)
+        return None if seen is None else seen[1]
+
     def attach(self, client: Client, tenant: str) -> bool:
         """Returns True when this is the tenant's first client on this node."""
         first = not self._by_tenant[tenant]

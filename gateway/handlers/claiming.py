@@ -45,13 +45,14 @@ async def locate(
 ) -> str | None:
     """The exam's patient partition, if the user may see the exam at all.
 
-    Eligibility is read from the cache (a worklist row); an exam the cache does not hold
-    yet is read from DynamoDB. An exam the user may not see is `not_found`, so its
+    Eligibility is read from the row the node's feed delivered last (`Hub.seen_row`,
+    no round trip), else from the cache (a worklist row); an exam the cache does not
+    hold yet is read from DynamoDB. An exam the user may not see is `not_found`, so its
     existence does not leak.
     """
     gw = session.gw
     tenant = session.principal.tenant if session.principal else ""
-    row = await gw.feed.row(tenant, exam_id)
+    row = gw.hub.seen_row(tenant, exam_id) or await gw.feed.row(tenant, exam_id)
     try:
         if row is None:
             exam = await gw.store.find_exam(tenant, exam_id)
