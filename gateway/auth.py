@@ -14,6 +14,7 @@ token.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -70,12 +71,7 @@ class Principal(BaseModel):
     @property
     def scope(self) -> Scope:
         """What this principal may see (the one rule every path applies)."""
-        return Scope(
-            self.tenant,
-            frozenset(self.sites),
-            frozenset(self.subspecialties),
-            frozenset(self.modalities),
-        )
+        return _scope(self.tenant, self.sites, self.subspecialties, self.modalities)
 
     @property
     def expires_at_ms(self) -> int:
@@ -84,6 +80,18 @@ class Principal(BaseModel):
     def public(self) -> dict[str, Any]:
         """What other users may see of this one (presence)."""
         return {"sub": self.sub, "name": self.name, "roles": [r.value for r in self.roles]}
+
+
+@functools.lru_cache(maxsize=4096)
+def _scope(
+    tenant: str,
+    sites: tuple[str, ...],
+    subspecialties: tuple[str, ...],
+    modalities: tuple[str, ...],
+) -> Scope:
+    """One (immutable) `Scope` per distinct scope, shared by the principals that have it:
+    presence's heartbeat and the offer desk ask every session's principal for it."""
+    return Scope(tenant, frozenset(sites), frozenset(subspecialties), frozenset(modalities))
 
 
 class Identity(BaseModel):

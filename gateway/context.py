@@ -350,7 +350,7 @@ class Gateway:
         while True:
             await asyncio.sleep(0.25)
             now = now_ms()
-            for session in list(self.sessions):
+            for session in [s for s in self.sessions if s.check_at <= now]:
                 session.check_expiry(now)
             if loop.time() - last_recheck >= self.settings.directory_recheck_seconds:
                 last_recheck = loop.time()

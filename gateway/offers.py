@@ -95,6 +95,8 @@ class OfferDesk:
             await self.drop(tenant, exam_id)
             if gone.get("reader"):
                 await self._ended(tenant, gone["reader"], exam_id, "taken")
+        if not stats:
+            return  # (who is online matters only to a STAT waiting)
         scopes = await gw.presence.readers(tenant)
         busy = {s["reader"] for s in offers.values() if s.get("reader")}
         for exam_id, row in stats.items():

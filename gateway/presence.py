@@ -207,6 +207,7 @@ class Presence:
         self._rereads: set[asyncio.Task[None]] = set()
         self._beat: asyncio.Task[None] | None = None
         self._diff_cost = 0.0  # seconds the last round of diffs took
+        self._changes = 0  # our own connections' changes so far (`_change`)
         self.rereads = 0  # whole-hash reads (start, gap, heartbeat): for tests and metrics
 
     async def __aenter__(self) -> Presence:
@@ -281,6 +282,7 @@ class Presence:
     ) -> None:
         """Our own connection changed: into the mirror now, into Redis and onto the
         channel with the rest of the window's changes."""
+        self._changes += 1
         if entry is None:
             mirror.drop(conn)
         else:
@@ -411,9 +413,18 @@ class Presence:
         await self._subscriber.subscribe(keys.presence_channel(tenant), deliver)
         await self._reread(tenant, mirror)
 
-    async def _reread(self, tenant: str, mirror: _Mirror, *, prune: bool = False) -> None:
-        """Read the whole hash into the mirror; our own entries come from our sessions.
-        Announcements arriving meanwhile wait and are applied after, in order."""
+    async def _reread(
+        self,
+        tenant: str,
+        mirror: _Mirror,
+        *,
+        prune: bool = False,
+        own: tuple[int, dict[str, dict[str, Any]]] | None = None,
+    ) -> None:
+        """Read the whole hash into the mirror; our own entries come from our sessions
+        (`own`: the count of our changes, and the entries the caller built then: used
+        when none of our connections changed since). Announcements arriving meanwhile
+        wait and are applied after, in order."""
         async with mirror.reading:
             if mirror.backlog is None:
                 mirror.backlog = []
@@ -425,10 +436,11 @@ class Presence:
                     mirror.apply(message)
                 raise
             self.rereads += 1
+            built = own[1] if own is not None and own[0] == self._changes else {}
             entries = {c: e for c, e in entries.items() if e.get("node") != self._node}
             for session in self._local.get(tenant, ()):
                 if session.principal is not None:
-                    entries[session.conn_id] = self._entry(session)
+                    entries[session.conn_id] = built.get(session.conn_id) or self._entry(session)
             mirror.replace(entries)
             backlog, mirror.backlog = mirror.backlog or [], None
             for message in backlog:
@@ -467,12 +479,10 @@ class Presence:
         if not sessions:
             return
         seen = _now_ms()
-        mine = {
-            s.conn_id: orjson.dumps({**self._entry(s), "seen": seen})
-            for s in sessions
-            if s.principal is not None
-        }
-        if mine:
+        changes = self._changes
+        own = {s.conn_id: self._entry(s) for s in sessions if s.principal is not None}
+        if own:
+            mine = {conn: orjson.dumps({**entry, "seen": seen}) for conn, entry in own.items()}
             await self._redis.hset(keys.presence(tenant), mapping=mine)  # type: ignore[arg-type]
         mirror = self._mirrors.get(tenant)
         if mirror is None or mirror.loaded is None or not mirror.loaded.done():
@@ -480,7 +490,7 @@ class Presence:
         else:
             # The same read puts the mirror against the hash: a lost announcement's
             # change converges here at the latest.
-            await self._reread(tenant, mirror, prune=True)
+            await self._reread(tenant, mirror, prune=True, own=(changes, own))
 
     # ---- what everyone sees --------------------------------------------------------------
 

@@ -88,7 +88,6 @@ class TokenBucket:
 
 class Session:
     __slots__ = (
-        "_auth_by",
         "_bucket",
         "_close_after_flush",
         "_interrupted",
@@ -99,6 +98,7 @@ class Session:
         "_tasks",
         "_waiter",
         "_writer",
+        "check_at",
         "claim_rows",
         "claims",
         "client",
@@ -139,7 +139,9 @@ class Session:
         self._close_after_flush: tuple[int, str] = (CloseCode.NORMAL, "")
         self._bucket = TokenBucket(gw.settings.rate_limit, gw.settings.rate_burst)
         self._strikes = 0
-        self._auth_by = 0  # (ms) no `auth` by then: closed by `check_expiry`
+        # (ms) when `check_expiry` has something to check: the `auth` deadline, then the
+        # token's expiry (housekeeping skips every session whose time has not come).
+        self.check_at = 0
         self.state = ConnectionState.CONNECTING
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -155,7 +157,7 @@ class Session:
         self.client.writer = DirectWriter.find(self.ws.scope)
         self.client.queue.on_put = self._wake_writer
         self._task = asyncio.current_task()
-        self._auth_by = now_ms() + int(self.gw.settings.auth_timeout * 1000)
+        self.check_at = now_ms() + int(self.gw.settings.auth_timeout * 1000)
         self.gw.sessions.add(self)
         self.send(
             {
@@ -455,6 +457,7 @@ class Session:
         self.principal = principal
         self.identity = identity
         self.state = ConnectionState.AUTHENTICATED
+        self.check_at = principal.expires_at_ms
         self.client.user = principal.sub
         self.send(
             {
@@ -498,17 +501,24 @@ class Session:
 
     def check_expiry(self, now: int) -> None:
         """Called by the gateway's housekeeping (one timer for every session, rather than
-        a task each: idle connections stay small): no `auth` within `auth_timeout`, or
-        the token expired."""
-        if self.state is ConnectionState.CONNECTING and self._auth_by <= now:
-            self._auth_by = now + 2**40  # once
+        a task each: idle connections stay small) once `check_at` has come: no `auth`
+        within `auth_timeout`, or the token expired."""
+        if self.check_at > now:
+            return
+        if self.state is ConnectionState.CONNECTING:
+            self.check_at = now + 2**40  # once
             self.error(None, ErrorCode.UNAUTHORIZED, "no auth frame in time")
             self.request_close(CloseCode.UNAUTHORIZED, "authenticate first")
             return
         if self.state is ConnectionState.AUTHENTICATED and self.principal is not None:
             if self.principal.expires_at_ms <= now:
+                self.check_at = now + 2**40  # once
                 self.error(None, ErrorCode.TOKEN_EXPIRED, "the token expired; log in again")
                 self.request_close(CloseCode.TOKEN_EXPIRED, "token expired")
+            else:
+                self.check_at = self.principal.expires_at_ms  # (a refresh moved it)
+            return
+        self.check_at = now + 2**40  # closing: nothing left to check
 
     # ---- feed problems -------------------------------------------------------------------
 
