@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.presence")
 
 HEARTBEAT_S = 10.0
+# Whole-hash work (the heartbeat, a re-read) lets the loop run other work every this many
+# entries: a tenant's thousands of sessions never hold it for long.
+_CHUNK = 500
 STALE_MS = 35_000
 _DEBOUNCE_S = 0.05
 # In a storm, the pause between two rounds of diffs grows so that sending them takes at
@@ -172,6 +177,12 @@ class _Mirror:
             self.drop(str(conn))
 
 
+@functools.lru_cache(maxsize=4096)
+def _limits(scope: Scope) -> dict[str, list[str]]:
+    """`Scope.limits`, once per distinct scope (shared: entries are never changed)."""
+    return scope.limits()
+
+
 def _parse(raw: bytes | str) -> dict[str, Any] | None:
     try:
         entry = orjson.loads(raw)
@@ -246,7 +257,7 @@ class Presence:
             "reading": reading,
             # What they may read (never shown to anyone: `users` leaves it out), so
             # the STAT offer desk on any node knows who online may take a case.
-            "scope": p.scope.limits(),
+            "scope": _limits(p.scope),
             "node": self._node,
         }
 
@@ -355,15 +366,28 @@ class Presence:
             return mirror.entries
         return await self._read(tenant)
 
-    async def _read(self, tenant: str, *, prune: bool = False) -> dict[str, dict[str, Any]]:
+    async def _read(
+        self, tenant: str, *, prune: bool = False, ours: Collection[str] = ()
+    ) -> dict[str, dict[str, Any]]:
         """The whole hash: its live entries; with `prune`, entries whose heartbeat
-        stopped (a node that died) are deleted and their deletion announced."""
+        stopped (a node that died) are deleted and their deletion announced. The entries
+        of `ours` (connections of this node, which the caller builds itself) are left
+        out unread."""
         key = keys.presence(tenant)
         out: dict[str, dict[str, Any]] = {}
         stale: list[str] = []
         oldest = _now_ms() - STALE_MS
-        for raw_conn, raw in (await self._redis.hgetall(key)).items():
+        marker = b'"node":' + orjson.dumps(self._node)
+        i = 0
+        # HSCAN, a page at a time (one huge HGETALL reply is parsed in one go); a change
+        # made meanwhile is announced, and the announcement applied after the read.
+        async for raw_conn, raw in self._redis.hscan_iter(key, count=_CHUNK):
+            i += 1
+            if not i % _CHUNK:
+                await asyncio.sleep(0)
             conn = raw_conn.decode() if isinstance(raw_conn, bytes) else str(raw_conn)
+            if conn in ours and isinstance(raw, bytes) and marker in raw:
+                continue
             entry = _parse(raw)
             if entry is None:
                 continue
@@ -428,8 +452,9 @@ class Presence:
         async with mirror.reading:
             if mirror.backlog is None:
                 mirror.backlog = []
+            ours = {s.conn_id for s in self._local.get(tenant, ()) if s.principal is not None}
             try:
-                entries = await self._read(tenant, prune=prune)
+                entries = await self._read(tenant, prune=prune, ours=ours)
             except BaseException:
                 backlog, mirror.backlog = mirror.backlog or [], None
                 for message in backlog:
@@ -441,7 +466,12 @@ class Presence:
             for session in self._local.get(tenant, ()):
                 if session.principal is not None:
                     entries[session.conn_id] = built.get(session.conn_id) or self._entry(session)
-            mirror.replace(entries)
+            for conn in [c for c in mirror.entries if c not in entries]:
+                mirror.drop(conn)
+            for i, (conn, entry) in enumerate(entries.items()):
+                if i and not i % _CHUNK:
+                    await asyncio.sleep(0)  # (announcements meanwhile wait in the backlog)
+                mirror.put(conn, entry)
             backlog, mirror.backlog = mirror.backlog or [], None
             for message in backlog:
                 mirror.apply(message)
@@ -480,10 +510,20 @@ class Presence:
             return
         seen = _now_ms()
         changes = self._changes
-        own = {s.conn_id: self._entry(s) for s in sessions if s.principal is not None}
-        if own:
-            mine = {conn: orjson.dumps({**entry, "seen": seen}) for conn, entry in own.items()}
-            await self._redis.hset(keys.presence(tenant), mapping=mine)  # type: ignore[arg-type]
+        own: dict[str, dict[str, Any]] = {}
+        mine: dict[str, bytes] = {}
+        for i, session in enumerate(list(sessions)):
+            if i and not i % _CHUNK:
+                await asyncio.sleep(0)  # thousands of sessions: others run meanwhile
+            if session.principal is not None:
+                entry = own[session.conn_id] = self._entry(session)
+                mine[session.conn_id] = orjson.dumps({**entry, "seen": seen})
+        here = {s.conn_id for s in sessions}  # (those that left meanwhile are not written)
+        mine = {conn: raw for conn, raw in mine.items() if conn in here}
+        conns = list(mine)
+        for at in range(0, len(conns), _CHUNK):  # (packing one huge command holds the loop)
+            part = {conn: mine[conn] for conn in conns[at : at + _CHUNK]}
+            await self._redis.hset(keys.presence(tenant), mapping=part)  # type: ignore[arg-type]
         mirror = self._mirrors.get(tenant)
         if mirror is None or mirror.loaded is None or not mirror.loaded.done():
             await self._read(tenant, prune=True)
