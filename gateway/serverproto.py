@@ -20,6 +20,7 @@ from collections import deque
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 __all__ = ["Inbox", "LeanSansIOProtocol", "PingWheel", "WritableFlag", "ws_protocol"]
 
@@ -152,6 +153,40 @@ class LeanSansIOProtocol(WebSocketsSansIOProtocol):
         self.queue = Inbox()  # type: ignore[assignment]
         self.writable = WritableFlag()  # type: ignore[assignment]
         self.ping_at: float | None = None  # (loop time) the next ping, when one is due
+        # Accepted, open, no close sent and the transport not paused: what
+        # `gateway.wire.DirectWriter.ready` asks per frame, kept up to date by every
+        # callback that can change it (a closing transport is asked of the transport).
+        self.live = False
+
+    def _relive(self) -> None:
+        self.live = (
+            self.writable.is_set()
+            and not self.close_sent
+            and self.conn.state is State.OPEN
+            and not self.transport.is_closing()
+        )
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            super().data_received(data)
+        finally:
+            self._relive()  # (a close frame, a protocol error)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.live = False
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        self.live = False
+        super().shutdown()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.live = False
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._relive()
 
     def schedule_ping(self) -> None:
         assert self.ping_interval is not None
@@ -163,7 +198,10 @@ class LeanSansIOProtocol(WebSocketsSansIOProtocol):
         super().stop_keepalive()
 
     async def send(self, message: Any) -> None:
-        await super().send(message)
+        try:
+            await super().send(message)
+        finally:
+            self._relive()  # (accepted, or a close sent)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # Read in `handle_connect` and when accepting only. websockets' parser keeps
             # the request object for the connection's life: its headers are emptied.

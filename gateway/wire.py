@@ -92,7 +92,7 @@ def encode_text(text: str) -> bytes:
 class DirectWriter:
     """The transport of one uvicorn websockets-sansio connection."""
 
-    __slots__ = ("_conn", "_proto", "_transport", "_writable", "plain")
+    __slots__ = ("_conn", "_kept", "_proto", "_transport", "_writable", "plain")
 
     def __init__(self, proto: Any) -> None:
         self._proto = proto
@@ -101,6 +101,8 @@ class DirectWriter:
         self._writable = proto.writable  # cleared while the transport is paused
         # Without extensions (compression), a frame's bytes are the same for everyone.
         self.plain = not self._conn.extensions
+        # `gateway.serverproto`'s protocol keeps what `ready` asks in one flag, `live`.
+        self._kept = isinstance(getattr(proto, "live", None), bool)
 
     @classmethod
     def find(cls, scope: Scope) -> DirectWriter | None:
@@ -116,6 +118,8 @@ class DirectWriter:
 
     def ready(self) -> bool:
         """Open, not closing, and the transport takes more without pausing."""
+        if self._kept:
+            return bool(self._proto.live) and not self._transport.is_closing()
         return (
             self._writable.is_set()
             and not self._proto.close_sent
