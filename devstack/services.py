@@ -49,16 +49,19 @@ def dynamodb_local_jar() -> Path:
     return Path(jars[-1])
 
 
-def start_dynamodb_local(port: int | None = None) -> tuple[ManagedProcess, str]:
-    """AWS's DynamoDB Local, in memory, on a free loopback port."""
+def start_dynamodb_local(port: int | None = None, *, nice: int = 0) -> tuple[ManagedProcess, str]:
+    """AWS's DynamoDB Local, in memory, on a free loopback port (`nice` > 0: every thread
+    of it at that lower CPU priority)."""
     java = shutil.which("java")
     if java is None:
         raise RuntimeError("java is not installed (make deps installs openjdk-17-jre-headless)")
     jar = dynamodb_local_jar()
     port = port or free_port()
+    niced = ["nice", "-n", str(nice)] if nice > 0 and shutil.which("nice") else []
     proc = ManagedProcess(
         "dynamodb-local",
         [
+            *niced,
             java,
             "-Xms64m",
             "-Xmx512m",

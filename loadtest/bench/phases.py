@@ -34,6 +34,7 @@ from loadtest.bench.config import (
     E2E_RATE,
     FANOUT_RATES,
     IDLE_PER_TENANT,
+    STANDIN_NICE,
     TENANT,
     WHOLE_FEED,
     Scale,
@@ -93,7 +94,7 @@ class Bench:
     async def start(self) -> tuple[DynamoSettings, DynamoSettings]:
         redis_proc, redis_url = start_redis()
         self.stack.adopt(redis_proc)
-        ddb_proc, endpoint = start_dynamodb_local()
+        ddb_proc, endpoint = start_dynamodb_local(nice=STANDIN_NICE)
         self.stack.adopt(ddb_proc)
         self.pids.update(redis=redis_proc.pid, dynamodb=ddb_proc.pid)
         main = DynamoSettings(endpoint_url=endpoint, table="bench-worklist")

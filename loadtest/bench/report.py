@@ -20,6 +20,7 @@ from loadtest.bench.config import (
     FANOUT_RATES,
     IDLE_PER_TENANT,
     OTHERS_LIMIT,
+    STANDIN_NICE,
 )
 from loadtest.bench.phases import Bench
 from loadtest.bench.storm import STORM_USERS
@@ -146,6 +147,7 @@ def finish(bench: Bench, started: float) -> dict[str, Any]:
         ),
         auth=auth_available(),
         load_client=client_kind(),
+        standin_nice=STANDIN_NICE,
         mode=bench.scale.name,
         scale=asdict(bench.scale),
         gateway_client_queue=CLIENT_QUEUE,
@@ -315,6 +317,10 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         f"{s['client_procs']} processes, compression off (so is the baseline's); "
         f"gateway `GATEWAY_CLIENT_QUEUE={r['gateway_client_queue']}`; "
         f"auth {'on' if r.get('auth') else 'off (gateway/auth.py not present yet)'}.",
+        f"- DynamoDB Local (a stand-in for a remote service) ran at nice "
+        f"{r.get('standin_nice', 0)} (`BENCH_STANDIN_NICE`): its acknowledgement starts "
+        "`e2e_p99_ms_from_ack`, and on 2 cores it would otherwise take turns with the "
+        "relay, Redis, the gateway and the clients measured after it.",
     ]
     if r.get("other_cores_max", 0) > OTHERS_LIMIT:
         out.append(
