@@ -533,8 +533,12 @@ class Hub:
                     or (
                         not client.window
                         and not client.busy
-                        and client.queue.empty()
-                        and writer.ready()
+                        and not client.queue.items
+                        and (
+                            writer.proto.live and not writer.transport.is_closing()
+                            if writer.kept
+                            else writer.ready()
+                        )
                     )
                 )
             ):
@@ -578,7 +582,7 @@ class Hub:
             elif writer.plain:
                 if out is not last:  # members mostly take the same text: its bytes
                     last, wire = out, self.wire(out)
-                writer.write(out, wire)
+                writer.transport.write(wire)  # (`DirectWriter.write` of shared bytes)
                 written += 1
             else:
                 writer.write(out)

@@ -40,27 +40,28 @@ class FrameQueue(Generic[T]):
     the session starts a writer that ends when the queue is empty), and it holds no
     buffer while empty. `maxsize` <= 0: no bound."""
 
-    __slots__ = ("_items", "maxsize", "on_put")
+    __slots__ = ("items", "maxsize", "on_put")
 
     def __init__(self, maxsize: int = 0) -> None:
-        self._items: deque[T] | None = None
+        # What waits, oldest first (None while nothing does: `empty` is `not items`).
+        self.items: deque[T] | None = None
         self.maxsize = maxsize
         self.on_put: Callable[[], None] | None = None
 
     def empty(self) -> bool:
-        return not self._items
+        return not self.items
 
     def qsize(self) -> int:
-        return len(self._items) if self._items else 0
+        return len(self.items) if self.items else 0
 
     def full(self) -> bool:
         return 0 < self.maxsize <= self.qsize()
 
     def put_nowait(self, item: T) -> None:
         """Raises `asyncio.QueueFull` when `maxsize` frames wait already."""
-        items = self._items
+        items = self.items
         if items is None:
-            items = self._items = deque()
+            items = self.items = deque()
         elif 0 < self.maxsize <= len(items):
             raise asyncio.QueueFull
         items.append(item)
@@ -69,12 +70,12 @@ class FrameQueue(Generic[T]):
 
     def get_nowait(self) -> T:
         """Raises `asyncio.QueueEmpty` when nothing waits."""
-        items = self._items
+        items = self.items
         if not items:
             raise asyncio.QueueEmpty
         item = items.popleft()
         if not items:
-            self._items = None  # an empty deque still holds a block
+            self.items = None  # an empty deque still holds a block
         return item
 
 
@@ -92,17 +93,19 @@ def encode_text(text: str) -> bytes:
 class DirectWriter:
     """The transport of one uvicorn websockets-sansio connection."""
 
-    __slots__ = ("_conn", "_kept", "_proto", "_transport", "_writable", "plain")
+    __slots__ = ("_conn", "_writable", "kept", "plain", "proto", "transport")
 
     def __init__(self, proto: Any) -> None:
-        self._proto = proto
-        self._transport = proto.transport
+        self.proto = proto
+        self.transport = proto.transport
         self._conn = proto.conn  # websockets' ServerProtocol (the frame state)
         self._writable = proto.writable  # cleared while the transport is paused
         # Without extensions (compression), a frame's bytes are the same for everyone.
         self.plain = not self._conn.extensions
-        # `gateway.serverproto`'s protocol keeps what `ready` asks in one flag, `live`.
-        self._kept = isinstance(getattr(proto, "live", None), bool)
+        # `gateway.serverproto`'s protocol keeps what `ready` asks in one flag, `live`
+        # (then `ready` is `proto.live and not transport.is_closing()`, which the hub's
+        # fan-out asks inline).
+        self.kept = isinstance(getattr(proto, "live", None), bool)
 
     @classmethod
     def find(cls, scope: Scope) -> DirectWriter | None:
@@ -118,19 +121,19 @@ class DirectWriter:
 
     def ready(self) -> bool:
         """Open, not closing, and the transport takes more without pausing."""
-        if self._kept:
-            return bool(self._proto.live) and not self._transport.is_closing()
+        if self.kept:
+            return bool(self.proto.live) and not self.transport.is_closing()
         return (
             self._writable.is_set()
-            and not self._proto.close_sent
+            and not self.proto.close_sent
             and self._conn.state is State.OPEN
-            and not self._transport.is_closing()
+            and not self.transport.is_closing()
         )
 
     def write(self, text: str, wire: bytes | None = None) -> None:
         """Write one text frame (`wire`: its bytes from `encode_text`, when known)."""
         if self.plain:
-            self._transport.write(wire if wire is not None else encode_text(text))
+            self.transport.write(wire if wire is not None else encode_text(text))
         else:
             self._conn.send_text(text.encode())
-            self._transport.write(b"".join(self._conn.data_to_send()))
+            self.transport.write(b"".join(self._conn.data_to_send()))

@@ -71,6 +71,7 @@ class _Proto:
         self.writable = asyncio.Event()
         self.writable.set()
         self.close_sent = False
+        self.live = True  # (`gateway.serverproto`'s protocol keeps `ready`'s answer here)
 
 
 def _row(n: int, version: int, now: int) -> dict[str, Any]:

@@ -31,14 +31,41 @@ def test_a_frame_built_once_is_the_frame_websockets_would_send(size: int) -> Non
     assert encode_text(text) == Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
 
 
+def _text_of(frame: bytes) -> str:
+    """The text of one server text frame (`gateway.wire.encode_text`'s inverse)."""
+    assert frame[0] == 0x81, frame[:2]
+    n, at = frame[1], 2
+    if n == 126:
+        n, at = int.from_bytes(frame[2:4], "big"), 4
+    elif n == 127:
+        n, at = int.from_bytes(frame[2:10], "big"), 10
+    assert len(frame) == at + n
+    return frame[at:].decode()
+
+
+class FakeTransport:
+    """Where the hub hands shared bytes straight (`DirectWriter.transport`)."""
+
+    def __init__(self, writer: FakeWriter) -> None:
+        self.writer = writer
+
+    def write(self, frame: bytes) -> None:
+        assert not self.writer.paused
+        self.writer.wires.append(frame)
+        self.writer.written.append(_text_of(frame))
+
+
 class FakeWriter:
     """A transport that can be paused, recording what was written."""
 
     plain = True
+    kept = False  # (`ready` is asked, not a protocol's `live` flag)
 
     def __init__(self) -> None:
         self.paused = False
         self.written: list[str] = []
+        self.wires: list[bytes] = []  # the bytes handed straight to the transport
+        self.transport = FakeTransport(self)
 
     def ready(self) -> bool:
         return not self.paused
@@ -132,7 +159,8 @@ def test_clients_of_one_prefix_share_one_frame() -> None:
     hub = Hub()
     (_, wa, _), (_, wb, _) = _client(hub), _client(hub)
     _deliver(hub, 7)
-    assert wa.written == wb.written and wa.written[0] is wb.written[0]
+    # One frame's bytes, built once, for both.
+    assert wa.written == wb.written and wa.wires[0] is wb.wires[0]
 
 
 async def test_compressed_and_plain_clients_get_the_same_deltas_in_order(
