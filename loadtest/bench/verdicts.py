@@ -287,7 +287,7 @@ def _cluster_row(r: Mapping[str, Any]) -> tuple[str, str, str, str]:
     values = [v for v in by_nodes.values() if v is not None]
     flat = None if len(values) < 2 else max(values) <= 1.25 * min(values)
     return (
-        "Redis Cluster: gateway CPU per delivery with 1 / 2 / 3 nodes",
+        "Redis Cluster: gateway CPU per delivery with 1 / 2 / 3 nodes (25/s)",
         " / ".join(fmt(by_nodes.get(n)) for n in ("1", "2", "3")) + " us"
         if by_nodes
         else "not run at this scale",
