@@ -83,17 +83,21 @@ class OfferDesk:
 
     async def tick(self, tenant: str) -> None:
         gw = self.gw
+        # The offers before the board: an accept shows the claim in the cache, then drops
+        # its offer, so a case read here with no offer is one the board sees as it is
+        # (read the other way round, an accept in between made it look waiting, unoffered).
+        offers = await self.all(tenant)
         board = await gw.orchestrator.board(tenant)
         rules = board.rules
         now = board.now
-        offers = await self.all(tenant)
         stats = {r["exam_id"]: r for r in board.waiting() if r["priority"] == "STAT"}
-        # Offers of cases no longer waiting (someone took it, or it moved on) end.
+        # Offers of cases no longer waiting (someone took it, or it moved on) end; the
+        # reader who holds it now (who accepted it) is not told it was taken.
         for exam_id, gone in offers.items():
             if exam_id in stats:
                 continue
             await self.drop(tenant, exam_id)
-            if gone.get("reader"):
+            if gone.get("reader") and board.holder(exam_id) != gone["reader"]:
                 await self._ended(tenant, gone["reader"], exam_id, "taken")
         if not stats:
             return  # (who is online matters only to a STAT waiting)

@@ -74,6 +74,10 @@ class Board:
         """Rows ready to read that nobody holds, most urgent first."""
         return [r for r in self.rows if r["status"] == _READY and _held_by(r, self.now) is None]
 
+    def holder(self, exam_id: str) -> str | None:
+        """Who holds a case now (None: nobody, or it is not on the board)."""
+        return next((_held_by(r, self.now) for r in self.rows if r["exam_id"] == exam_id), None)
+
     def load(self, sub: str, allows: Callable[[Mapping[str, Any]], bool] | None) -> ReaderLoad:
         held = [r for r in self.rows if _held_by(r, self.now) == sub]
         overrides = self.rules.rvu_overrides

@@ -280,7 +280,16 @@ async def gateway_node(
     """One more gateway node on the test's Redis and DynamoDB (demo settings, no relay of
     its own): its WebSocket URL and its app."""
     port = free_port()
-    settings = GatewaySettings(port=port, jwt_secret=SECRET, demo=True, drain_seconds=0.2)
+    # A name of its own: the default (host:pid) is the test's other node's too, and two
+    # nodes of one name share the offer desk's lease (both drive a tenant's offers at
+    # once), take each other's presence changes for their own, and share a probe channel.
+    settings = GatewaySettings(
+        port=port,
+        jwt_secret=SECRET,
+        demo=True,
+        drain_seconds=0.2,
+        node_name=f"test-node-{port}",
+    )
     app = create_app(settings, CacheSettings(redis_url=redis_url), dynamo_settings)
     server, task = await _serve(app, port, settings)
     try:

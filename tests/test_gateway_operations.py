@@ -308,13 +308,30 @@ async def test_a_crashed_housekeeping_is_logged_counted_and_restarted(stack: Sta
 
 class FreezingProxy:
     """A TCP proxy in front of Redis that can stop delivering to the connections that
-    subscribed (the pub/sub one), while they stay open: a silent stall."""
+    subscribed (the pub/sub one), while they stay open: a silent stall.
+
+    A stalled connection holds back what Redis sends it, as TCP would, and loses nothing
+    of it: what is held flows on, in order, once thawed (to a connection still open).
+    Dropping it instead would lose the replies to a re-SUBSCRIBE sent during the stall
+    while later messages still came, a stream no Redis connection can deliver."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        self.frozen = False
+        self._thawed = asyncio.Event()
+        self._thawed.set()
         self._conns: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
+
+    @property
+    def frozen(self) -> bool:
+        return not self._thawed.is_set()
+
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        if value:
+            self._thawed.clear()
+        else:
+            self._thawed.set()
 
     async def start(self) -> str:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -331,8 +348,9 @@ class FreezingProxy:
                 while data := await src.read(65536):
                     if up and b"SUBSCRIBE" in data.upper():
                         subscriber["yes"] = True
-                    if not up and subscriber["yes"] and self.frozen:
-                        continue  # swallowed: the connection looks alive, delivers nothing
+                    if not up and subscriber["yes"]:
+                        # Held while frozen: the connection looks alive, delivers nothing.
+                        await self._thawed.wait()
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -343,6 +361,7 @@ class FreezingProxy:
         await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
 
     async def aclose(self) -> None:
+        self.frozen = False  # no pump stays waiting
         for writer in self._conns:
             writer.close()
         if self._server is not None:

@@ -155,7 +155,11 @@ class Reader:
 
     @classmethod
     async def open(cls, url: str, sub: str, name: str | None = None) -> Reader:
-        return cls(await WsClient.open(url, token(sub, name=name or f"Dr. {sub}")))
+        # Minting puts the person in the directory with blocking DynamoDB calls: off the
+        # event loop, so that readers opened together do not hold up each other's
+        # handshakes (whose timeouts run meanwhile) for the whole batch's registrations.
+        token_ = await asyncio.to_thread(token, sub, name=name or f"Dr. {sub}")
+        return cls(await WsClient.open(url, token_))
 
     async def reconnect(self, url: str) -> Reader:
         """A new connection for the same user, keeping this one's worklist and position

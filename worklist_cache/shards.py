@@ -201,8 +201,11 @@ class ClusterSubscriber:
 
     async def _follow(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for, which on 3.11 can swallow a cancel that
+            # comes as `_moved` is set: the loop would then outlive aclose.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._moved.wait(), self._check_interval)
+                async with asyncio.timeout(self._check_interval):
+                    await self._moved.wait()
             self._moved.clear()
             try:
                 await self.rebalance()

@@ -156,7 +156,8 @@ class FeedSubscriber:
                 await self._subscribe(channel)
             self._ready.set()
         try:
-            await asyncio.wait_for(confirmed.wait(), timeout)
+            async with asyncio.timeout(timeout):  # (wait_for may swallow a cancel on 3.11)
+                await confirmed.wait()
         except TimeoutError:
             # Forget it, so the next caller subscribes afresh instead of waiting forever.
             if self._confirmed.get(channel) is confirmed and not confirmed.is_set():
@@ -207,7 +208,11 @@ class FeedSubscriber:
                 await self._redis.execute_command(  # type: ignore[no-untyped-call]
                     "SPUBLISH" if self._sharded else "PUBLISH", self._probe_channel, b"probe"
                 )
-                await asyncio.wait_for(self._probe_seen.wait(), self._probe_interval)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
+                # result when the probe comes back just as the task is cancelled,
+                # swallowing the cancel, and this loop would then never end (aclose hung).
+                async with asyncio.timeout(self._probe_interval):
+                    await self._probe_seen.wait()
             except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self.probe_failures += 1
                 self.stalled = True

@@ -158,7 +158,6 @@ async def offer_accept(session: Connection, frame: OfferAccept) -> None:
     except StoreError as exc:
         store_error(session, frame.id, exc)
         return
-    await gw.offers.drop(tenant, frame.exam_id)
     gw.metrics["offers_accepted"] += 1
     exam = result.exam
     session.claims[frame.exam_id] = result.token
@@ -174,10 +173,14 @@ async def offer_accept(session: Connection, frame: OfferAccept) -> None:
             "decision": state.get("decision"),
         }
     )
+    # The cache shows the claim before the offer goes: the offer desk reads its board
+    # from the cache, and a STAT still waiting there with no offer on it would be offered
+    # afresh (to the next reader, even one who declined it) though it is taken.
+    await publish_claim(session, exam)
+    await gw.offers.drop(tenant, frame.exam_id)
     await gw.orchestrator.record(
         tenant, {"exam_id": frame.exam_id, "reader": principal.sub}, how="offer-accepted"
     )
-    await publish_claim(session, exam)
     await gw.presence.update(session)
 
 
