@@ -193,8 +193,10 @@ class MllpListener:
                     try:
                         answer = await self._handle(frame, peer)
                         writer.write(wrap(answer.ack))
-                        # A sender that reads no ACKs must not hold this task forever.
-                        await asyncio.wait_for(writer.drain(), self._idle)
+                        # A sender that reads no ACKs must not hold this task forever
+                        # (asyncio.timeout: wait_for may swallow a cancel on 3.11).
+                        async with asyncio.timeout(self._idle):
+                            await writer.drain()
                     finally:
                         self._busy.discard(me)
                     if self._closing:

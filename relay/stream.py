@@ -208,10 +208,11 @@ class StreamRelay:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancel that comes as the wake is set, and this loop would outlive it.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wake.wait(), min(self._discover_every, self._lease_every)
-                    )
+                    async with asyncio.timeout(min(self._discover_every, self._lease_every)):
+                        await self._wake.wait()
                 if self._wake.is_set():
                     self._wake.clear()
                     next_discovery = 0.0  # a shard ended: its children may start now
