@@ -189,13 +189,25 @@ class Client:
         """Write `frame` now if nothing waits in front of it; False: queue it.
         `shared`: the same text goes to other clients (its bytes are built once)."""
         writer = self.writer
-        if writer is None or self.busy or not self.queue.empty() or not writer.ready():
+        if (
+            writer is None
+            or self.busy
+            or self.queue.items
+            or not (
+                writer.proto.live and not writer.transport.is_closing()
+                if writer.kept
+                else writer.ready()
+            )
+        ):
             return False
         hub = self.hub
         if hub is None:
             writer.write(frame)
             return True
-        writer.write(frame, hub.wire(frame) if shared and writer.plain else None)
+        if shared and writer.plain:
+            writer.transport.write(hub.wire(frame))  # (`DirectWriter.write`, shared bytes)
+        else:
+            writer.write(frame)
         hub.frames_out += 1
         return True
 
