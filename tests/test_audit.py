@@ -322,12 +322,24 @@ async def test_the_worker_killed_with_sigkill_and_restarted_leaves_no_gap_or_dup
         worker = spawn("audit-b")
         written = await writer
         await wait_for(lambda: _has(audit_database_url, len(written)), 40, "the successor")
+        # The successor takes the killed worker's shard once its lease runs out, even when
+        # the first worker had written everything before it died (a quiet box).
+        await wait_for(
+            lambda: _owners_are(audit_database_url, ["audit-b"]), 30, "the successor's lease"
+        )
     finally:
         worker.stop()
     assert_no_gap_no_duplicate(await exam_versions(audit_database_url), written)
-    async with await psycopg.AsyncConnection.connect(audit_database_url) as conn:
+    # Stopped, it handed the shard back (or its lease stands until it runs out).
+    assert await _owners_are(audit_database_url, [None]) or await _owners_are(
+        audit_database_url, ["audit-b"]
+    )
+
+
+async def _owners_are(url: str, owners: list[str | None]) -> bool:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
         cur = await conn.execute("SELECT owner FROM consumer_shard")
-        assert [r[0] for r in await cur.fetchall()] in ([None], ["audit-b"])
+        return [r[0] for r in await cur.fetchall()] == owners
 
 
 # ---- PostgreSQL away -------------------------------------------------------------------
