@@ -7,7 +7,7 @@ heartbeats and prunes entries whose heartbeat stopped (a node that died).
 A change is announced on the tenant's presence channel *with the change itself* (the
 entries set and the connection ids deleted); the changes a node makes within one
 debounce window go out as one write and one announcement. Every node keeps a mirror of
-the hash in memory (`_Mirror`), read once when its first session of the tenant joins,
+the hash in memory (`Mirror`), read once when its first session of the tenant joins,
 and applies announcements to it incrementally, folding connections into users as it
 goes (two tabs are one presence). Nothing re-reads the whole hash per change: a storm of
 N joins costs O(N) in Redis and CPU, not O(N^2). The hash is read again whole when a node
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.presencemirror import Mirror
 from service.supervise import Supervisor
 from worklist_cache import keys
 from worklist_cache.connection import Client
@@ -62,119 +63,6 @@ _DIFF_SHARE = 0.1
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class _User:
-    """One user's connections folded into what everyone sees (two tabs, one presence),
-    kept incrementally: adding or removing a connection costs its own rows only."""
-
-    __slots__ = ("_record", "conns", "name", "roles", "rows", "sub")
-
-    def __init__(self, entry: dict[str, Any]) -> None:
-        self.sub: str = entry["sub"]
-        self.name: str = entry["name"]
-        self.roles: list[str] = entry["roles"]
-        self.conns: dict[str, list[str]] = {}  # connection -> the exams it reads
-        self.rows: dict[str, tuple[int, dict[str, Any]]] = {}  # exam -> (connections, row)
-        # What `record` returned, until a connection comes or goes (callers only read
-        # it: every join's `presence_state` lists every user, most of them unchanged).
-        self._record: dict[str, Any] | None = None
-
-    def add(self, conn: str, entry: dict[str, Any]) -> None:
-        self._record = None
-        self.name, self.roles = entry["name"], entry["roles"]
-        exams = []
-        for row in entry.get("reading") or ():
-            if isinstance(row, dict) and isinstance(row.get("exam_id"), str):
-                count = self.rows.get(row["exam_id"], (0, row))[0]
-                self.rows[row["exam_id"]] = (count + 1, row)
-                exams.append(row["exam_id"])
-        self.conns[conn] = exams
-
-    def remove(self, conn: str) -> None:
-        self._record = None
-        for exam_id in self.conns.pop(conn, ()):
-            count, row = self.rows[exam_id]
-            if count > 1:
-                self.rows[exam_id] = (count - 1, row)
-            else:
-                del self.rows[exam_id]
-
-    def record(self) -> dict[str, Any]:
-        if self._record is None:
-            self._record = {
-                "sub": self.sub,
-                "name": self.name,
-                "roles": self.roles,
-                "reading": [self.rows[k][1] for k in sorted(self.rows)],
-                "connections": len(self.conns),
-            }
-        return self._record
-
-
-class _Mirror:
-    """A node's copy of one tenant's presence hash (entries without their heartbeat),
-    with its users folded and the subs touched since the last diff."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, dict[str, Any]] = {}
-        self.users: dict[str, _User] = {}
-        self.touched: set[str] = set()
-        self.shared: dict[tuple[str, bytes], Any] = {}  # see `_share`
-        # While the hash is being read, announcements wait here (then applied in order:
-        # an announcement older than the read only repeats what the read saw).
-        self.backlog: list[dict[str, Any]] | None = []
-        self.loaded: asyncio.Future[None] | None = None
-        self.reading = asyncio.Lock()  # one whole read at a time
-
-    def put(self, conn: str, entry: dict[str, Any]) -> None:
-        old = self.entries.get(conn)
-        if old == entry:
-            return
-        self._share(entry)
-        if old is not None:
-            self.drop(conn)
-        try:
-            user = self.users.get(entry["sub"]) or _User(entry)
-            user.add(conn, entry)
-        except (KeyError, TypeError):
-            return  # not an entry we wrote: ignore it, as the old re-read did
-        self.users[user.sub] = user
-        self.entries[conn] = entry
-        self.touched.add(user.sub)
-
-    def _share(self, entry: dict[str, Any]) -> None:
-        """Values most entries repeat (roles, scope, node: a group has few distinct ones)
-        are kept once, not once per connection (read-only everywhere)."""
-        for field in ("roles", "scope", "node"):
-            value = entry.get(field)
-            if isinstance(value, list | dict | str):
-                key = (field, orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
-                entry[field] = self.shared.setdefault(key, value)
-
-    def drop(self, conn: str) -> None:
-        old = self.entries.pop(conn, None)
-        if old is None:
-            return
-        user = self.users[old["sub"]]
-        user.remove(conn)
-        if not user.conns:
-            del self.users[user.sub]
-        self.touched.add(user.sub)
-
-    def replace(self, entries: dict[str, dict[str, Any]]) -> None:
-        """The whole hash, read again: apply only what differs."""
-        for conn in [c for c in self.entries if c not in entries]:
-            self.drop(conn)
-        for conn, entry in entries.items():
-            self.put(conn, entry)
-
-    def apply(self, message: dict[str, Any]) -> None:
-        for conn, entry in (message.get("set") or {}).items():
-            if isinstance(entry, dict):
-                self.put(str(conn), entry)
-        for conn in message.get("del") or ():
-            self.drop(str(conn))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -209,7 +97,7 @@ class Presence:
         # name: its entries and announcements carry it, so it knows its own.
         self._node = f"{node}/{uuid.uuid4().hex[:8]}"
         self._local: dict[str, set[Connection]] = defaultdict(set)  # tenant -> sessions
-        self._mirrors: dict[str, _Mirror] = {}
+        self._mirrors: dict[str, Mirror] = {}
         # tenant -> connection -> its entry to write (None: delete), in the next batch.
         self._outbox: dict[str, dict[str, dict[str, Any] | None]] = {}
         self._dirty: set[str] = set()  # tenants with users touched since the last diff
@@ -288,9 +176,7 @@ class Presence:
         else:  # never joined fully: only the hash may hold it
             await self._redis.hdel(keys.presence(tenant), session.conn_id)
 
-    def _change(
-        self, tenant: str, mirror: _Mirror, conn: str, entry: dict[str, Any] | None
-    ) -> None:
+    def _change(self, tenant: str, mirror: Mirror, conn: str, entry: dict[str, Any] | None) -> None:
         """Our own connection changed: into the mirror now, into Redis and onto the
         channel with the rest of the window's changes."""
         self._changes += 1
@@ -414,11 +300,11 @@ class Presence:
 
     # ---- the mirror ----------------------------------------------------------------------
 
-    async def _mirror(self, tenant: str) -> _Mirror:
+    async def _mirror(self, tenant: str) -> Mirror:
         """The tenant's mirror, subscribed and read once (concurrent joins share it)."""
         mirror = self._mirrors.get(tenant)
         if mirror is None:
-            mirror = self._mirrors[tenant] = _Mirror()
+            mirror = self._mirrors[tenant] = Mirror()
             mirror.loaded = asyncio.ensure_future(self._load(tenant, mirror))
         assert mirror.loaded is not None
         try:
@@ -429,7 +315,7 @@ class Presence:
             raise
         return mirror
 
-    async def _load(self, tenant: str, mirror: _Mirror) -> None:
+    async def _load(self, tenant: str, mirror: Mirror) -> None:
         def deliver(raw: bytes) -> None:
             self._on_message(tenant, raw)
 
@@ -440,7 +326,7 @@ class Presence:
     async def _reread(
         self,
         tenant: str,
-        mirror: _Mirror,
+        mirror: Mirror,
         *,
         prune: bool = False,
         own: tuple[int, dict[str, dict[str, Any]]] | None = None,
@@ -486,7 +372,7 @@ class Presence:
             self._rereads.add(task)
             task.add_done_callback(self._rereads.discard)
 
-    async def _reread_logged(self, tenant: str, mirror: _Mirror) -> None:
+    async def _reread_logged(self, tenant: str, mirror: Mirror) -> None:
         try:
             await self._reread(tenant, mirror)
         except asyncio.CancelledError:
@@ -538,7 +424,7 @@ class Presence:
         mirror = self._mirrors.get(tenant)
         if mirror is not None and mirror.backlog is None:
             return {sub: user.record() for sub, user in mirror.users.items()}
-        folded = _Mirror()
+        folded = Mirror()
         folded.replace(await self._read(tenant))
         return {sub: user.record() for sub, user in folded.users.items()}
 
@@ -597,7 +483,7 @@ class Presence:
                 }
             session.send(frame)
 
-    def _touched(self, tenant: str, mirror: _Mirror) -> None:
+    def _touched(self, tenant: str, mirror: Mirror) -> None:
         if not mirror.touched:
             return
         self._dirty.add(tenant)
@@ -618,7 +504,7 @@ class Presence:
                     self._diff(tenant, mirror)
             self._diff_cost = clock() - started
 
-    def _diff(self, tenant: str, mirror: _Mirror) -> None:
+    def _diff(self, tenant: str, mirror: Mirror) -> None:
         """Send every local session of the tenant the users touched since the last diff
         (a user touched but unchanged is sent too: a session whose state was read in
         between may hold an intermediate version), built once per viewer scope."""
