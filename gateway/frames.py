@@ -1,5 +1,5 @@
 """The texts of the frames the hub builds besides a delta (which is spliced from the feed
-message, `gateway.hub.route`): a `leave` placeholder, a `patch`'s fields, and the `batch`
+message, `gateway.routing.route`): a `leave` placeholder, a `patch`'s fields, and the `batch`
 of what waited in a queue or a flush window."""
 
 from __future__ import annotations

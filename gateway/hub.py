@@ -1,9 +1,10 @@
 """Fan-out: one Redis subscription per process, one bounded queue per client.
 
-A feed message is parsed once; for each subscription of its tenant, `route` decides
-what that subscription's client gets: the delta (the exam matches the view; built by
-splicing bytes, never re-serialized), a `leave` placeholder (the exam was in the view
-and no longer matches: only its id, version and offset, never its row), or nothing.
+A feed message is parsed once; for each subscription of its tenant, `route`
+(`gateway.routing`) decides what that subscription's client gets: the delta (the exam
+matches the view; built by splicing bytes, never re-serialized), a `leave` placeholder
+(the exam was in the view and no longer matches: only its id, version and offset, never
+its row), or nothing.
 `route` is the one rule for live delivery, the replay after a snapshot and resume.
 
 The hub applies `route` once per group of subscriptions that route alike (the same sub
@@ -37,7 +38,6 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -45,9 +45,9 @@ import orjson
 from gateway.frames import Patch, leave_frame, patch_text
 from gateway.frames import Queued as Queued  # (re-exported: the session's writer uses them)
 from gateway.frames import coalesce as coalesce
+from gateway.routing import Subscription, route, shows
 from gateway.wire import DirectWriter, FrameQueue, encode_text
 from worklist_cache.feed import offset_key
-from worklist_cache.views import RowMatcher, Scope, View
 
 log = logging.getLogger("gateway.hub")
 
@@ -55,87 +55,6 @@ log = logging.getLogger("gateway.hub")
 # The newest row the hub saw per exam, per tenant, at most this many (the oldest go):
 # what a patch is computed against.
 ROWS_KEPT = 5_000
-
-# A feed message held back while a subscription's snapshot or resume is read:
-# (offset, row, raw message text, epoch).
-Pending = tuple[str, dict[str, Any], str, str]
-
-
-@dataclass(eq=False, slots=True)
-class Subscription:
-    sub_id: str
-    tenant: str
-    view: View
-    matcher: RowMatcher
-    scope: Scope
-    epoch: str = ""
-    # The exams the client may hold in this view: only these get a `leave`.
-    in_view: set[str] = field(default_factory=set)
-    # exam_id -> the version the client was sent (snapshot, delta, patch or row): a
-    # patch goes out only against it.
-    held: dict[str, int] = field(default_factory=dict)
-    # Until its snapshot (or resume) is queued, the feed's messages wait here.
-    pending: list[Pending] | None = field(default_factory=list)
-    # The position announced to the client: messages at or before it are not sent again
-    # (pub/sub may deliver one after the snapshot that already holds it).
-    floor: tuple[int, int] | None = None
-    prefix: str = ""
-    patch_prefix: str = ""
-    leave_prefix: str = ""
-    key_prefix: str = ""  # coalescing keys: one per (subscription, exam)
-
-    def __post_init__(self) -> None:
-        # sub_id is validated against ^[A-Za-z0-9_.:-]+$, so it needs no JSON escaping.
-        self.prefix = '{"type":"delta","sub":"' + self.sub_id + '",'
-        self.leave_prefix = self.prefix + '"leave":true,'
-        self.patch_prefix = '{"type":"patch","sub":"' + self.sub_id + '",'
-        self.key_prefix = self.sub_id + "\x00"
-
-
-def visible(sub: Subscription, row: dict[str, Any]) -> bool:
-    """Whether a subscription's client may hold this row: the (scoped) view matches it.
-    The rule `route` applies, and row requests too."""
-    return shows(sub.matcher, row)
-
-
-def shows(matcher: RowMatcher, row: dict[str, Any]) -> bool:
-    """`visible` for every subscription with this matcher (the hub decides it once per
-    group of them)."""
-    return row["op"] != "remove" and matcher(row)
-
-
-def route(
-    sub: Subscription,
-    offset: str,
-    row: dict[str, Any],
-    raw: str,
-    epoch: str,
-    memo: dict[str, str] | None = None,
-) -> str | None:
-    """The frame one feed message makes for one subscription, or None.
-
-    `raw` is the feed message's text, `{"epoch":..,"offset":..,"delta":{..}}`. The one
-    rule for live delivery, the replay after a snapshot and resume: a row that matches
-    the (scoped) view goes out whole; an exam that was in the view and no longer matches
-    gets a `leave` placeholder; anything else gets nothing. `memo` (one per message)
-    keeps the frame built for each subscription prefix, so subscriptions that share one
-    share the frame's text.
-    """
-    exam_id = row["exam_id"]
-    if visible(sub, row):
-        sub.in_view.add(exam_id)
-        sub.held[exam_id] = row["version"]
-        if memo is None:
-            return sub.prefix + raw[1:]
-        frame = memo.get(sub.prefix)
-        if frame is None:
-            frame = memo[sub.prefix] = sub.prefix + raw[1:]
-        return frame
-    sub.held.pop(exam_id, None)
-    if exam_id in sub.in_view:
-        sub.in_view.discard(exam_id)
-        return leave_frame(sub.leave_prefix, epoch, offset, exam_id, row["version"])
-    return None
 
 
 class Client:

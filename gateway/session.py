@@ -31,13 +31,14 @@ from dynamo.models import now_ms
 from gateway.auth import Identity, Principal, principal_for
 from gateway.exceptions import AuthError, TenantNotBuilt
 from gateway.handlers import dispatch, worklists
-from gateway.hub import Client, Queued, Subscription, coalesce
+from gateway.hub import Client, Queued, coalesce
 from gateway.protocol import (
     Auth,
     CloseCode,
     ErrorCode,
     client_frame,
 )
+from gateway.routing import Subscription
 from gateway.wire import DirectWriter
 
 if TYPE_CHECKING:

@@ -35,7 +35,8 @@ from typing import Any
 import orjson
 from websockets.protocol import State
 
-from gateway.hub import Client, Hub, Subscription
+from gateway.hub import Client, Hub
+from gateway.routing import Subscription
 from gateway.wire import DirectWriter
 from worklist_cache.feed import feed_message
 from worklist_cache.views import Scope, View

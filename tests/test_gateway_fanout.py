@@ -15,7 +15,8 @@ from websockets.asyncio.client import connect
 from websockets.frames import Frame, Opcode
 
 from dynamo.deltas import ExamDelta
-from gateway.hub import Client, Hub, Subscription
+from gateway.hub import Client, Hub
+from gateway.routing import Subscription
 from gateway.wire import encode_text
 from loadtest import fanout_cost
 from tests.conftest import UNIT, Stack, token

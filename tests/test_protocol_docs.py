@@ -31,7 +31,8 @@ async def test_gateway_serves_the_schema(stack: Stack) -> None:
 
 def test_spliced_delta_frames_are_valid_protocol_frames() -> None:
     """The hub builds delta frames from bytes; they must parse as the documented model."""
-    from gateway.hub import Client, Subscription
+    from gateway.hub import Client
+    from gateway.routing import Subscription
     from worklist_cache.views import Scope, View
 
     raw = (

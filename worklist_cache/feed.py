@@ -71,7 +71,7 @@ def _text(value: object) -> str:
 def feed_message(epoch: str, offset: str, delta_json: bytes | str) -> str:
     """A feed message's text, as the apply script publishes it (`scripts.APPLY` builds
     the same bytes in Lua): `{"epoch":..,"offset":..,"delta":{..}}`. History entries are
-    turned into it for resume, so one routing rule (`gateway.hub.route`) reads both."""
+    turned into it for resume, so one routing rule (`gateway.routing.route`) reads both."""
     delta = delta_json.decode() if isinstance(delta_json, bytes) else delta_json
     return '{"epoch":"' + epoch + '","offset":"' + offset + '","delta":' + delta + "}"
 

@@ -20,8 +20,8 @@ import orjson
 from redis.exceptions import RedisError
 
 from dynamo.exceptions import StoreError
-from gateway.hub import Subscription, route, visible
 from gateway.protocol import ErrorCode, RowRequest, Subscribe, Unsubscribe
+from gateway.routing import Subscription, route, visible
 from worklist_cache import keys
 from worklist_cache.exceptions import OutOfScope
 from worklist_cache.feed import ScopeMark, feed_message, offset_key
