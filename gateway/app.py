@@ -66,6 +66,8 @@ def create_app(
             ddb = await stack.enter_async_context(dynamodb_client(dynamo))
             gw = Gateway(settings, cache, dynamo, ddb)
             stack.push_async_callback(gw.aclose)
+            gw.gc_pauses.install()
+            stack.callback(gw.gc_pauses.uninstall)
             stack.push_async_callback(audit_pool.aclose)
             await stack.enter_async_context(gw.subscriber)
             await stack.enter_async_context(gw.presence)
@@ -142,6 +144,7 @@ def create_app(
                 for name, value in sorted(gw.supervisor.failures.items())
             ),
             *(f"gateway_{name}_total {value}" for name, value in sorted(gw.metrics.items())),
+            *gw.gc_pauses.lines(),
         ]
         return PlainTextResponse("\n".join(lines) + "\n")
 

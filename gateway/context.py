@@ -28,6 +28,7 @@ from dynamo.settings import DynamoSettings
 from dynamo.store import ExamStore
 from gateway.auth import Authenticator, JwksVerifier, SecretVerifier, Verifier
 from gateway.claimgate import ClaimGate
+from gateway.collector import Pauses
 from gateway.exceptions import ConfigurationError
 from gateway.handlers import claiming, worklists
 from gateway.handlers.reviewing import ReviewBoard
@@ -129,6 +130,7 @@ class Gateway:
         self.hub = Hub(flush_s=settings.flush_ms / 1000)
         self.sessions: set[Session] = set()
         self.metrics: Counter[str] = Counter()
+        self.gc_pauses = Pauses()  # installed by the app's lifespan, for /metrics
         # Every long-lived task (housekeeping, presence heartbeat, feed subscriber, its
         # probe) runs under this: a crash is logged, counted and restarted.
         self.supervisor = Supervisor()

@@ -11,7 +11,7 @@ The hub applies `route` once per group of subscriptions that route alike (the sa
 id, so the same frame prefixes, and matchers with the same key, so the same answer for
 every row): for a member that is live at the message's epoch and, unless the flush
 window holds the message, writable now with nothing in front (`Hub._fan`), what is left
-is its holds (`in_view`, `held`) and one write of bytes shared by the group; any other
+is its holds (`held`) and one write of bytes shared by the group; any other
 member takes `Client.offer`, the same rule one subscription at a time.
 
 A frame goes straight to the client's transport (`gateway.wire.DirectWriter`) when
@@ -478,7 +478,6 @@ class Hub:
             if shown:
                 held = sub.held
                 base = held.get(exam_id) if patch is not None else None
-                sub.in_view.add(exam_id)
                 held[exam_id] = version
                 if (
                     patch is not None
@@ -497,10 +496,8 @@ class Hub:
                             frame = memo[first.prefix] = first.prefix + text[1:]
                     out = frame
             else:
-                sub.held.pop(exam_id, None)
-                if exam_id not in sub.in_view:
-                    continue
-                sub.in_view.discard(exam_id)
+                if sub.held.pop(exam_id, None) is None:
+                    continue  # the client holds no row of it: nothing to take back
                 if leave is None:
                     leave = leave_frame(first.leave_prefix, epoch, offset, exam_id, version)
                 out = leave

@@ -11,11 +11,15 @@ from typing import Any
 from gateway.frames import leave_frame
 from worklist_cache.views import RowMatcher, Scope, View
 
-__all__ = ["Pending", "Subscription", "route", "shows", "visible"]
+__all__ = ["MAYBE", "Pending", "Subscription", "route", "shows", "visible"]
 
 # A feed message held back while a subscription's snapshot or resume is read:
 # (offset, row, raw message text, epoch).
 Pending = tuple[str, dict[str, Any], str, str]
+
+# `Subscription.held`'s version of an exam the client may hold, at a version it was not
+# sent (never a row's version, so no patch applies to it).
+MAYBE = -1
 
 
 @dataclass(eq=False, slots=True)
@@ -26,10 +30,11 @@ class Subscription:
     matcher: RowMatcher
     scope: Scope
     epoch: str = ""
-    # The exams the client may hold in this view: only these get a `leave`.
-    in_view: set[str] = field(default_factory=set)
-    # exam_id -> the version the client was sent (snapshot, delta, patch or row): a
-    # patch goes out only against it.
+    # The exams the client may hold in this view (only these get a `leave`): exam_id ->
+    # the version the client was sent (snapshot, delta, patch or row; a patch goes out
+    # only against it), or `MAYBE` when it may hold one of unknown version (a resume).
+    # One dict of str -> int: CPython's cycle collector does not track it, so a view of
+    # many exams on every connection adds nothing to the gateway's collection pauses.
     held: dict[str, int] = field(default_factory=dict)
     # Until its snapshot (or resume) is queued, the feed's messages wait here.
     pending: list[Pending] | None = field(default_factory=list)
@@ -80,7 +85,6 @@ def route(
     """
     exam_id = row["exam_id"]
     if visible(sub, row):
-        sub.in_view.add(exam_id)
         sub.held[exam_id] = row["version"]
         if memo is None:
             return sub.prefix + raw[1:]
@@ -88,8 +92,6 @@ def route(
         if frame is None:
             frame = memo[sub.prefix] = sub.prefix + raw[1:]
         return frame
-    sub.held.pop(exam_id, None)
-    if exam_id in sub.in_view:
-        sub.in_view.discard(exam_id)
+    if sub.held.pop(exam_id, None) is not None:
         return leave_frame(sub.leave_prefix, epoch, offset, exam_id, row["version"])
     return None

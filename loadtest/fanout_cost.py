@@ -163,8 +163,7 @@ def _drive(
     if updates:  # the clients hold the 50 exams at version 0 (their snapshot)
         for client in hub._by_tenant[TENANT]:
             sub = client.subs["s1"]
-            sub.in_view = {f"F-{n:07d}" for n in range(50)}
-            sub.held = dict.fromkeys(sub.in_view, 0)
+            sub.held = {f"F-{n:07d}": 0 for n in range(50)}
     raws = messages(count, updates)
     on_message = hub.on_message
     started = time.process_time()

@@ -107,6 +107,8 @@ async def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert results["claim_rounds"] == TINY.claim_rounds
     assert results["max_connections"] == TINY.idle_connections
     assert isinstance(results["kb_per_connection"], float)
+    # The gateway process reported its collector's full collections (its /metrics).
+    assert isinstance(results["gateway_gc_full_collections"], int)
     # The reconnect storm: every session of the tenant came back and got its snapshot.
     assert results["storm_sessions"] == TINY.storm_sessions
     assert results["storm_resubscribed"] == TINY.storm_sessions

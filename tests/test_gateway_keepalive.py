@@ -11,7 +11,7 @@ from typing import Any
 import uvicorn
 
 from devstack import free_port
-from gateway.serverproto import ws_protocol
+from gateway.serverproto import PingWheel, ws_protocol
 from tests.conftest import UNIT
 
 PING, CLOSE = 0x9, 0x8
@@ -78,3 +78,34 @@ async def test_a_peer_that_stops_answering_pings_is_pinged_then_dropped() -> Non
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10 * UNIT)
+
+
+class _Due:
+    def __init__(self, i: int, pinged: list[int]) -> None:
+        self.i, self.ping_at, self._pinged = i, 0.0, pinged
+
+    def send_keepalive_ping(self) -> None:
+        self._pinged.append(self.i)
+
+
+async def test_pings_that_fall_due_together_go_out_in_slices_with_the_loop_between() -> None:
+    """Connections opened together fall due together; their pings must not hold the loop
+    in one callback, ahead of the deltas waiting behind them."""
+    loop = asyncio.get_running_loop()
+    wheel = PingWheel(loop)
+    pinged: list[int] = []
+    for i in range(200):
+        due = _Due(i, pinged)
+        due.ping_at = loop.time() - 1
+        wheel.add(due, due.ping_at)  # type: ignore[arg-type]
+    assert wheel.timer is not None
+    wheel.timer.cancel()
+    wheel._tick()  # the tick comes
+    assert len(pinged) == PingWheel.SLICE
+    seen: list[int] = []
+    loop.call_soon(lambda: seen.append(len(pinged)))  # other work, queued meanwhile
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert sorted(pinged) == list(range(200)), "every due ping went out, once"
+    assert seen and seen[0] < 200, "the loop ran other work between the slices"
+    assert wheel.timer is None or not wheel.due

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -314,6 +315,10 @@ async def test_sigterm_drains_keeps_serving_then_closes_everyone_with_1012(
         while not await is_ready():  # the relay's heartbeat makes the node ready
             assert loop.time() < deadline, f"never ready: {ready['r'].text}"
             await asyncio.sleep(0.1)
+        # (`python -m gateway` only:) what starting made is out of the collector's reach.
+        metrics = (await http.get("/metrics")).text
+        frozen = re.search(r"^gateway_gc_frozen_objects (\d+)$", metrics, re.M)
+        assert frozen is not None and int(frozen.group(1)) > 10_000, metrics
 
         readers = await asyncio.gather(
             *(Reader.open(ws_url(port), f"t-drain-{i:02d}") for i in range(50))

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from dynamo.exceptions import StoreError
 from gateway.protocol import ErrorCode, RowRequest, Subscribe, Unsubscribe
-from gateway.routing import Subscription, route, visible
+from gateway.routing import MAYBE, Subscription, route, visible
 from worklist_cache import keys
 from worklist_cache.exceptions import OutOfScope
 from worklist_cache.feed import ScopeMark, feed_message, offset_key
@@ -121,7 +121,6 @@ async def send_snapshot(
     if isinstance(sub.matcher, HidingHeld):
         shown = [r for r in rows if sub.matcher(r)]
         total, rows = max(0, total - (len(rows) - len(shown))), shown
-    sub.in_view = {r["exam_id"] for r in rows}
     sub.held = {r["exam_id"]: r["version"] for r in rows}  # what later patches apply to
     sub.epoch = snap.epoch
     session.send(
@@ -185,7 +184,7 @@ async def resume(
         last[exam_id] = (row, entry_offset, feed_message(missed.epoch, entry_offset, raw_delta))
     # Untouched exams are held iff they match now; a touched one may be held if the
     # user could ever see it, and `route` decides from its last row.
-    sub.in_view = got.members | maybe_held
+    sub.held = dict.fromkeys(got.members | maybe_held, MAYBE)
     sub.epoch = missed.epoch
     frames: list[tuple[str, str]] = []
     for exam_id, (row, entry_offset, text) in last.items():
@@ -235,9 +234,8 @@ async def row(session: Connection, frame: RowRequest) -> None:
     if found is None or not visible(sub, found):
         session.send({**reply, "row": None})
         return
-    if sub.held.get(frame.exam_id, -1) < found["version"]:
+    if sub.held.get(frame.exam_id, MAYBE) < found["version"]:
         sub.held[frame.exam_id] = found["version"]
-    sub.in_view.add(frame.exam_id)
     session.send({**reply, "row": found})
 
 

@@ -119,17 +119,23 @@ def percentiles(latencies: np.ndarray[Any, Any]) -> dict[str, float | None]:
     return {n: round(float(v), 2) for n, v in zip(names, values, strict=True)}
 
 
-def gateway_connections(port: int) -> int | None:
-    """What the gateway says it holds (its /metrics), when it says so."""
+def gateway_metric(port: int, name: str) -> float | None:
+    """One line of the gateway's /metrics (`name` with its labels), when it says so."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith("gateway_connections "):
-            return int(float(line.split()[1]))
+        if line.startswith(name + " "):
+            return float(line.split()[1])
     return None
+
+
+def gateway_connections(port: int) -> int | None:
+    """What the gateway says it holds (its /metrics), when it says so."""
+    held = gateway_metric(port, "gateway_connections")
+    return None if held is None else int(held)
 
 
 def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:

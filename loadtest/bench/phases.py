@@ -44,6 +44,7 @@ from loadtest.bench.measure import Phase, drain, finite, open_pool, per_key, pha
 from loadtest.bench.meters import (
     CpuMeter,
     gateway_connections,
+    gateway_metric,
     percentiles,
     settle,
     summarize_profile,
@@ -283,6 +284,17 @@ class Bench:
             await settle(quiet)
             await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)
             await self._fanout(feed, pool, pids, "gateway", gateway.pid, rate, seconds)
+        # The cycle collector's full collections over the e2e and fan-out phases: each
+        # stops every client's deliveries for as long as it lasts (wall time).
+        full = '{generation="2"}'
+        runs = await asyncio.to_thread(gateway_metric, port, f"gateway_gc_collections_total{full}")
+        longest = await asyncio.to_thread(
+            gateway_metric, port, f"gateway_gc_pause_max_seconds{full}"
+        )
+        self.results["gateway_gc_full_collections"] = None if runs is None else int(runs)
+        self.results["gateway_gc_pause_max_ms"] = (
+            None if longest is None else round(longest * 1000, 1)
+        )
         if ws_claims_available():
             await settle(quiet)
             await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)

@@ -183,6 +183,13 @@ def _verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
             "info",
         ),
         (
+            "gateway: full collections and the longest one's pause over e2e and fan-out",
+            f"{fmt(r.get('gateway_gc_full_collections'))}; "
+            f"{fmt(r.get('gateway_gc_pause_max_ms'), 'ms')}",
+            "(info: every client waits for it)",
+            "info",
+        ),
+        (
             "idle sessions held by one gateway",
             fmt(r["max_connections"]),
             f">= {scale['idle_connections']:,}",
