@@ -274,11 +274,12 @@ class _Group:
 class Hub:
     """The node's clients by tenant, and the fan-out of feed messages to them.
 
-    With `flush_s` > 0, a message that follows another within `flush_s` waits, with
-    those after it, until the window ends, and each client gets what its window holds
-    in one write (one `batch` frame) instead of one write per delta: less CPU per
-    delivery when deltas come densely, at most `flush_s` more latency for those. A
-    message after a quiet `flush_s` goes out at once, so a sparse feed pays nothing."""
+    With `flush_s` > 0, a message that comes within `flush_s` of the end of the
+    previous one's fan-out (or window) waits, with those after it, until the window
+    ends, and each client gets what its window holds in one write (one `batch` frame)
+    instead of one write per delta: less CPU per delivery when deltas come densely, at
+    most `flush_s` more latency for those. A message after a quiet `flush_s` goes out
+    at once, so a sparse feed pays nothing."""
 
     def __init__(self, flush_s: float = 0.0) -> None:
         self.flush_s = flush_s
@@ -307,7 +308,6 @@ class Hub:
         if self._timer is not None:
             self._timer.cancel()  # (when called before it ends)
         self._timer = None
-        self._quiet_at = asyncio.get_running_loop().time() + self.flush_s
         dirty, self._dirty = self._dirty, []
         memo: dict[tuple[int, ...], tuple[list[Queued], str]] = {}
         try:
@@ -315,6 +315,7 @@ class Hub:
                 client.flush(memo)
         finally:
             self._wires.clear()
+            self._quiet_at = asyncio.get_running_loop().time() + self.flush_s  # (its end)
 
     def wire(self, frame: str) -> bytes:
         """`frame`'s bytes on the wire, built once per message fanned out."""
@@ -394,15 +395,19 @@ class Hub:
                 del rows[next(iter(rows))]
         windowed = False
         if self.flush_s:
-            now = asyncio.get_running_loop().time()
-            windowed = self._timer is not None or now < self._quiet_at
-            if not windowed:
-                self._quiet_at = now + self.flush_s  # the next one soon after waits
+            loop = asyncio.get_running_loop()
+            windowed = self._timer is not None or loop.time() < self._quiet_at
         try:
             for group in self._plans.get(tenant) or self._plan(tenant):
                 self._fan(group, offset, row, text, epoch, memo, windowed, patch)
         finally:
             self._wires.clear()
+            if self.flush_s and not windowed:
+                # Quiet is counted from the end of this fan-out, not from the message's
+                # arrival: when fanning one out takes longer than the window (a slow or
+                # busy box), the next would otherwise always find the window over and go
+                # out alone, one write per client per delta, just when batching counts.
+                self._quiet_at = loop.time() + self.flush_s
 
     def replan(self, tenant: str) -> None:
         """Subscriptions of the tenant changed how they route (a new matcher)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any
 
 import orjson
@@ -212,6 +213,27 @@ async def test_a_flush_window_batches_dense_deltas_and_sends_a_lone_one_at_once(
     assert batch["type"] == "batch"
     got = [(f["delta"]["exam_id"], f["delta"]["version"]) for f in batch["frames"]]
     assert got == [("A3", 1), ("A2", 2)], "the newest frame per exam, in order"
+
+
+class _SlowTransport(FakeTransport):
+    """A write that takes 30 ms: a fan-out longer than the window (a slow, busy box)."""
+
+    def write(self, frame: bytes) -> None:
+        time.sleep(0.03)
+        super().write(frame)
+
+
+async def test_a_fan_out_longer_than_the_window_still_batches_the_next_delta() -> None:
+    hub = Hub(flush_s=0.02)
+    _, writer, _ = _client(hub)
+    writer.transport = _SlowTransport(writer)
+    _deliver(hub, 1)  # after a quiet window: at once, and it takes longer than the window
+    _deliver(hub, 2)  # right after that fan-out ended: the window holds it
+    _deliver(hub, 3)
+    assert len(writer.written) == 1, "deltas right after a long fan-out wait for the window"
+    await asyncio.sleep(0.1)  # the window ends by itself
+    kinds = [orjson.loads(f)["type"] for f in writer.written]
+    assert kinds == ["delta", "batch"], "one write for the two that waited"
 
 
 async def test_a_reply_never_overtakes_deltas_held_by_the_window() -> None:
