@@ -5,7 +5,7 @@ oldest generation) walks every tracked object and every entry of every tracked
 container, so its pause grows with what the process holds. Two things keep it short:
 
 - `settle()`, once the gateway is ready: the objects made while starting (modules,
-  classes, functions, settings, about 200,000 of them) move to the permanent
+  classes, functions, settings, about 130,000 of them) move to the permanent
   generation (`gc.freeze`), so no collection walks them again.
 - What grows with connections is kept out of the collector's reach where the code
   allows: a subscription's holds are one `dict[str, int]`, which CPython does not track
