@@ -315,7 +315,14 @@ class Hub:
                 client.flush(memo)
         finally:
             self._wires.clear()
-            self._quiet_at = asyncio.get_running_loop().time() + self.flush_s  # (its end)
+            self._wrote()
+
+    def _wrote(self) -> None:
+        """A window's writes, or a fan-out written at once, just ended. Quiet is counted
+        from here, not from a message's arrival: when fanning one out takes longer than
+        the window (a slow or busy box), the next would otherwise always find the window
+        over and go out alone, one write per client per delta, just when batching counts."""
+        self._quiet_at = asyncio.get_running_loop().time() + self.flush_s
 
     def wire(self, frame: str) -> bytes:
         """`frame`'s bytes on the wire, built once per message fanned out."""
@@ -395,19 +402,15 @@ class Hub:
                 del rows[next(iter(rows))]
         windowed = False
         if self.flush_s:
-            loop = asyncio.get_running_loop()
-            windowed = self._timer is not None or loop.time() < self._quiet_at
+            now = asyncio.get_running_loop().time()
+            windowed = self._timer is not None or now < self._quiet_at
         try:
             for group in self._plans.get(tenant) or self._plan(tenant):
                 self._fan(group, offset, row, text, epoch, memo, windowed, patch)
         finally:
             self._wires.clear()
             if self.flush_s and not windowed:
-                # Quiet is counted from the end of this fan-out, not from the message's
-                # arrival: when fanning one out takes longer than the window (a slow or
-                # busy box), the next would otherwise always find the window over and go
-                # out alone, one write per client per delta, just when batching counts.
-                self._quiet_at = loop.time() + self.flush_s
+                self._wrote()
 
     def replan(self, tenant: str) -> None:
         """Subscriptions of the tenant changed how they route (a new matcher)."""

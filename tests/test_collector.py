@@ -11,65 +11,26 @@ import httpx
 import orjson
 
 from gateway.collector import Pauses
-from gateway.hub import Client, Hub
-from gateway.routing import Subscription
+from gateway.hub import Hub
 from tests.conftest import Stack
+from tests.support.hubfakes import hub_client, raw
 from tests.support.wsclient import WsClient
-from worklist_cache.views import Scope, View
-
-
-class _Transport:
-    def __init__(self) -> None:
-        self.out: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.out.append(data)
-
-    def is_closing(self) -> bool:
-        return False
-
-
-class _Writer:
-    plain = False  # (frames reach `write` as text)
-    kept = False
-
-    def __init__(self) -> None:
-        self.transport = _Transport()
-        self.texts: list[str] = []
-
-    def ready(self) -> bool:
-        return True
-
-    def write(self, text: str) -> None:
-        self.texts.append(text)
-
-
-def _message(exam_id: str, version: int, offset: str, op: str = "upsert") -> bytes:
-    row = {"op": op, "tenant": "northwind", "exam_id": exam_id, "version": version}
-    row |= {"status": "COMPLETED", "modality": "CT", "priority": "STAT", "site": "NW-GEN"}
-    row |= {"subspecialty": "neuro"}
-    return orjson.dumps({"epoch": "e1", "offset": offset, "delta": row})
 
 
 def test_a_subscriptions_holds_grow_without_growing_what_a_collection_walks() -> None:
     hub = Hub()
-    client = Client(100, lambda _: None, hub=hub)
-    writer = client.writer = _Writer()  # type: ignore[assignment]
-    view = View(statuses=[])
-    sub = Subscription("s1", "northwind", view, view.matcher(), Scope("northwind"), "e1")
-    sub.pending = None
-    client.subs["s1"] = sub
-    hub.attach(client, "northwind")
+    client, writer, _ = hub_client(hub)
+    sub = client.subs["s1"]
     for n in range(2000):
-        hub.on_message("northwind", _message(f"X{n:05d}", 1, f"{n + 1}-0"))
-    hub.on_message("northwind", _message("X00007", 2, "3000-0", op="remove"))
+        hub.on_message("northwind", raw(f"X{n:05d}", 1, f"{n + 1}-0")[0].encode())
+    hub.on_message("northwind", raw("X00007", 2, "3000-0", op="remove")[0].encode())
     assert len(sub.held) == 1999, "every exam sent is held, the removed one is not"
     assert sub.held["X00008"] == 1
     # One str -> int dict: CPython leaves it untracked, so a full collection does not
     # walk its entries (a set per subscription cost 4 M entries a walk at 1,000 clients).
     assert not gc.is_tracked(sub.held)
-    assert len(writer.texts) == 2001
-    leave = orjson.loads(writer.texts[-1])
+    assert len(writer.written) == 2001
+    leave = orjson.loads(writer.written[-1])
     assert leave["leave"] is True and leave["delta"]["exam_id"] == "X00007"
 
 

@@ -22,6 +22,9 @@ from gateway.wire import encode_text
 from loadtest import fanout_cost
 from tests.conftest import UNIT, Stack, token
 from tests.support.exams import exam_bundle
+from tests.support.hubfakes import FakeTransport, FakeWriter
+from tests.support.hubfakes import hub_client as _client
+from tests.support.hubfakes import raw as _raw
 from tests.support.wsclient import WsClient
 from worklist_cache import WorklistFeed
 from worklist_cache.views import Scope, View, scope_view
@@ -31,85 +34,6 @@ from worklist_cache.views import Scope, View, scope_view
 def test_a_frame_built_once_is_the_frame_websockets_would_send(size: int) -> None:
     text = ("é" * size)[: max(0, size // 2)] + "x" * (size - size // 2)
     assert encode_text(text) == Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
-
-
-def _text_of(frame: bytes) -> str:
-    """The text of one server text frame (`gateway.wire.encode_text`'s inverse)."""
-    assert frame[0] == 0x81, frame[:2]
-    n, at = frame[1], 2
-    if n == 126:
-        n, at = int.from_bytes(frame[2:4], "big"), 4
-    elif n == 127:
-        n, at = int.from_bytes(frame[2:10], "big"), 10
-    assert len(frame) == at + n
-    return frame[at:].decode()
-
-
-class FakeTransport:
-    """Where the hub hands shared bytes straight (`DirectWriter.transport`)."""
-
-    def __init__(self, writer: FakeWriter) -> None:
-        self.writer = writer
-
-    def write(self, frame: bytes) -> None:
-        assert not self.writer.paused
-        self.writer.wires.append(frame)
-        self.writer.written.append(_text_of(frame))
-
-
-class FakeWriter:
-    """A transport that can be paused, recording what was written."""
-
-    plain = True
-    kept = False  # (`ready` is asked, not a protocol's `live` flag)
-
-    def __init__(self) -> None:
-        self.paused = False
-        self.written: list[str] = []
-        self.wires: list[bytes] = []  # the bytes handed straight to the transport
-        self.transport = FakeTransport(self)
-
-    def ready(self) -> bool:
-        return not self.paused
-
-    def write(self, text: str, wire: bytes | None = None) -> None:
-        assert wire is None or wire == encode_text(text)
-        self.written.append(text)
-
-
-def _raw(exam_id: str, version: int, offset: str) -> tuple[str, dict[str, Any]]:
-    row = {
-        "op": "upsert",
-        "tenant": "northwind",
-        "site": "NW-GEN",
-        "exam_id": exam_id,
-        "version": version,
-        "status": "COMPLETED",
-        "priority": "STAT",
-        "modality": "CT",
-        "subspecialty": "neuro",
-    }
-    raw = '{"epoch":"e1","offset":"' + offset + '","delta":' + orjson.dumps(row).decode() + "}"
-    return raw, row
-
-
-def _client(hub: Hub) -> tuple[Client, FakeWriter, list[Client]]:
-    evicted: list[Client] = []
-    client = Client(5, evicted.append, hub=hub)
-    writer = FakeWriter()
-    client.writer = writer  # type: ignore[assignment]
-    sub = Subscription(
-        "s1",
-        "northwind",
-        View(statuses=[]),
-        View(statuses=[]).matcher(),
-        Scope("northwind"),
-        "e1",
-        pending=None,
-    )
-    client.subs["s1"] = sub
-    hub.attach(client, "northwind")
-    return client, writer, evicted
 
 
 def _deliver(hub: Hub, n: int, version: int = 1) -> None:
