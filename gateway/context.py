@@ -127,7 +127,7 @@ class Gateway:
         self.settings = settings
         self.node = settings.node_name or f"{socket.gethostname()}:{os.getpid()}"
         self.verifier, self.signing_secret = build_verifier(settings)
-        self.hub = Hub(flush_s=settings.flush_ms / 1000)
+        self.hub = Hub(flush_s=settings.flush_ms / 1000, slice_members=settings.fanout_slice)
         self.sessions: set[Session] = set()
         self.metrics: Counter[str] = Counter()
         self.gc_pauses = Pauses()  # installed by the app's lifespan, for /metrics

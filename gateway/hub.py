@@ -38,6 +38,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -48,6 +49,7 @@ from gateway.frames import coalesce as coalesce
 from gateway.routing import Subscription, route, shows
 from gateway.wire import DirectWriter, FrameQueue, encode_text
 from worklist_cache.feed import offset_key
+from worklist_cache.subscriber import More
 
 log = logging.getLogger("gateway.hub")
 
@@ -271,6 +273,52 @@ class _Group:
         self.members: list[tuple[Client, Subscription]] = []
 
 
+class _Job:
+    """One feed message being fanned out, and how far it has got (`Hub._resume`)."""
+
+    __slots__ = (
+        "checked",
+        "entries",
+        "epoch",
+        "group",
+        "member",
+        "memo",
+        "offset",
+        "patch",
+        "plan",
+        "row",
+        "tenant",
+        "text",
+        "windowed",
+    )
+
+    def __init__(
+        self,
+        tenant: str,
+        plan: list[_Group],
+        offset: str,
+        row: dict[str, Any],
+        text: str,
+        epoch: str,
+        memo: dict[str, str],
+        windowed: bool,
+        patch: Patch | None,
+    ) -> None:
+        self.tenant = tenant
+        self.plan = plan
+        self.offset = offset
+        self.row = row
+        self.text = text
+        self.epoch = epoch
+        self.memo = memo  # the message's frames by prefix
+        self.windowed = windowed
+        self.patch = patch
+        self.entries: dict[Queued, Queued] = {}  # window entries, one object per text
+        self.group = 0  # the next group of `plan`, and member of it, to take the message
+        self.member = 0
+        self.checked = False  # the plan changed under a slice: members are checked
+
+
 class Hub:
     """The node's clients by tenant, and the fan-out of feed messages to them.
 
@@ -281,8 +329,10 @@ class Hub:
     most `flush_s` more latency for those. A message after a quiet `flush_s` goes out
     at once, so a sparse feed pays nothing."""
 
-    def __init__(self, flush_s: float = 0.0) -> None:
+    def __init__(self, flush_s: float = 0.0, slice_members: int = 0) -> None:
         self.flush_s = flush_s
+        # Subscriptions a message is fanned out to per turn of the event loop (0: all).
+        self.slice_members = slice_members
         self._dirty: list[Client] = []  # clients whose window holds frames
         self._timer: asyncio.TimerHandle | None = None
         self._quiet_at = 0.0  # (loop time) from then on, a message goes out at once
@@ -373,8 +423,9 @@ class Hub:
                 return True
         return False
 
-    def on_message(self, tenant: str, raw: bytes) -> None:
-        """Called by the feed subscriber for every published delta."""
+    def on_message(self, tenant: str, raw: bytes) -> More | None:
+        """Called by the feed subscriber for every published delta; returns the rest of
+        its fan-out when that takes more than one slice (`slice_members`)."""
         self.deltas_in += 1
         try:
             text = raw.decode()
@@ -382,10 +433,10 @@ class Hub:
             row, offset, epoch = message["delta"], message["offset"], message["epoch"]
         except (UnicodeDecodeError, orjson.JSONDecodeError, KeyError, TypeError):
             log.error("dropped a malformed feed message of tenant %s", tenant)
-            return
+            return None
         if row.get("tenant") != tenant:
             log.error("dropped a feed message of another tenant on %s's channel", tenant)
-            return
+            return None
         memo: dict[str, str] = {}
         rows = self._rows[tenant]
         exam_id = row.get("exam_id")
@@ -404,13 +455,58 @@ class Hub:
         if self.flush_s:
             now = asyncio.get_running_loop().time()
             windowed = self._timer is not None or now < self._quiet_at
+        plan = self._plans.get(tenant) or self._plan(tenant)
+        job = _Job(tenant, plan, offset, row, text, epoch, memo, windowed, patch)
+        return self._resume(job)
+
+    def _resume(self, job: _Job) -> More | None:
+        """Fan `job`'s message out to at most `slice_members` more subscriptions; the
+        rest (returned) after the loop has had a turn. A claim, a reply or a ping then
+        waits behind one slice of a fan-out, not all of it (thousands of clients)."""
+        budget = self.slice_members or 1 << 62
+        plan = job.plan
         try:
-            for group in self._plans.get(tenant) or self._plan(tenant):
-                self._fan(group, offset, row, text, epoch, memo, windowed, patch)
-        finally:
-            self._wires.clear()
-            if self.flush_s and not windowed:
-                self._wrote()
+            while job.group < len(plan):
+                group = plan[job.group]
+                members = group.members
+                stop = min(len(members), job.member + budget)
+                if job.member or stop < len(members):
+                    members = members[job.member : stop]
+                if job.checked or self._plans.get(job.tenant) is not plan:
+                    # Subscriptions came or went since the message arrived (between two
+                    # slices): skip those no longer there.
+                    job.checked = True
+                    members = self._current(job.tenant, members)
+                budget -= stop - job.member
+                self._fan(group, members, job)
+                if stop < len(group.members):
+                    job.member = stop
+                    return partial(self._resume, job)
+                job.group += 1
+                job.member = 0
+                if budget <= 0 and job.group < len(plan):
+                    return partial(self._resume, job)
+        except BaseException:
+            self._fanned(job)
+            raise
+        self._fanned(job)
+        return None
+
+    def _fanned(self, job: _Job) -> None:
+        """The message's fan-out ended (or failed)."""
+        self._wires.clear()
+        if self.flush_s and not job.windowed:
+            self._wrote()
+
+    def _current(
+        self, tenant: str, members: list[tuple[Client, Subscription]]
+    ) -> list[tuple[Client, Subscription]]:
+        clients = self._by_tenant.get(tenant, ())
+        return [
+            (client, sub)
+            for client, sub in members
+            if client in clients and client.subs.get(sub.sub_id) is sub
+        ]
 
     def replan(self, tenant: str) -> None:
         """Subscriptions of the tenant changed how they route (a new matcher)."""
@@ -433,21 +529,14 @@ class Hub:
         plan = self._plans[tenant] = list(groups.values())
         return plan
 
-    def _fan(
-        self,
-        group: _Group,
-        offset: str,
-        row: dict[str, Any],
-        text: str,
-        epoch: str,
-        memo: dict[str, str],
-        windowed: bool,
-        patch: Patch | None,
-    ) -> None:
-        """One message through one group: `route`'s rule decided once, on the group's
-        matcher; a steady member (live at this epoch; unless windowed, writable now
-        with nothing in front) then costs its holds and one write of shared bytes.
-        Any other member takes `Client.offer`, the same rule member by member."""
+    def _fan(self, group: _Group, members: list[tuple[Client, Subscription]], job: _Job) -> None:
+        """One message through (some of) one group's `members`: `route`'s rule decided
+        once, on the group's matcher; a steady member (live at this epoch; unless
+        windowed, writable now with nothing in front) then costs its holds and one
+        write of shared bytes. Any other member takes `Client.offer`, the same rule
+        member by member."""
+        offset, row, text, epoch = job.offset, job.row, job.text, job.epoch
+        memo, windowed, patch = job.memo, job.windowed, job.patch
         matcher = group.matcher
         exam_id = row["exam_id"]
         version = row["version"]
@@ -456,9 +545,12 @@ class Hub:
         first = group.first
         frame = leave = patched = last = None
         wire = b""
+        # One window entry object per text for the whole message: `flush` memoizes
+        # batches by the entries' ids.
+        entries = job.entries
         entry: Queued = (None, "")
         written = 0
-        for client, sub in group.members:
+        for client, sub in members:
             writer = client.writer
             if (
                 sub.pending is not None
@@ -510,8 +602,10 @@ class Hub:
                     leave = leave_frame(first.leave_prefix, epoch, offset, exam_id, version)
                 out = leave
             if windowed:
-                if out is not last:  # one entry object per text: `flush` memoizes by id
-                    last, entry = out, (key, out)
+                if out is not last:
+                    last = out
+                    entry = (key, out)
+                    entry = entries.setdefault(entry, entry)
                 if not client.window:
                     self.defer(client)
                 client.window.append(entry)

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from tests.conftest import UNIT
 from worklist_cache import FeedSubscriber, keys
-from worklist_cache.subscriber import FANOUT_SLICE_S
+from worklist_cache.subscriber import FANOUT_SLICE_S, More
 
 
 async def test_other_tasks_run_between_slices_of_a_long_fan_out(
@@ -52,3 +52,51 @@ async def test_other_tasks_run_between_slices_of_a_long_fan_out(
     await reader.aclose()
     first, last = events.index("message"), len(events) - 1 - events[::-1].index("message")
     assert "request" in events[first:last], "a request ran while the fan-out went on"
+
+
+async def test_one_message_handled_in_slices_keeps_its_order_and_lets_requests_run(
+    redis: Redis, redis_url: str
+) -> None:
+    """A handler that returns the rest of its work (`More`) is called again after the
+    loop has had a turn, until it returns None; only then comes the next message."""
+    channel = keys.channel("slices-more")
+    events: list[str] = []
+    both = asyncio.Event()
+
+    def handler(raw: bytes) -> More | None:
+        name = raw.decode()
+
+        def part(n: int) -> More | None:
+            events.append(f"{name}.{n}")
+            if n == 3:
+                if name == "m1":
+                    both.set()
+                return None
+            return lambda: part(n + 1)
+
+        return part(1)
+
+    async def on_gap() -> None:
+        pass
+
+    reader = Redis.from_url(redis_url)
+    async with FeedSubscriber(reader, on_gap) as subscriber:
+        await subscriber.subscribe(channel, handler)
+
+        async def request() -> None:
+            while not both.is_set():
+                events.append("request")
+                await asyncio.sleep(0)
+
+        side = asyncio.create_task(request())
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.publish(channel, "m0")
+            pipe.publish(channel, "m1")
+            await pipe.execute()
+        await asyncio.wait_for(both.wait(), 10 * UNIT)
+        await side
+    await reader.aclose()
+    parts = [e for e in events if e != "request"]
+    assert parts == ["m0.1", "m0.2", "m0.3", "m1.1", "m1.2", "m1.3"], "in order, each once"
+    between = events[events.index("m0.1") : events.index("m0.3")]
+    assert "request" in between, "the loop ran between one message's slices"

@@ -198,7 +198,9 @@ def _scoped_client(
 
 def _publish(hub: Hub, row: dict[str, Any], offset: str) -> None:
     raw = '{"epoch":"e1","offset":"' + offset + '","delta":' + orjson.dumps(row).decode() + "}"
-    hub.on_message("northwind", raw.encode())
+    more = hub.on_message("northwind", raw.encode())
+    while more is not None:  # (a hub that fans out in slices: the rest of them)
+        more = more()
 
 
 def test_clients_sharing_a_sub_id_are_routed_by_their_own_scope() -> None:
@@ -247,14 +249,17 @@ async def test_grouped_fan_out_sends_what_routing_each_subscription_alone_sends(
 ) -> None:
     """Seeded streams of changes (sites, states, removals, newer versions) to clients of
     several scopes, some paused, busy or with a snapshot on its way, with and without a
-    flush window: every client gets the very frames `Client.offer` gives it alone."""
+    flush window, fanned out whole or in slices: every client gets the very frames
+    `Client.offer` gives it alone."""
     rng = random.Random(seed)
     windowed = seed % 2 == 1
-    hubs = [Hub(flush_s=60.0 if windowed else 0.0) for _ in range(2)]
+    flush_s = 60.0 if windowed else 0.0
+    hubs = [Hub(flush_s=flush_s, slice_members=5 if seed >= 2 else 0), Hub(flush_s=flush_s)]
 
     # The reference: every subscription routed alone, as before the hub grouped them.
-    def alone(group: Any, *args: Any) -> None:
-        for client, sub in group.members:
+    def alone(group: Any, members: Any, job: Any) -> None:
+        for client, sub in members:
+            args = (job.offset, job.row, job.text, job.epoch, job.memo, job.windowed, job.patch)
             client.offer(sub, *args)
 
     setattr(hubs[1], "_fan", alone)  # noqa: B010 (a method replaced on one instance)

@@ -30,7 +30,17 @@ log = logging.getLogger("worklist_cache.subscriber")
 # its reply) would wait behind every message Redis had buffered.
 FANOUT_SLICE_S = 0.002
 
-MessageHandler = Callable[[bytes], None]
+
+class More(Protocol):
+    """The rest of a message's handling, for the next turn of the event loop: a handler
+    that has much to do for one message (a fan-out to thousands of clients) does a slice
+    and returns this; the reader lets the loop run, then calls it, and reads the next
+    message only once the last slice returned None (messages stay in order)."""
+
+    def __call__(self) -> More | None: ...
+
+
+MessageHandler = Callable[[bytes], More | None]
 GapHandler = Callable[[], Awaitable[None]]
 
 
@@ -260,7 +270,11 @@ class FeedSubscriber:
                     if handler is not None:
                         started = clock()
                         try:
-                            handler(message["data"])
+                            more = handler(message["data"])
+                            while more is not None:
+                                # One message's handling in slices, the loop between.
+                                await asyncio.sleep(0)
+                                more = more()
                         except Exception:
                             log.exception("handler of a pub/sub message failed")
                         spent += clock() - started

@@ -25,6 +25,7 @@ from gateway.routing import MAYBE, Subscription, route, visible
 from worklist_cache import keys
 from worklist_cache.exceptions import OutOfScope
 from worklist_cache.feed import ScopeMark, feed_message, offset_key
+from worklist_cache.subscriber import More
 from worklist_cache.views import HidingHeld, RowMatcher, View, scope_view
 
 if TYPE_CHECKING:
@@ -98,8 +99,8 @@ def matcher_for(view: View, me: str, hide_locked: bool) -> RowMatcher:
 async def ensure_feed(session: Connection, tenant: str) -> None:
     hub = session.gw.hub
 
-    def deliver(raw: bytes) -> None:
-        hub.on_message(tenant, raw)
+    def deliver(raw: bytes) -> More | None:
+        return hub.on_message(tenant, raw)  # (the rest of a long fan-out, if any)
 
     await session.gw.subscriber.subscribe(keys.channel(tenant), deliver)
 

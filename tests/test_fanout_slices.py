@@ -1,0 +1,101 @@
+"""One delta to thousands of clients is fanned out in slices (`GATEWAY_FANOUT_SLICE`
+subscriptions per turn of the event loop), so a claim or a reply waits behind a slice,
+not a whole fan-out: every client still gets every delta once, in order, and a client
+that leaves between two slices gets nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from redis.asyncio import Redis
+
+from dynamo.deltas import ExamDelta
+from gateway.hub import Hub
+from tests.conftest import Stack
+from tests.support.exams import exam_bundle
+from tests.support.hubfakes import FakeWriter, hub_client, raw
+from tests.support.wsclient import WsClient
+from worklist_cache import WorklistFeed
+from worklist_cache.subscriber import More
+
+
+def _exams(writer: FakeWriter) -> list[str]:
+    return [orjson.loads(f)["delta"]["exam_id"] for f in writer.written]
+
+
+def _finish(more: More | None) -> int:
+    """Run the rest of a fan-out to its end; returns how many more slices it took."""
+    slices = 0
+    while more is not None:
+        slices += 1
+        more = more()
+    return slices
+
+
+def test_a_fan_out_larger_than_a_slice_reaches_every_client_once_in_order() -> None:
+    hub = Hub(slice_members=3)
+    writers = [hub_client(hub)[1] for _ in range(8)]
+    more = hub.on_message("northwind", raw("A1", 1, "1-0")[0].encode())
+    assert sum(len(w.written) for w in writers) == 3, "one slice in the first turn"
+    assert _finish(more) == 2, "8 subscriptions in slices of 3"
+    assert _finish(hub.on_message("northwind", raw("A2", 1, "2-0")[0].encode())) == 2
+    assert all(_exams(w) == ["A1", "A2"] for w in writers)
+
+
+def test_a_client_gone_between_slices_gets_nothing_and_a_new_one_waits_for_the_next() -> None:
+    hub = Hub(slice_members=2)
+    clients = [hub_client(hub)[:2] for _ in range(5)]
+    more = hub.on_message("northwind", raw("A1", 1, "1-0")[0].encode())
+    waiting = [(c, w) for c, w in clients if not w.written]
+    assert len(waiting) == 3
+    gone, gone_writer = waiting[0]
+    hub.detach(gone)
+    _, newcomer, _ = hub_client(hub)  # (it gets its snapshot: this delta is in it)
+    _finish(more)
+    assert gone_writer.written == [] and newcomer.written == []
+    assert sum(len(w.written) for _, w in clients) == 4
+    _finish(hub.on_message("northwind", raw("A2", 1, "2-0")[0].encode()))
+    assert _exams(newcomer) == ["A2"] and gone_writer.written == []
+
+
+async def test_a_windowed_fan_out_in_slices_still_batches_one_text_per_delta() -> None:
+    hub = Hub(flush_s=60.0, slice_members=2)  # a window flushed by hand
+    writers = [hub_client(hub)[1] for _ in range(5)]
+    _finish(hub.on_message("northwind", raw("A0", 1, "1-0")[0].encode()))  # quiet: at once
+    for n in (1, 2):  # close behind it: held by the window
+        _finish(hub.on_message("northwind", raw(f"A{n}", 1, f"{n + 1}-0")[0].encode()))
+    assert all(len(w.written) == 1 for w in writers)
+    hub.flush()
+    assert all(len(w.written) == 2 for w in writers)
+    batches = [orjson.loads(w.written[1]) for w in writers]
+    assert all([d["delta"]["exam_id"] for d in b["frames"]] == ["A1", "A2"] for b in batches)
+    # One batch built and its bytes shared, whatever slice a client was in.
+    assert len({id(w.wires[1]) for w in writers}) == 1
+
+
+async def test_clients_of_a_gateway_slicing_every_two_get_every_delta_in_order(
+    stack: Stack, redis: Redis
+) -> None:
+    """Through the real subscriber, Redis and sockets, with a slice of two subscriptions."""
+    hub = stack.app.state.gw.hub
+    hub.slice_members = 2
+    clients = [await WsClient.open(stack.ws_url) for _ in range(5)]
+    for client in clients:
+        await client.subscribe("s", statuses=[])
+    exam, _, _ = exam_bundle()
+    base = ExamDelta.from_exam(exam)
+    deltas = [base.model_copy(update={"exam_id": f"{exam.accession}-{i}"}) for i in range(6)]
+    feed = WorklistFeed(redis)
+    for delta in deltas:
+        await feed.publish([delta])
+    for client in clients:
+        got: list[str] = []
+        while len(got) < len(deltas):
+            frame = await client.next(timeout=10)
+            if frame.get("type") == "delta":
+                got.append(frame["delta"]["exam_id"])
+            elif frame.get("type") == "batch":
+                got += [f["delta"]["exam_id"] for f in frame["frames"]]
+        assert got == [d.exam_id for d in deltas]
+    await asyncio.gather(*(c.close() for c in clients))
