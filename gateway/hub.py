@@ -24,6 +24,12 @@ writer sends what waits as one `batch` frame, keeping only the newest frame per 
 and subscription. A client whose queue is full (in frames or in bytes) is closed with
 4001 ("too slow") and resumes on reconnect: it never delays the others.
 
+One message is fanned out to at most `slice_members` subscriptions per turn of the
+event loop (`GATEWAY_FANOUT_SLICE`); `on_message` returns the rest (`More`), which the
+feed's reader calls after the loop has had a turn, before it reads the next message.
+A claim or a reply waits behind a slice, not a fan-out to every client, and every
+client still gets every message once and in order.
+
 A row that changed goes out as a `patch` (only the fields that changed, naming the
 version they apply to) instead of the whole row when the subscription's client holds
 the version the hub saw last for that exam (`Subscription.held`) and nothing waits in
