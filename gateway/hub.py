@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
@@ -63,6 +64,15 @@ log = logging.getLogger("gateway.hub")
 # The newest row the hub saw per exam, per tenant, at most this many (the oldest go):
 # what a patch is computed against.
 ROWS_KEPT = 5_000
+
+# A flush window is stretched, one `flush_s` at a time and up to this many in all, while
+# the messages coming in are more than `BEHIND` windows late (`Hub._late`): behind a
+# backlog, one write per client for all it can take instead of one per 10 ms.
+STRETCH = 10
+BEHIND = 2
+# The floor under a message's delay (`Hub._late`) rises this much per second, so a
+# clock step between Redis's host and this one is forgotten.
+DRIFT = 0.001
 
 
 class Client:
@@ -333,7 +343,8 @@ class Hub:
     ends, and each client gets what its window holds in one write (one `batch` frame)
     instead of one write per delta: less CPU per delivery when deltas come densely, at
     most `flush_s` more latency for those. A message after a quiet `flush_s` goes out
-    at once, so a sparse feed pays nothing."""
+    at once, so a sparse feed pays nothing. Behind a backlog (the messages read are
+    late, `_late`), the window stretches a `flush_s` at a time, up to `STRETCH`."""
 
     def __init__(self, flush_s: float = 0.0, slice_members: int = 0) -> None:
         self.flush_s = flush_s
@@ -342,6 +353,11 @@ class Hub:
         self._dirty: list[Client] = []  # clients whose window holds frames
         self._timer: asyncio.TimerHandle | None = None
         self._quiet_at = 0.0  # (loop time) from then on, a message goes out at once
+        self._opened = 0.0  # (loop time) the open window's start
+        self._behind = False  # the latest message was late (`_late`): stretch the window
+        self._arrived = 0.0  # (loop time) the latest message came
+        self._floors: dict[str, tuple[float, float]] = {}  # tenant -> (least delay, when)
+        self.stretched = 0  # windows stretched by a `flush_s`
         self._by_tenant: dict[str, set[Client]] = defaultdict(set)
         # tenant -> its subscriptions grouped by how they route (rebuilt when a client
         # or subscription comes or goes).
@@ -357,7 +373,46 @@ class Hub:
         """`client`'s window holds its first frame: flush it with the others."""
         self._dirty.append(client)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.flush_s, self.flush)
+            loop = asyncio.get_running_loop()
+            self._opened = loop.time()
+            self._timer = loop.call_later(self.flush_s, self._window_ends)
+
+    def _window_ends(self) -> None:
+        """The window's time is up: flush, unless the messages coming in are late (a
+        backlog, as on a box short of CPU) and the window may still grow. A window
+        that ends every `flush_s` behind a backlog holds a few messages each time and
+        spends the loop writing; one stretched until the backlog is read (at most
+        `STRETCH` windows) writes once per client for all of it, and catches up."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if (
+            self._behind
+            and now - self._arrived < self.flush_s  # (messages still coming)
+            and now + self.flush_s <= self._opened + STRETCH * self.flush_s
+        ):
+            self.stretched += 1
+            self._timer = loop.call_later(self.flush_s, self._window_ends)
+            return
+        self.flush()
+
+    def _late(self, tenant: str, offset: str) -> float:
+        """Seconds by which this message is late: since Redis stamped its offset (a
+        stream id, "ms-seq"), less the least such delay seen lately for the tenant
+        (what the clocks of Redis's host and this one differ by, with no backlog),
+        that floor rising `DRIFT` a second."""
+        try:
+            stamped = int(offset.partition("-")[0]) / 1000
+        except ValueError:
+            return 0.0
+        now = time.time()
+        delay = now - stamped
+        floor = self._floors.get(tenant)
+        if floor is not None:
+            least = floor[0] + (now - floor[1]) * DRIFT
+            if delay > least:
+                return delay - least
+        self._floors[tenant] = (delay, now)
+        return 0.0
 
     def flush(self) -> None:
         """The window ended: every client writes what it holds."""
@@ -414,6 +469,7 @@ class Hub:
                 if not clients:
                     del self._by_tenant[tenant]
                     self._rows.pop(tenant, None)
+                    self._floors.pop(tenant, None)
                     emptied.append(tenant)
         return emptied
 
@@ -426,6 +482,7 @@ class Hub:
             if not clients:
                 self._by_tenant.pop(tenant, None)
                 self._rows.pop(tenant, None)
+                self._floors.pop(tenant, None)
                 return True
         return False
 
@@ -461,6 +518,8 @@ class Hub:
         if self.flush_s:
             now = asyncio.get_running_loop().time()
             windowed = self._timer is not None or now < self._quiet_at
+            self._behind = self._late(tenant, offset) > BEHIND * self.flush_s
+            self._arrived = now
         plan = self._plans.get(tenant) or self._plan(tenant)
         job = _Job(tenant, plan, offset, row, text, epoch, memo, windowed, patch)
         return self._resume(job)

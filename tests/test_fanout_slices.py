@@ -6,6 +6,7 @@ that leaves between two slices gets nothing more."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 from redis.asyncio import Redis
@@ -99,3 +100,45 @@ async def test_clients_of_a_gateway_slicing_every_two_get_every_delta_in_order(
                 got += [f["delta"]["exam_id"] for f in frame["frames"]]
         assert got == [d.exam_id for d in deltas]
     await asyncio.gather(*(c.close() for c in clients))
+
+
+def _stamped(n: int, late_s: float) -> bytes:
+    """A feed message whose offset Redis stamped `late_s` seconds ago."""
+    return raw(f"B{n}", 1, f"{int((time.time() - late_s) * 1000)}-{n}")[0].encode()
+
+
+async def test_a_window_behind_a_backlog_stretches_until_the_messages_are_on_time() -> None:
+    """Messages long past their offset's stamp (a backlog being read) keep the window
+    open, a window at a time: one batch for all of them instead of one per window."""
+    hub = Hub(flush_s=60.0)  # the window's end is called by hand here
+    _, writer, _ = hub_client(hub)
+    _finish(hub.on_message("northwind", _stamped(0, 0.0)))  # on time, after quiet: at once
+    for n in range(1, 4):
+        _finish(hub.on_message("northwind", _stamped(n, 1000.0)))
+    hub._window_ends()
+    assert len(writer.written) == 1 and hub.stretched == 1, "behind: the window grows"
+    _finish(hub.on_message("northwind", _stamped(4, 0.0)))  # caught up
+    hub._window_ends()
+    assert hub.stretched == 1 and len(writer.written) == 2
+    batch = orjson.loads(writer.written[1])
+    assert [f["delta"]["exam_id"] for f in batch["frames"]] == ["B1", "B2", "B3", "B4"]
+
+
+async def test_a_clock_that_differs_from_redis_stretches_nothing() -> None:
+    """Every message equally late (Redis's clock 5 s behind this host's): the floor
+    takes the difference, and the window ends on time."""
+    hub = Hub(flush_s=0.01)
+    _, writer, _ = hub_client(hub)
+    for n in range(4):
+        _finish(hub.on_message("northwind", _stamped(n, 5.0)))
+    hub._window_ends()
+    assert hub.stretched == 0 and len(writer.written) == 2, "one at once, then one batch"
+
+
+async def test_a_late_message_with_nothing_after_it_is_not_held_past_its_window() -> None:
+    hub = Hub(flush_s=0.01)
+    _, writer, _ = hub_client(hub)
+    _finish(hub.on_message("northwind", _stamped(0, 0.0)))
+    _finish(hub.on_message("northwind", _stamped(1, 1000.0)))  # late, and the last one
+    await asyncio.sleep(0.1)
+    assert len(writer.written) == 2 and hub.stretched <= 1  # (a timer may fire a hair early)
