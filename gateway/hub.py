@@ -186,7 +186,11 @@ class Client:
 
     def holds(self, key: str) -> bool:
         """The flush window holds a frame of this (subscription, exam): a patch now
-        would lose its base when the window is coalesced (asked only for patches)."""
+        would lose its base when the window is coalesced (asked only for patches).
+        A key no window took since the hub's last flush is answered without a scan."""
+        hub = self.hub
+        if hub is not None and key not in hub.window_keys:
+            return False
         return any(k == key for k, _ in self.window)
 
     def _enqueue(self, frame: str, key: str | None) -> None:
@@ -257,6 +261,7 @@ class Client:
             if not self.window:
                 self.hub.defer(self)
             self.window.append((key, frame))
+            self.hub.window_keys.setdefault(key, None)
             return
         if self.window:
             self.flush()  # (a replay after a snapshot) what the window holds goes first
@@ -358,6 +363,10 @@ class Hub:
         self._arrived = 0.0  # (loop time) the latest message came
         self._floors: dict[str, tuple[float, float]] = {}  # tenant -> (least delay, when)
         self.stretched = 0  # windows stretched by a `flush_s`
+        # The keys (subscription, exam) of the frames windows took since the last flush,
+        # each with the message (`_Job`) that first put it there (None: one routed alone):
+        # a key not here is in no window, and `Client.holds` need not look.
+        self.window_keys: dict[str, _Job | None] = {}
         self._by_tenant: dict[str, set[Client]] = defaultdict(set)
         # tenant -> its subscriptions grouped by how they route (rebuilt when a client
         # or subscription comes or goes).
@@ -420,6 +429,7 @@ class Hub:
             self._timer.cancel()  # (when called before it ends)
         self._timer = None
         dirty, self._dirty = self._dirty, []
+        self.window_keys.clear()
         memo: dict[tuple[int, ...], tuple[list[Queued], str]] = {}
         try:
             for client in dirty:
@@ -615,6 +625,9 @@ class Hub:
         entries = job.entries
         entry: Queued = (None, "")
         written = 0
+        # Whether a window may hold a frame of this key from an earlier message (else a
+        # patch's base is safe without looking at each member's window).
+        earlier = windowed and self.window_keys.setdefault(key, job) is not job
         for client, sub in members:
             writer = client.writer
             if (
@@ -648,7 +661,12 @@ class Hub:
                     patch is not None
                     and base == patch[0]
                     and not (
-                        windowed and (client.busy or not client.queue.empty() or client.holds(key))
+                        windowed
+                        and (
+                            client.busy
+                            or not client.queue.empty()
+                            or (earlier and client.holds(key))
+                        )
                     )
                 ):
                     if patched is None:
