@@ -135,6 +135,8 @@ def create_app(
             f"gateway_deltas_in_total {gw.hub.deltas_in}",
             f"gateway_frames_out_total {gw.hub.frames_out}",
             f"gateway_flush_windows_stretched_total {gw.hub.stretched}",
+            f"gateway_feed_lateness_seconds {gw.hub.lateness:.6f}",
+            f"gateway_feed_late_messages_total {gw.hub.late_messages}",
             f"gateway_draining {int(gw.draining)}",
             f"gateway_pubsub_channels {len(gw.subscriber.channels)}",
             f"gateway_pubsub_probe_failures_total {gw.subscriber.probe_failures}",

@@ -73,6 +73,8 @@ BEHIND = 2
 # The floor under a message's delay (`Hub._late`) rises this much per second, so a
 # clock step between Redis's host and this one is forgotten.
 DRIFT = 0.001
+# A message read this late (seconds, `Hub._late`) counts in `late_messages`.
+LATE_S = 0.1
 
 
 class Client:
@@ -363,6 +365,10 @@ class Hub:
         self._arrived = 0.0  # (loop time) the latest message came
         self._floors: dict[str, tuple[float, float]] = {}  # tenant -> (least delay, when)
         self.stretched = 0  # windows stretched by a `flush_s`
+        # How late the latest message was read (seconds, `_late`), and how many were
+        # read more than `LATE_S` late: the node's backlog, for `/metrics`.
+        self.lateness = 0.0
+        self.late_messages = 0
         # The keys (subscription, exam) of the frames windows took since the last flush,
         # each with the message (`_Job`) that first put it there (None: one routed alone):
         # a key not here is in no window, and `Client.holds` need not look.
@@ -524,11 +530,14 @@ class Hub:
             rows[exam_id] = (row["version"], row)
             if len(rows) > ROWS_KEPT:
                 del rows[next(iter(rows))]
+        late = self.lateness = self._late(tenant, offset)
+        if late > LATE_S:
+            self.late_messages += 1
         windowed = False
         if self.flush_s:
             now = asyncio.get_running_loop().time()
             windowed = self._timer is not None or now < self._quiet_at
-            self._behind = self._late(tenant, offset) > BEHIND * self.flush_s
+            self._behind = late > BEHIND * self.flush_s
             self._arrived = now
         plan = self._plans.get(tenant) or self._plan(tenant)
         job = _Job(tenant, plan, offset, row, text, epoch, memo, windowed, patch)

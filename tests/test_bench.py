@@ -110,6 +110,10 @@ async def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert isinstance(results["kb_per_connection"], float)
     # The gateway process reported its collector's full collections (its /metrics).
     assert isinstance(results["gateway_gc_full_collections"], int)
+    # ... and how late it read its feed, and the flush windows it stretched for that.
+    assert isinstance(results["gateway_feed_late_messages"], int)
+    assert results["gateway_feed_messages"] >= results["gateway_feed_late_messages"]
+    assert isinstance(results["gateway_flush_windows_stretched"], int)
     # The reconnect storm: every session of the tenant came back and got its snapshot.
     assert results["storm_sessions"] == TINY.storm_sessions
     assert results["storm_resubscribed"] == TINY.storm_sessions

@@ -6,13 +6,18 @@ that leaves between two slices gets nothing more."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
+import httpx
 import orjson
+import pytest
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from dynamo.deltas import ExamDelta
 from gateway.hub import Hub
+from gateway.settings import GatewaySettings
 from tests.conftest import Stack
 from tests.support.exams import exam_bundle
 from tests.support.hubfakes import FakeWriter, hub_client, raw
@@ -142,3 +147,41 @@ async def test_a_late_message_with_nothing_after_it_is_not_held_past_its_window(
     _finish(hub.on_message("northwind", _stamped(1, 1000.0)))  # late, and the last one
     await asyncio.sleep(0.1)
     assert len(writer.written) == 2 and hub.stretched <= 1  # (a timer may fire a hair early)
+
+
+async def test_how_late_the_feed_is_read_is_counted_for_operators() -> None:
+    hub = Hub(flush_s=0.01)
+    hub_client(hub)
+    _finish(hub.on_message("northwind", _stamped(0, 0.0)))
+    assert hub.late_messages == 0 and hub.lateness < 0.05
+    _finish(hub.on_message("northwind", _stamped(1, 30.0)))  # read 30 s after Redis stamped it
+    assert hub.late_messages == 1 and 29.0 < hub.lateness < 31.0
+    _finish(hub.on_message("northwind", _stamped(2, 0.0)))
+    assert hub.late_messages == 1 and hub.lateness < 0.05
+
+
+async def test_a_gateway_reading_its_feed_on_time_says_so_on_metrics(
+    stack: Stack, redis: Redis
+) -> None:
+    client = await WsClient.open(stack.ws_url)
+    await client.subscribe("s", statuses=[])
+    exam, _, _ = exam_bundle()
+    await WorklistFeed(redis).publish([ExamDelta.from_exam(exam)])
+    await client.until(lambda f: f.get("type") in ("delta", "batch"))
+    async with httpx.AsyncClient(base_url=stack.http_url) as http:
+        metrics = (await http.get("/metrics")).text
+    late = re.search(r"^gateway_feed_late_messages_total (\d+)$", metrics, re.M)
+    lateness = re.search(r"^gateway_feed_lateness_seconds ([0-9.]+)$", metrics, re.M)
+    assert late is not None and int(late.group(1)) == 0
+    assert lateness is not None and float(lateness.group(1)) < 1.0
+    await client.close()
+
+
+@pytest.mark.parametrize("env", [{"GATEWAY_FANOUT_SLICE": "-1"}, {"GATEWAY_FLUSH_MS": "-5"}])
+def test_a_negative_slice_or_window_is_refused_at_start(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        GatewaySettings()

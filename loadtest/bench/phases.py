@@ -295,6 +295,15 @@ class Bench:
         self.results["gateway_gc_pause_max_ms"] = (
             None if longest is None else round(longest * 1000, 1)
         )
+        # How often the gateway read its feed behind (> 100 ms after Redis stamped a
+        # message), and how often it stretched a flush window for it, over the same.
+        for key, metric in (
+            ("gateway_feed_messages", "gateway_deltas_in_total"),
+            ("gateway_feed_late_messages", "gateway_feed_late_messages_total"),
+            ("gateway_flush_windows_stretched", "gateway_flush_windows_stretched_total"),
+        ):
+            value = await asyncio.to_thread(gateway_metric, port, metric)
+            self.results[key] = None if value is None else int(value)
         if ws_claims_available():
             await settle(quiet)
             await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)

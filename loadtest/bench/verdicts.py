@@ -190,6 +190,15 @@ def _verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
             "info",
         ),
         (
+            "gateway: feed messages read > 100 ms after Redis stamped them, of all read; "
+            "flush windows stretched (e2e and fan-out)",
+            f"{fmt(r.get('gateway_feed_late_messages'))} of "
+            f"{fmt(r.get('gateway_feed_messages'))}; "
+            f"{fmt(r.get('gateway_flush_windows_stretched'))}",
+            "(info: the node's backlog)",
+            "info",
+        ),
+        (
             "idle sessions held by one gateway",
             fmt(r["max_connections"]),
             f">= {scale['idle_connections']:,}",
