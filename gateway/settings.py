@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,11 +56,11 @@ class GatewaySettings(BaseSettings):
     # Milliseconds a delta that follows another this closely waits, with those after
     # it, to go out to each client in one write (a `batch`); a delta after a quiet
     # window goes out at once. 0 writes every delta as it arrives.
-    flush_ms: float = 10.0
+    flush_ms: float = Field(10.0, ge=0)
     # Subscriptions one delta is fanned out to per turn of the event loop: between two
     # slices, requests (a claim), replies and pings run, instead of waiting behind a
     # fan-out to every client (0: the whole fan-out in one turn).
-    fanout_slice: int = 128
+    fanout_slice: int = Field(128, ge=0)
     # Milliseconds a claim's reservation in Redis keeps concurrent claims of the same
     # exam off DynamoDB (answered `conflict` at once); 0 sends every claim to DynamoDB.
     # Only a courtesy: DynamoDB's conditional write is what guarantees one reader.
