@@ -155,7 +155,6 @@ class Hub:
         self._timer: asyncio.TimerHandle | None = None
         self._quiet_at = 0.0  # (loop time) from then on, a message goes out at once
         self._opened = 0.0  # (loop time) the open window's start
-        self._behind = False  # the latest message was late (`_late`): stretch the window
         self._arrived = 0.0  # (loop time) the latest message came
         self._floors: dict[str, tuple[float, float]] = {}  # tenant -> (least delay, when)
         self.stretched = 0  # windows stretched by a `flush_s`
@@ -195,7 +194,7 @@ class Hub:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if (
-            self._behind
+            self.lateness > BEHIND * self.flush_s  # (the latest message was late)
             and now - self._arrived < self.flush_s  # (messages still coming)
             and now + self.flush_s <= self._opened + STRETCH * self.flush_s
         ):
@@ -324,14 +323,13 @@ class Hub:
             rows[exam_id] = (row["version"], row)
             if len(rows) > ROWS_KEPT:
                 del rows[next(iter(rows))]
-        late = self.lateness = self._late(tenant, offset)
-        if late > LATE_S:
+        self.lateness = self._late(tenant, offset)
+        if self.lateness > LATE_S:
             self.late_messages += 1
         windowed = False
         if self.flush_s:
             now = asyncio.get_running_loop().time()
             windowed = self._timer is not None or now < self._quiet_at
-            self._behind = late > BEHIND * self.flush_s
             self._arrived = now
         plan = self._plans.get(tenant) or self._plan(tenant)
         job = _Job(tenant, plan, offset, row, text, epoch, memo, windowed, patch)
