@@ -114,6 +114,11 @@ async def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert isinstance(results["gateway_feed_late_messages"], int)
     assert results["gateway_feed_messages"] >= results["gateway_feed_late_messages"]
     assert isinstance(results["gateway_flush_windows_stretched"], int)
+    # Each gateway delivery phase says how many full collections stopped it.
+    for name in ("e2e", "fanout_25", "fanout_200"):
+        phase = results["phases"][name]
+        assert isinstance(phase["gc_full"], int) and phase["gc_full"] >= 0, name
+        assert isinstance(phase["gc_pause_ms"], float) and phase["gc_pause_ms"] >= 0, name
     # The reconnect storm: every session of the tenant came back and got its snapshot.
     assert results["storm_sessions"] == TINY.storm_sessions
     assert results["storm_resubscribed"] == TINY.storm_sessions

@@ -73,6 +73,7 @@ class Bench:
     phases: dict[str, dict[str, Any]] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    gateway_port: int = 0  # (the gateway of the delivery phases, for its /metrics)
 
     @property
     def tmp(self) -> Path:
@@ -268,6 +269,7 @@ class Bench:
         gateway = self.spawn_gateway("gateway", port)
         await asyncio.to_thread(wait_for_port, port, 30, gateway)
         self.pids["gateway"] = gateway.pid
+        self.gateway_port = port
         url = f"ws://127.0.0.1:{port}/ws"
         opened = await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)
         say(f"{opened['opened']} clients subscribed to the whole {TENANT} feed")
@@ -414,6 +416,7 @@ class Bench:
         await probe.call(
             "probe", redis_url=self.env["REDIS_URL"], channel=channel, prefix=prefix, stride=STRIDE
         )
+        gc_before = await self._gc_mark()
         try:
             result = await phase.run(send, drain_cap=scale.drain_cap_s, rate_offered=round(rate, 1))
         finally:
@@ -448,6 +451,7 @@ class Bench:
                 "publish_to_client": percentiles(finite(lat + (stamp - published)[k])),
             },
         )
+        result.update(await self._gc_since(gc_before))
         self.phases[name] = result
         say(phase_line(result))
         if name != "e2e":
@@ -485,6 +489,7 @@ class Bench:
             return list(range(total)), elapsed
 
         phase = Phase(name, server, server_pid, pool, pids, self.tmp, prefix)
+        gc_before = await self._gc_mark() if server == "gateway" else None
         profiler = None
         if self.profile and server == "gateway":
             profiler = await self._start_profiler(server_pid, name)
@@ -493,8 +498,31 @@ class Bench:
         finally:
             if profiler is not None:
                 self.phases[f"profile_{name}"] = await self._stop_profiler(*profiler)
+        if server == "gateway":
+            result.update(await self._gc_since(gc_before))
         self.phases[name] = result
         say(phase_line(result))
+
+    async def _gc_mark(self) -> tuple[float, float] | None:
+        """The gateway's full collections so far and the seconds they took (`/metrics`)."""
+        full = '{generation="2"}'
+        port = self.gateway_port
+        runs = await asyncio.to_thread(gateway_metric, port, f"gateway_gc_collections_total{full}")
+        took = await asyncio.to_thread(
+            gateway_metric, port, f"gateway_gc_pause_seconds_total{full}"
+        )
+        return None if runs is None or took is None else (runs, took)
+
+    async def _gc_since(self, before: tuple[float, float] | None) -> dict[str, Any]:
+        """A phase's full collections and their pause in all (ms): each stops every
+        client's deliveries, so one in a phase of a few hundred deltas is its tail."""
+        after = await self._gc_mark()
+        if before is None or after is None:
+            return {"gc_full": None, "gc_pause_ms": None}
+        return {
+            "gc_full": int(after[0] - before[0]),
+            "gc_pause_ms": round((after[1] - before[1]) * 1000, 1),
+        }
 
     async def _claims_under_fanout(
         self, feed: WorklistFeed, url: str, store: ExamStore, rounds: int

@@ -70,6 +70,13 @@ REQUIRED = (
 )
 
 
+def gc_cell(ph: dict[str, Any]) -> str:
+    """A gateway phase's full collections and their pause in all; '-' where not read."""
+    if ph.get("gc_full") is None:
+        return "-"
+    return f"{ph['gc_full']} ({fmt(ph['gc_pause_ms'])})"
+
+
 def machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
@@ -212,8 +219,8 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         "| phase | server | clients | offered /s | sent /s | deltas | delivered | lost "
         "| p50 ms | p99 ms | max ms | server CPU (cores) | server us/delivery "
         "| load clients (cores) | client peak (core) | others (cores) | frames | batches "
-        "| closed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| closed | full GCs (pause ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, ph in r["phases"].items():
         if "server" not in ph:
@@ -229,7 +236,7 @@ def render_markdown(r: Mapping[str, Any]) -> str:
             f"| {fmt(ph['max_ms'])} | {fmt(share)} | {fmt(ph['server_cpu_us_per_delivery'])} "
             f"| {clients_cpu:.2f} | {ph['client_cpu_peak']:.0%} | {fmt(ph.get('other_cores'))} "
             f"| {ph['frames']:,} | {ph['batches']:,} "
-            f"| {ph['closed_codes'] or '-'} |"
+            f"| {ph['closed_codes'] or '-'} | {gc_cell(ph)} |"
         )
     idle = r["phases"].get("idle", {})
     claims = r["phases"].get("claims_websocket", {})
@@ -276,6 +283,9 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         "(injection and drain) divided by the deliveries clients received. The baseline "
         "(`loadtest/baseline.py`: redis.asyncio pub/sub -> `websockets` `broadcast`, uvloop) "
         "got the same messages at the same rates and client count.",
+        "- **Full GCs**: the gateway's full (oldest-generation) collections during the phase "
+        "and their pauses in all (its `/metrics`, `gateway_gc_*`); each stops every "
+        "client's deliveries while it runs, so one in a short phase can be its p99.",
         f"- **Idle sessions**: a fresh gateway process; each session opened, "
         f"{'authenticated, ' if r.get('auth') else ''}subscribed to its tenant's (empty) "
         f"feed and left idle, {IDLE_PER_TENANT} users per tenant over {idle.get('tenants')} "
