@@ -8,6 +8,7 @@ import time
 
 from redis.asyncio import Redis
 
+from devstack import start_redis
 from tests.conftest import UNIT
 from worklist_cache import FeedSubscriber, keys
 from worklist_cache.subscriber import FANOUT_SLICE_S, More
@@ -100,3 +101,42 @@ async def test_one_message_handled_in_slices_keeps_its_order_and_lets_requests_r
     assert parts == ["m0.1", "m0.2", "m0.3", "m1.1", "m1.2", "m1.3"], "in order, each once"
     between = events[events.index("m0.1") : events.index("m0.3")]
     assert "request" in between, "the loop ran between one message's slices"
+
+
+async def test_a_redis_that_restarts_within_the_clients_retries_is_still_a_gap() -> None:
+    """redis-py's own retries (a client's default) reconnect inside a read and replay the
+    subscriptions, so no error reaches the reader; the restart lost what was published
+    meanwhile all the same, and the subscriber must report it (a gap), and deliver after."""
+    proc, url = start_redis()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    channel = keys.channel("restart")
+    gaps: list[int] = []
+    got: list[bytes] = []
+
+    async def on_gap() -> None:
+        gaps.append(len(gaps))
+
+    reader = Redis(port=port)  # as a cluster link: default retries ride out a short restart
+    try:
+        async with FeedSubscriber(reader, on_gap) as subscriber:
+            await subscriber.subscribe(channel, got.append)
+            proc.kill()
+            await asyncio.sleep(0.2)
+            proc, _ = await asyncio.to_thread(start_redis, port)
+            for _ in range(int(100 * UNIT)):
+                if gaps:
+                    break
+                await asyncio.sleep(0.05)
+            assert gaps, "the restart was reported as a gap"
+            assert subscriber.gaps == 1
+            writer = Redis.from_url(url)
+            await writer.publish(channel, b"after")
+            await writer.aclose()
+            for _ in range(int(100 * UNIT)):
+                if got:
+                    break
+                await asyncio.sleep(0.02)
+            assert got == [b"after"], "and the channel delivers again"
+    finally:
+        await reader.aclose()
+        proc.stop()

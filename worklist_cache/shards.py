@@ -149,7 +149,8 @@ class ClusterSubscriber:
         return node.name
 
     async def _open_link(self, node: ClusterNode) -> None:
-        # No retries on this client: a broken pub/sub connection must be seen (a gap).
+        # redis-py's default retries (they may reconnect the pub/sub connection inside a
+        # read, raising nothing): the link sees every reconnect all the same (a gap).
         client = Redis(host=node.host, port=int(node.port))
         probe = keys.probe_channel(self._node, self._tag_on(node))
         link = FeedSubscriber(

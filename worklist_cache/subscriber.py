@@ -1,7 +1,8 @@
 """The gateway's one pub/sub connection: channels are subscribed on demand, each with
 its own callback, and a lost connection is retried with backoff and reported as a gap
 (the caller resyncs its clients, since messages may have been lost) once Redis has
-confirmed every re-subscription, so the resync cannot miss what comes in between.
+confirmed every re-subscription, so the resync cannot miss what comes in between. Every
+reconnect is a gap, also one redis-py's retries make inside a read without raising.
 
 A liveness probe (`probe`) publishes to a channel of its own every few seconds and
 expects it back: a connection that stays open but stops delivering (centrifugo#1189)
@@ -17,6 +18,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import Connection
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -53,11 +55,31 @@ def by_slot(channels: tuple[str, ...]) -> list[list[str]]:
     return list(groups.values())
 
 
-class _SlotwisePubSub(PubSub):
-    """redis-py's PubSub, re-subscribing sharded channels one slot at a time when its
-    connection comes back (its own replay names them all in one SSUBSCRIBE)."""
+class _GapAwarePubSub(PubSub):
+    """redis-py's PubSub, telling its owner of every reconnect, and re-subscribing sharded
+    channels one slot at a time when its connection comes back (its own replay names
+    them all in one SSUBSCRIBE).
+
+    A reconnect is a gap even when no error reaches the reader: redis-py's retries
+    (every client has them by default) reconnect inside a read and replay the
+    subscriptions themselves, so a Redis that restarted within the retries' backoff would
+    otherwise pass unnoticed, and what was published meanwhile would be lost silently.
+    `on_connect` runs on every reconnect and never on the first connect (the pool
+    connects before the callback is registered)."""
+
+    def __init__(self, redis: Redis, on_reconnect: Callable[[], None], *, slotwise: bool) -> None:
+        super().__init__(redis.connection_pool)
+        self._on_reconnect = on_reconnect
+        self._slotwise = slotwise
+
+    async def on_connect(self, connection: Connection) -> None:
+        self._on_reconnect()
+        await super().on_connect(connection)
 
     async def _resubscribe_shard_channels(self) -> None:
+        if not self._slotwise:
+            await super()._resubscribe_shard_channels()
+            return
         names = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in self.shard_channels)
         for group in by_slot(names):
             await self.ssubscribe(*group)
@@ -112,6 +134,7 @@ class FeedSubscriber:
         self._probe_task: asyncio.Task[None] | None = None
         self._gap_due = False
         self._gap_since = 0.0
+        self._reconnects = 0  # of the pub/sub connection, each a gap
         self.stalled = False  # the last probe did not come back
         self.probe_failures = 0
         self.gaps = 0
@@ -121,7 +144,7 @@ class FeedSubscriber:
         self._on_dropped = on_dropped
         # Sharded pub/sub (SSUBSCRIBE, Redis 7): what the feed uses with SPUBLISH.
         self._sharded = sharded
-        self._pubsub: PubSub = _SlotwisePubSub(redis.connection_pool) if sharded else redis.pubsub()
+        self._pubsub: PubSub = _GapAwarePubSub(redis, self._reconnected, slotwise=sharded)
         self._channels: dict[str, MessageHandler] = {}
         # Set when Redis confirms a SUBSCRIBE: only then is no message missed.
         self._confirmed: dict[str, asyncio.Event] = {}
@@ -205,6 +228,17 @@ class FeedSubscriber:
     def channels(self) -> list[str]:
         return list(self._channels)
 
+    def _reconnected(self) -> None:
+        """The pub/sub connection came back (whoever reconnected it): what was published
+        meanwhile is lost, so a gap is due once Redis confirms every channel again."""
+        self._reconnects += 1
+        if self._channels:
+            log.warning("redis pub/sub reconnected: a gap, once every channel is confirmed")
+            for event in self._confirmed.values():
+                event.clear()
+            self._gap_due = True
+            self._gap_since = asyncio.get_running_loop().time()
+
     def _probe_arrived(self, _raw: bytes) -> None:
         self._probe_seen.set()
 
@@ -214,6 +248,7 @@ class FeedSubscriber:
         while True:
             await asyncio.sleep(self._probe_interval)
             self._probe_seen.clear()
+            reconnects = self._reconnects
             try:
                 await self._redis.execute_command(  # type: ignore[no-untyped-call]
                     "SPUBLISH" if self._sharded else "PUBLISH", self._probe_channel, b"probe"
@@ -229,6 +264,8 @@ class FeedSubscriber:
                 loop = asyncio.get_running_loop()
                 if self._gap_due and loop.time() - self._gap_since < 3 * self._probe_interval:
                     continue  # a reconnect is under way: give it time to be confirmed
+                if self._reconnects != reconnects:
+                    continue  # the connection came back meanwhile (a gap already): probe it anew
                 log.warning("pub/sub probe failed (%s): reconnecting", type(exc).__name__)
                 connection = self._pubsub.connection
                 if connection is not None:
