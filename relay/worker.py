@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from redis.exceptions import RedisError
 
 from dynamo.claims import Claims
 from dynamo.client import dynamodb_client, streams_client
@@ -42,7 +41,6 @@ from relay.stream import DynamoDeadLetters, StreamRelay
 from service.logs import configure_logging
 from service.runner import run_until_signalled
 from worklist_cache import CacheSettings, WorklistFeed, connect
-from worklist_cache.exceptions import RebuildIncomplete
 from worklist_cache.rebuild import Rebuilder, TenantGuard
 
 log = logging.getLogger("relay.worker")
@@ -221,17 +219,26 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> AsyncIterator
 
 
 async def maintain_forever(
-    claims: Claims, line: Pipeline, feed: WorklistFeed, interval: float
+    claims: Claims,
+    line: Pipeline,
+    feed: WorklistFeed,
+    interval: float,
+    counts: Counter[str] | None = None,
 ) -> None:
     """Build the cache of every tenant this Redis does not hold built; release expired
-    claims. Every tenant with exams, every round."""
+    claims. Every tenant with exams, every round. Nothing but a cancel ends it: a fault
+    (Redis or DynamoDB away, or a defect) is logged, counted in `counts`
+    (`maintenance_failures`) and tried again, for the relay's tasks live and die
+    together, and builds and the reaper must not stop because one round failed."""
     me = asyncio.current_task()
     store = claims.store
+    failures = counts if counts is not None else Counter[str]()
     while True:
         try:
             tenants = await known_tenants(store, feed)
             requested = set(await feed.build_requests())
-        except (StoreError, RedisError, OSError) as exc:
+        except Exception as exc:  # (a fault's kind only: a message may name a row)
+            failures["maintenance_failures"] += 1
             log.warning("maintenance: tenant list unavailable (%s)", type(exc).__name__)
             await asyncio.sleep(interval)
             continue
@@ -245,9 +252,11 @@ async def maintain_forever(
                     await feed.build_request_done(tenant)
                 released = await claims.reap(tenant)
             except StoreError as exc:
+                failures["maintenance_failures"] += 1
                 log.warning("maintenance of %s: %s", tenant, exc.code)
                 continue
-            except (RedisError, OSError, RebuildIncomplete) as exc:
+            except Exception as exc:  # Redis away, a rebuild cut short, a defect
+                failures["maintenance_failures"] += 1
                 log.warning("maintenance of %s: %s", tenant, type(exc).__name__)
                 continue
             if released:
@@ -333,7 +342,11 @@ async def run_relay(
                     if relay_settings.reap_interval > 0:
                         group.create_task(
                             maintain_forever(
-                                Claims(store), line, feed, relay_settings.reap_interval
+                                Claims(store),
+                                line,
+                                feed,
+                                relay_settings.reap_interval,
+                                metrics.counts,
                             ),
                             name="maintenance",
                         )

@@ -98,9 +98,12 @@ async def cstack(
     finally:
         server.should_exit = True
         await asyncio.wait_for(served, 10 * UNIT)
+        # The relay task never ends on its own: one that did died of a fault.
+        died = relay.done() and not relay.cancelled() and relay.exception()
         relay.cancel()
         await asyncio.gather(relay, return_exceptions=True)
         await client.aclose()
+        assert not died, f"the relay task ended: {died!r}"
 
 
 class Rows:

@@ -21,11 +21,13 @@ from typing import Any
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import SlotNotCoveredError
 
 from devstack import start_redis
 from devstack.procs import ManagedProcess
 from devstack.services import ROOT
 from dynamo import keys as dkeys
+from dynamo.claims import Claims
 from dynamo.client import streams_client
 from dynamo.models import exam_to_item
 from dynamo.review import ReviewState, ReviewStore
@@ -37,7 +39,7 @@ from dynamo.table import stream_arn
 from relay.checkpoints import RedisCheckpoints
 from relay.lambda_handler import handler
 from relay.stream import StreamRelay
-from relay.worker import RelaySettings, gap_handler, pipeline
+from relay.worker import RelaySettings, gap_handler, maintain_forever, pipeline
 from tests.conftest import UNIT
 from tests.support.exams import exam_bundle, exam_in
 from tests.support.rebuild import cached, delete_study, eventually, stream_end, truth
@@ -390,3 +392,41 @@ async def test_the_lambda_handler_pools_peer_reviews_like_the_worker(
     review = await ReviewStore(store).get("northwind", exam.accession)
     assert review.state is ReviewState.POOLED
     assert (await WorklistFeed(redis).row("northwind", exam.accession))["status"] == "FINAL"
+
+
+# ---- maintenance -------------------------------------------------------------------
+
+
+async def test_maintenance_outlives_a_fault_redis_py_does_not_call_a_redis_error(
+    store: ExamStore, redis: Redis
+) -> None:
+    """While a cluster master restarts, redis-py's cluster client raises
+    `SlotNotCoveredError`, which is no `RedisError`. The maintenance loop (cache builds,
+    the claim reaper) runs in one task group with the stream's readers: one escaped
+    exception would have ended the whole relay, silently. It logs, counts and goes on."""
+    exam = await exam_in(store, S.SCHEDULED)
+    feed = WorklistFeed(redis)
+    line = pipeline(store, feed, RelaySettings())
+    build = line.rebuilder.ensure_built
+    raised: list[str] = []
+
+    async def flaky(tenant: str) -> Any:
+        if len(raised) < 2:
+            raised.append(tenant)
+            raise SlotNotCoveredError("slot not covered")  # (as a restarting master)
+        return await build(tenant)
+
+    line.rebuilder.ensure_built = flaky  # type: ignore[method-assign]
+    counts: collections.Counter[str] = collections.Counter()
+    task = asyncio.create_task(maintain_forever(Claims(store), line, feed, 0.05, counts))
+    try:
+
+        async def built() -> bool:
+            return await feed.is_built(exam.tenant)
+
+        await eventually(built, 20, "the tenant built after the faults")
+        assert not task.done(), "the loop is still running"
+        assert counts["maintenance_failures"] == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -9,6 +9,13 @@ CacheError              root of every error this package raises
 
 from __future__ import annotations
 
+from redis.exceptions import RedisClusterException, RedisError
+
+# What talking to Redis can raise when Redis (a node, a link) fails: redis-py's errors,
+# its cluster client's own (`SlotNotCoveredError` while a master restarts is no
+# `RedisError`), and the socket's. A loop that must outlive a Redis fault catches these.
+REDIS_FAULTS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
+
 
 class CacheError(Exception):
     """Root of the cache's errors."""

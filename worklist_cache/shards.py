@@ -27,13 +27,16 @@ import logging
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisError
 
 from service.supervise import Supervisor
 from worklist_cache import keys
+from worklist_cache.exceptions import REDIS_FAULTS
 from worklist_cache.subscriber import FeedSubscriber, GapHandler, MessageHandler
 
 __all__ = ["ClusterSubscriber"]
+
+# Reading the slot map or placing a channel: Redis away, or the map in flux.
+_MAP_FAULTS: tuple[type[Exception], ...] = (*REDIS_FAULTS, TimeoutError, LookupError)
 
 log = logging.getLogger("worklist_cache.shards")
 
@@ -113,7 +116,7 @@ class ClusterSubscriber:
         name = self._where.pop(channel, None)
         link = self._links.get(name) if name else None
         if link is not None:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_FAULTS):
                 await link.unsubscribe(channel)
 
     @property
@@ -188,10 +191,10 @@ class ClusterSubscriber:
         if link is not None:
             self._closed_gaps += link.gaps
             self._closed_probe_failures += link.probe_failures
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_FAULTS):
                 await link.aclose()
         if client is not None:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_FAULTS):
                 await client.aclose()
 
     # ---- following slot moves -----------------------------------------------------------
@@ -212,7 +215,7 @@ class ClusterSubscriber:
                 await self.rebalance()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, LookupError) as exc:
+            except _MAP_FAULTS as exc:
                 log.warning("cluster slot map unreadable (%s); next round retries", exc)
 
     async def rebalance(self) -> int:
@@ -253,7 +256,7 @@ class ClusterSubscriber:
             try:
                 name = await self._link_for(channel)
                 await self._links[name].subscribe(channel, handler)
-            except (RedisError, OSError, TimeoutError, LookupError) as exc:
+            except _MAP_FAULTS as exc:
                 log.warning("re-subscribing a moved channel failed (%r); next round", exc)
                 continue
             if channel in self._handlers:  # not unsubscribed meanwhile
