@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway")
 
+# A tenant not in the registry (no exam yet) is looked up again after this many seconds:
+# its first exam may have come since, and an empty list is then no longer the truth.
+REGISTRY_MISS_S = 1.0
+
 
 def bind(settings: GatewaySettings) -> socket.socket:
     """The listening socket, with `send_buffer_bytes` as every connection's kernel send
@@ -316,8 +320,11 @@ class Gateway:
         if state == "built":
             return True
         if state == "absent":
+            # A tenant once registered stays so; one not seen yet may have had its first
+            # exam since the last read: the registry is read again before an empty list
+            # is served as the truth (at most once per `REGISTRY_MISS_S`).
             now = asyncio.get_running_loop().time()
-            if now - self._registry_read_at > 10.0:
+            if tenant not in self._registered and now - self._registry_read_at > REGISTRY_MISS_S:
                 self._registered = set((await self.store.tenants())[0])
                 self._registry_read_at = now
             if tenant not in self._registered:

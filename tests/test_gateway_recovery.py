@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from dynamo.deltas import ExamDelta
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
+from gateway.context import REGISTRY_MISS_S
 from tests.conftest import UNIT, Stack, token
 from tests.support.exams import exam_bundle, exam_in
 from tests.support.wsclient import Frame, WsClient
@@ -287,3 +288,26 @@ async def test_a_tenant_with_exams_is_not_served_until_its_cache_is_rebuilt(
     snap = await client.subscribe("s")
     assert snap["type"] == "snapshot"
     assert [r["exam_id"] for r in snap["rows"]] == [exam.accession]
+
+
+async def test_a_tenant_whose_first_exam_came_since_the_registry_was_read_is_not_served_empty(
+    stack: Stack, store: ExamStore, redis: Redis
+) -> None:
+    """The gateway remembers which tenants have exams (DynamoDB's registry) and serves a
+    tenant without any an empty list. A tenant that had none when the registry was read,
+    then its first exam, then a Redis that lost its cache: its next subscription must
+    not be an empty list served as the truth (the registry is read again)."""
+    first = await WsClient.open(stack.ws_url, token("t-hb", tenant="harbor"))
+    empty = await first.subscribe("s")
+    assert empty["type"] == "snapshot" and empty["rows"] == [], "no exam yet: empty is true"
+    exam = await exam_in(store, S.SCHEDULED, tenant="harbor", site="HB-1")
+    await store.register_tenant("harbor")
+    await first.until(lambda f: (f.get("delta") or {}).get("exam_id") == exam.accession, 10)
+    await redis.flushdb()  # Redis restarted empty; DynamoDB holds the exam
+    await asyncio.sleep(REGISTRY_MISS_S + 0.2)
+    second = await WsClient.open(stack.ws_url, token("t-hb2", tenant="harbor"))
+    reply = await second.subscribe("s")
+    if reply["type"] == "snapshot":
+        assert [r["exam_id"] for r in reply["rows"]] == [exam.accession], "not an empty list"
+    else:
+        assert reply["type"] == "error" and reply["code"] == "unavailable", reply
