@@ -30,6 +30,7 @@ from dynamo.models import Exam
 from dynamo.settings import DynamoSettings
 from dynamo.states import ExamStatus
 from dynamo.store import ExamStore
+from gateway.collector import YOUNG_THRESHOLD
 from tests.conftest import SECRET, UNIT, token
 from tests.support.exams import exam_in
 from tests.support.wsclient import Frame, WsClient
@@ -319,6 +320,9 @@ async def test_sigterm_drains_keeps_serving_then_closes_everyone_with_1012(
         metrics = (await http.get("/metrics")).text
         frozen = re.search(r"^gateway_gc_frozen_objects (\d+)$", metrics, re.M)
         assert frozen is not None and int(frozen.group(1)) > 10_000, metrics
+        # ... and its youngest generation is collected every YOUNG_THRESHOLD allocations.
+        young = re.search(r"^gateway_gc_young_threshold (\d+)$", metrics, re.M)
+        assert young is not None and int(young.group(1)) == YOUNG_THRESHOLD, metrics
 
         readers = await asyncio.gather(
             *(Reader.open(ws_url(port), f"t-drain-{i:02d}") for i in range(50))
