@@ -11,6 +11,7 @@ joined by `redis-cli --cluster create`, keeping nothing on disk but their node t
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -18,6 +19,16 @@ from pathlib import Path
 from types import TracebackType
 
 from devstack.procs import ManagedProcess, free_port, wait_for_port
+
+
+def _bindable(port: int) -> bool:
+    """Whether nothing holds `port` on loopback now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _cli(port: int, *args: str, timeout: float = 10.0) -> str:
@@ -50,15 +61,10 @@ class RedisClusterProcs:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (make deps installs it)")
         ports: list[int] = []
-        while len(ports) < masters:
-            # The cluster bus listens on port + 10000: both must be free.
-            port = free_port()
-            if port + 10_000 < 65_536 and port not in ports:
-                ports.append(port)
         cluster = cls(ports, Path(tempfile.mkdtemp(prefix="ris-cluster-")))
         try:
-            for port in ports:
-                cluster._spawn(port)
+            for _ in range(masters):
+                cluster._spawn_on_free_port()
             _cli(
                 ports[0],
                 "--cluster",
@@ -74,6 +80,24 @@ class RedisClusterProcs:
             cluster.stop()
             raise
         return cluster
+
+    def _spawn_on_free_port(self, attempts: int = 5) -> None:
+        """One more master on a free port whose cluster bus port (+10000) is free too;
+        another port when the server exits before listening (taken meanwhile)."""
+        for attempt in range(attempts):
+            port = free_port()
+            if port + 10_000 >= 65_536 or port in self.ports or not _bindable(port + 10_000):
+                continue
+            try:
+                self._spawn(port)
+            except RuntimeError:
+                self.procs.pop(port, None)
+                if attempt == attempts - 1:
+                    raise
+                continue
+            self.ports.append(port)
+            return
+        raise RuntimeError(f"no free port pair for a cluster master in {attempts} attempts")
 
     def _spawn(self, port: int) -> None:
         exe = shutil.which("redis-server")
