@@ -119,6 +119,8 @@ async def test_tiny_benchmark_reports_every_figure(tmp_path: Path) -> None:
         phase = results["phases"][name]
         assert isinstance(phase["gc_full"], int) and phase["gc_full"] >= 0, name
         assert isinstance(phase["gc_pause_ms"], float) and phase["gc_pause_ms"] >= 0, name
+        assert isinstance(phase["feed_late"], int) and phase["feed_late"] >= 0, name
+        assert isinstance(phase["stretched"], int) and phase["stretched"] >= 0, name
     # The reconnect storm: every session of the tenant came back and got its snapshot.
     assert results["storm_sessions"] == TINY.storm_sessions
     assert results["storm_resubscribed"] == TINY.storm_sessions

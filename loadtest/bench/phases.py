@@ -58,6 +58,14 @@ from worklist_cache import WorklistFeed, keys
 
 __all__ = ["Bench"]
 
+# The gateway's counters (`/metrics`) whose growth over a delivery phase it reports.
+PHASE_METRICS = {
+    "gc_full": 'gateway_gc_collections_total{generation="2"}',
+    "gc_pause_s": 'gateway_gc_pause_seconds_total{generation="2"}',
+    "feed_late": "gateway_feed_late_messages_total",
+    "stretched": "gateway_flush_windows_stretched_total",
+}
+
 # The start of a full-row delta frame of the load clients' subscription ("s1").
 FULL_ROW_PREFIX = '{"type":"delta","sub":"s1",'
 
@@ -416,7 +424,7 @@ class Bench:
         await probe.call(
             "probe", redis_url=self.env["REDIS_URL"], channel=channel, prefix=prefix, stride=STRIDE
         )
-        gc_before = await self._gc_mark()
+        marks = await self._gateway_marks()
         try:
             result = await phase.run(send, drain_cap=scale.drain_cap_s, rate_offered=round(rate, 1))
         finally:
@@ -451,7 +459,7 @@ class Bench:
                 "publish_to_client": percentiles(finite(lat + (stamp - published)[k])),
             },
         )
-        result.update(await self._gc_since(gc_before))
+        result.update(await self._gateway_since(marks))
         self.phases[name] = result
         say(phase_line(result))
         if name != "e2e":
@@ -489,7 +497,7 @@ class Bench:
             return list(range(total)), elapsed
 
         phase = Phase(name, server, server_pid, pool, pids, self.tmp, prefix)
-        gc_before = await self._gc_mark() if server == "gateway" else None
+        marks = await self._gateway_marks() if server == "gateway" else None
         profiler = None
         if self.profile and server == "gateway":
             profiler = await self._start_profiler(server_pid, name)
@@ -499,29 +507,34 @@ class Bench:
             if profiler is not None:
                 self.phases[f"profile_{name}"] = await self._stop_profiler(*profiler)
         if server == "gateway":
-            result.update(await self._gc_since(gc_before))
+            result.update(await self._gateway_since(marks))
         self.phases[name] = result
         say(phase_line(result))
 
-    async def _gc_mark(self) -> tuple[float, float] | None:
-        """The gateway's full collections so far and the seconds they took (`/metrics`)."""
-        full = '{generation="2"}'
-        port = self.gateway_port
-        runs = await asyncio.to_thread(gateway_metric, port, f"gateway_gc_collections_total{full}")
-        took = await asyncio.to_thread(
-            gateway_metric, port, f"gateway_gc_pause_seconds_total{full}"
-        )
-        return None if runs is None or took is None else (runs, took)
+    async def _gateway_marks(self) -> dict[str, float] | None:
+        """The gateway's counters a phase reports the growth of (`PHASE_METRICS`)."""
+        port, marks = self.gateway_port, {}
+        for key, metric in PHASE_METRICS.items():
+            value = await asyncio.to_thread(gateway_metric, port, metric)
+            if value is None:
+                return None
+            marks[key] = value
+        return marks
 
-    async def _gc_since(self, before: tuple[float, float] | None) -> dict[str, Any]:
+    async def _gateway_since(self, before: dict[str, float] | None) -> dict[str, Any]:
         """A phase's full collections and their pause in all (ms): each stops every
-        client's deliveries, so one in a phase of a few hundred deltas is its tail."""
-        after = await self._gc_mark()
+        client's deliveries, so one in a phase of a few hundred deltas is its tail; and
+        the feed messages the gateway read more than 100 ms after Redis stamped them
+        (it was behind: short of CPU) and the flush windows it stretched for them."""
+        after = await self._gateway_marks()
         if before is None or after is None:
-            return {"gc_full": None, "gc_pause_ms": None}
+            return dict.fromkeys(("gc_full", "gc_pause_ms", "feed_late", "stretched"))
+        grew = {key: after[key] - before[key] for key in after}
         return {
-            "gc_full": int(after[0] - before[0]),
-            "gc_pause_ms": round((after[1] - before[1]) * 1000, 1),
+            "gc_full": int(grew["gc_full"]),
+            "gc_pause_ms": round(grew["gc_pause_s"] * 1000, 1),
+            "feed_late": int(grew["feed_late"]),
+            "stretched": int(grew["stretched"]),
         }
 
     async def _claims_under_fanout(

@@ -70,6 +70,13 @@ REQUIRED = (
 )
 
 
+def late_cell(ph: dict[str, Any]) -> str:
+    """A gateway phase's feed messages read > 100 ms late, and windows stretched."""
+    if ph.get("feed_late") is None:
+        return "-"
+    return f"{ph['feed_late']:,}; {ph['stretched']:,}"
+
+
 def gc_cell(ph: dict[str, Any]) -> str:
     """A gateway phase's full collections and their pause in all; '-' where not read."""
     if ph.get("gc_full") is None:
@@ -219,8 +226,8 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         "| phase | server | clients | offered /s | sent /s | deltas | delivered | lost "
         "| p50 ms | p99 ms | max ms | server CPU (cores) | server us/delivery "
         "| load clients (cores) | client peak (core) | others (cores) | frames | batches "
-        "| closed | full GCs (pause ms) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| closed | full GCs (pause ms) | read late; windows stretched |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, ph in r["phases"].items():
         if "server" not in ph:
@@ -236,7 +243,7 @@ def render_markdown(r: Mapping[str, Any]) -> str:
             f"| {fmt(ph['max_ms'])} | {fmt(share)} | {fmt(ph['server_cpu_us_per_delivery'])} "
             f"| {clients_cpu:.2f} | {ph['client_cpu_peak']:.0%} | {fmt(ph.get('other_cores'))} "
             f"| {ph['frames']:,} | {ph['batches']:,} "
-            f"| {ph['closed_codes'] or '-'} | {gc_cell(ph)} |"
+            f"| {ph['closed_codes'] or '-'} | {gc_cell(ph)} | {late_cell(ph)} |"
         )
     idle = r["phases"].get("idle", {})
     claims = r["phases"].get("claims_websocket", {})
@@ -285,7 +292,9 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         "got the same messages at the same rates and client count.",
         "- **Full GCs**: the gateway's full (oldest-generation) collections during the phase "
         "and their pauses in all (its `/metrics`, `gateway_gc_*`); each stops every "
-        "client's deliveries while it runs, so one in a short phase can be its p99.",
+        "client's deliveries while it runs, so one in a short phase can be its p99. "
+        "**Read late**: the feed messages the gateway read more than 100 ms after Redis "
+        "stamped them (it was behind), and the flush windows it stretched for them.",
         f"- **Idle sessions**: a fresh gateway process; each session opened, "
         f"{'authenticated, ' if r.get('auth') else ''}subscribed to its tenant's (empty) "
         f"feed and left idle, {IDLE_PER_TENANT} users per tenant over {idle.get('tenants')} "
