@@ -251,13 +251,10 @@ async def maintain_forever(
                 if tenant in requested:
                     await feed.build_request_done(tenant)
                 released = await claims.reap(tenant)
-            except StoreError as exc:
+            except Exception as exc:  # DynamoDB or Redis away, a rebuild cut short, a defect
                 failures["maintenance_failures"] += 1
-                log.warning("maintenance of %s: %s", tenant, exc.code)
-                continue
-            except Exception as exc:  # Redis away, a rebuild cut short, a defect
-                failures["maintenance_failures"] += 1
-                log.warning("maintenance of %s: %s", tenant, type(exc).__name__)
+                kind = exc.code if isinstance(exc, StoreError) else type(exc).__name__
+                log.warning("maintenance of %s: %s", tenant, kind)
                 continue
             if released:
                 log.info("reaper released %d expired claims of %s", len(released), tenant)

@@ -234,10 +234,15 @@ class FeedSubscriber:
         self._reconnects += 1
         if self._channels:
             log.warning("redis pub/sub reconnected: a gap, once every channel is confirmed")
-            for event in self._confirmed.values():
-                event.clear()
-            self._gap_due = True
-            self._gap_since = asyncio.get_running_loop().time()
+            self._gap_pending()
+
+    def _gap_pending(self) -> None:
+        """What was published meanwhile is lost: a gap is due once Redis confirms every
+        channel again (their confirmations start over)."""
+        for event in self._confirmed.values():
+            event.clear()
+        self._gap_due = True
+        self._gap_since = asyncio.get_running_loop().time()
 
     def _probe_arrived(self, _raw: bytes) -> None:
         self._probe_seen.set()
@@ -331,10 +336,7 @@ class FeedSubscriber:
                     # Re-subscribing reconnects; what was published meanwhile is lost.
                     # The gap is reported once Redis confirms every channel again.
                     if self._channels:
-                        for event in self._confirmed.values():
-                            event.clear()
-                        self._gap_due = True
-                        self._gap_since = asyncio.get_running_loop().time()
+                        self._gap_pending()
                         async with self._lock:
                             await self._subscribe(*self._channels)
                     else:
