@@ -24,6 +24,10 @@ from devstack.services import ROOT
 from loadtest.settings import LoadtestSettings
 
 RESULTS = ROOT / "loadtest" / "results"
+# Seconds a headless run may take beyond its shape (two normal periods and the spike)
+# before it is interrupted and reported as failed: a run that does not stop by itself
+# must not hold its stack (gateway, relay, DynamoDB Local...) forever.
+STOP_GRACE_S = 90
 
 
 def locust_command(gateway_ws: str, ui: bool, run_time: str | None) -> list[str]:
@@ -110,11 +114,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_people(env, LoadtestSettings().tenant)
         print(f"gateway {url}; running locust ({'web UI' if args.ui else 'headless'})", flush=True)
         locust = subprocess.Popen(locust_command(ws, args.ui, None), env=env, cwd=ROOT)
+        limit = None
+        if not args.ui:
+            seconds = [float(shape[f"LOADTEST_{k}"]) for k in ("NORMAL_S", "SPIKE_S")]
+            limit = 2 * seconds[0] + seconds[1] + STOP_GRACE_S
         try:
-            code = locust.wait()
+            code = locust.wait(limit)
         except KeyboardInterrupt:
             locust.send_signal(signal.SIGINT)
             code = locust.wait(30)
+        except subprocess.TimeoutExpired:
+            print(f"locust did not stop within {limit:.0f} s: interrupted", flush=True)
+            locust.send_signal(signal.SIGINT)
+            try:
+                locust.wait(30)
+            except subprocess.TimeoutExpired:
+                locust.kill()
+                locust.wait()
+            code = 1
         if not args.ui:
             print(f"report: {Path(RESULTS / 'loadtest.html').relative_to(ROOT)}", flush=True)
     finally:

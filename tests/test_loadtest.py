@@ -4,6 +4,7 @@ report every frame type, with no failed request and nothing left running."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import os
 import sys
@@ -37,7 +38,15 @@ async def test_a_tiny_spike_runs_and_reports_each_frame_type() -> None:
         sys.executable, "-m", "loadtest.spike", "--quick", cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    output, _ = await asyncio.wait_for(proc.communicate(), 200 * UNIT)
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), 200 * UNIT)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        for p in run_processes(run_id):  # none outlives the test to disturb the next ones
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        raise
     text = output.decode(errors="replace")
     assert proc.returncode == 0, text[-3000:]
     with (ROOT / "loadtest" / "results" / "loadtest_stats.csv").open() as f:
@@ -53,11 +62,16 @@ async def test_a_tiny_spike_runs_and_reports_each_frame_type() -> None:
         assert int(stats[key]["Request Count"]) > 0
         assert int(stats[key]["Failure Count"]) == 0
     assert (ROOT / "loadtest" / "results" / "loadtest.html").stat().st_size > 0
-    leftovers = []
+    assert run_processes(run_id) == [], "processes of the load test outlived it"
+
+
+def run_processes(run_id: str) -> list[psutil.Process]:
+    """The processes a run started (each inherits its LOADTEST_RUN_ID)."""
+    found = []
     for p in psutil.process_iter():
         try:
             if p.environ().get("LOADTEST_RUN_ID") == run_id:
-                leftovers.append(p)
+                found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-    assert leftovers == [], "processes of the load test outlived it"
+    return found
