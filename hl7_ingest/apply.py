@@ -26,9 +26,9 @@ from dynamo.exceptions import (
     StoreUnavailable,
     VersionConflict,
 )
-from dynamo.models import Exam, now_ms
+from dynamo.models import Exam
 from dynamo.patients import merge_patients, revise_exam, update_patient
-from dynamo.states import READING_STATES, TRANSITIONS, ExamStatus, can_transition
+from dynamo.states import TRANSITIONS, ExamStatus
 from dynamo.store import ExamStore
 from hl7_ingest.exceptions import (
     DUPLICATE_KEY,
@@ -169,7 +169,7 @@ async def _walk(store: ExamStore, exam: Exam, target: ExamStatus, field: str) ->
             )
         try:
             for step in steps:
-                exam = await _step(store, exam, step)
+                exam = await store.advance(exam, step)
             return exam
         except VersionConflict:
             # Someone else wrote the exam meanwhile: plan again from what it is now.
@@ -177,23 +177,6 @@ async def _walk(store: ExamStore, exam: Exam, target: ExamStatus, field: str) ->
         except AlreadyClaimed as exc:
             raise ApplicationRejected(RECORD_LOCKED, field, exc.reason) from None
     raise VersionConflict(exam.accession, exam.version, None)
-
-
-async def _step(store: ExamStore, exam: Exam, target: ExamStatus) -> Exam:
-    """One move from the exam as it was read: `ExamStore.transition` without its own
-    re-read (a walk already holds the exam each write returned). The same rules: the
-    write is conditioned on that version and state, and a system writer does not enter
-    a report state while a reader holds a live claim. A claim taken after the read bumps
-    the version, so the condition fails and the walk re-reads."""
-    if not can_transition(exam.status, target):
-        raise InvalidTransition(exam.accession, exam.status, target)
-    now = now_ms()
-    live = exam.claimed_by is not None and (exam.lease_expires_at or 0) >= now
-    if target in READING_STATES and live:
-        raise AlreadyClaimed(
-            exam.accession, exam.claimed_by or "", exam.claimed_by_name, exam.lease_expires_at
-        )
-    return await store.write_transition(exam, target, now=now)
 
 
 async def _change(store: ExamStore, command: ChangeOrder) -> str:

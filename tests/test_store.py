@@ -49,6 +49,38 @@ async def test_a_write_conditioned_on_an_old_version_is_refused(store: ExamStore
     assert (await store.get_exam(exam.patient_id, exam.accession)).status == S.ARRIVED
 
 
+async def test_a_walk_from_the_held_exam_writes_once_per_move_and_a_stale_hold_is_refused(
+    store: ExamStore,
+) -> None:
+    """`advance` (the HL7 ingest's walk, the benchmark's writer) moves from the exam the
+    previous write returned, with no read; one it holds that someone else moved since is
+    refused with the version it saw, and the exam keeps the other writer's move."""
+    exam = await exam_in(store, S.SCHEDULED)
+    calls: list[str] = []
+    call = store.call
+
+    async def counted(operation: str, **kwargs: Any) -> Any:
+        calls.append(operation)
+        return await call(operation, **kwargs)
+
+    store.call = counted  # type: ignore[method-assign]
+    for step in (S.ARRIVED, S.IN_PROGRESS):
+        exam = await store.advance(exam, step)
+    assert (exam.status, exam.version) == (S.IN_PROGRESS, 3)
+    assert calls == ["update_item", "update_item"], "one write per move, no read"
+    store.call = call  # type: ignore[method-assign]
+
+    held = exam
+    await store.transition(exam.patient_id, exam.accession, S.CANCELLED)
+    with pytest.raises(VersionConflict) as err:
+        await store.advance(held, S.COMPLETED)
+    assert (err.value.expected, err.value.current) == (3, 4)
+    now = await store.get_exam(exam.patient_id, exam.accession)
+    assert (now.status, now.version) == (S.CANCELLED, 4)
+    with pytest.raises(InvalidTransition):
+        await store.advance(now, S.COMPLETED)
+
+
 async def test_concurrent_writers_never_lose_an_update(store: ExamStore) -> None:
     """Ten writers race to move one exam along; every landed write has its own version."""
     exam = await exam_in(store, S.SCHEDULED)

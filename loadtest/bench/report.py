@@ -256,8 +256,9 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         "## How these were measured",
         "",
         f"- **Ceiling**: {ceiling.get('concurrency')} concurrent exam chains through "
-        "`ExamStore` (create, then ARRIVED, IN_PROGRESS, COMPLETED, FINAL; each transition "
-        f"reads then writes) for {s['ceiling_s']} s after {s['warmup_s']} s of unmeasured "
+        "`ExamStore` (create, then ARRIVED, IN_PROGRESS, COMPLETED, FINAL; each move one "
+        "conditional write from the exam the previous one returned, as the HL7 ingest "
+        f"walks one) for {s['ceiling_s']} s after {s['warmup_s']} s of unmeasured "
         "writes (DynamoDB Local's JIT warms up), on a table no relay reads. "
         f"Writer CPU share: {ceiling.get('cpu_share', {}).get('bench', 'n/a')} of a core.",
         f"- **End to end**: the same writer paced at {E2E_RATE} updates/s with "

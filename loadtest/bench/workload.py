@@ -137,6 +137,8 @@ class ExamWriter:
             while time.monotonic() < end:
                 n = next(numbers)
                 exam, order, profile = synthetic_exam(self.prefix, n)
+                # Each move from the exam the previous write returned, as the HL7
+                # ingest walks one: one round trip per move.
                 for step in STEPS:
                     await pacer.wait()
                     if time.monotonic() >= end:
@@ -146,13 +148,12 @@ class ExamWriter:
                         if step is None:
                             written = await self.store.create_exam(exam, order, profile)
                         else:
-                            written = await self.store.transition(
-                                exam.patient_id, exam.accession, step
-                            )
+                            written = await self.store.advance(exam, step)
                     except StoreError as exc:
                         self.errors[type(exc).__name__] += 1
                         break
                     self.write_ms.append((time.perf_counter() - t0) * 1000)
+                    exam = written
                     key = n * STRIDE + written.version - 1
                     self.keys.append(key)
                     self.acked.setdefault(key, time.time() * 1000)
@@ -183,5 +184,5 @@ async def ready_exam(store: ExamStore, prefix: str, n: int) -> Exam:
     exam, order, profile = synthetic_exam(prefix, n)
     await store.create_exam(exam, order, profile)
     for step in (ExamStatus.ARRIVED, ExamStatus.IN_PROGRESS, ExamStatus.COMPLETED):
-        exam = await store.transition(exam.patient_id, exam.accession, step)
+        exam = await store.advance(exam, step)
     return exam
