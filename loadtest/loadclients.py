@@ -54,6 +54,13 @@ log = logging.getLogger("loadtest.loadclients")
 
 Frame = dict[str, Any]
 Reply = dict[str, Any]
+# What a received frame holds, for counting (`LoadProcess._parse`): one entry per delta,
+# patch or other frame in it, led by its kind.
+Entry = tuple[Any, ...]
+Parsed = tuple[int, bool, tuple[Entry, ...]]  # (characters, a batch?, entries)
+_DELTA, _PATCH, _FOREIGN, _OTHER, _PATCH_ELSE = range(5)
+# Distinct frames remembered (`Phase.parsed`); when full, the memo starts afresh.
+PARSED_KEPT = 1_024
 
 # A connection that is not open, welcomed and authenticated by then has failed.
 OPEN_TIMEOUT = 30.0
@@ -231,6 +238,8 @@ class Phase:
         self.patches = 0
         self.patch_mismatches = 0  # patches on another version: the row was asked for
         self.other: Counter[str] = Counter()
+        # frame -> what it holds: the same bytes reach most connections, parsed once.
+        self.parsed: dict[str | bytes, Parsed] = {}
 
 
 class FeedProbe:
@@ -290,56 +299,110 @@ class LoadProcess:
     # -- the hot path: one call per received frame --
 
     def on_message(self, receiver: Receiver, message: str | bytes) -> None:
+        """Count one received frame on `receiver`. Its contents are parsed once per
+        distinct frame (`Phase.parsed`): the server writes the same bytes to most
+        clients, so a process holding hundreds of them parses each once; what is per
+        connection (received, newest version, latency from this frame's receive time)
+        is still counted per connection."""
         now = time.time() * 1000.0
         phase = self.phase
         phase.frames += 1
+        parsed = phase.parsed.get(message)
+        if parsed is None:
+            parsed = self._parse(message)
+        chars, batch, entries = parsed
+        phase.bytes += chars
+        if batch:
+            phase.batches += 1
+        for entry in entries:
+            kind = entry[0]
+            if kind == _DELTA:
+                self._deliver(receiver, entry[1], entry[2], entry[3], now)
+            elif kind == _PATCH:
+                self._patch(receiver, entry, now)
+            elif kind == _FOREIGN:
+                phase.foreign += 1
+            elif kind == _PATCH_ELSE:
+                phase.patches += 1
+            else:
+                phase.other[entry[1]] += 1
+
+    def _parse(self, message: str | bytes) -> Parsed:
+        """What a frame holds, as entries `on_message` counts (and remembers, while the
+        phase's memo is not full)."""
+        phase = self.phase
         if isinstance(message, bytes) and not message.isascii():
-            phase.bytes += len(message.decode())  # characters, as the text client counts
+            chars = len(message.decode())  # characters, as the text client counts
         else:
-            phase.bytes += len(message)
+            chars = len(message)
         frame = orjson.loads(message)
         kind = frame.get("type")
+        entries: list[Entry] = []
+        batch = False
         if kind == "delta":
-            self._delta(receiver, frame["delta"], now)
+            entries.append(self._delta_entry(frame["delta"]))
         elif kind == "patch":
-            self._patch(receiver, frame, now)
+            entries.extend(self._patch_entries(frame))
         elif kind == "batch":
-            phase.batches += 1
+            batch = True
             for inner in frame["frames"]:
                 if inner.get("type") == "delta":
-                    self._delta(receiver, inner["delta"], now)
+                    entries.append(self._delta_entry(inner["delta"]))
                 elif inner.get("type") == "patch":
-                    self._patch(receiver, inner, now)
+                    entries.extend(self._patch_entries(inner))
                 else:
-                    phase.other[str(inner.get("type"))] += 1
+                    entries.append((_OTHER, str(inner.get("type"))))
         elif kind == "row" and frame.get("row") is not None:
-            phase.other["row"] += 1
-            self._delta(receiver, frame["row"], now)
+            entries.append((_OTHER, "row"))
+            entries.append(self._delta_entry(frame["row"]))
         elif kind is None and "delta" in frame:
             # The bare baseline forwards the feed's message as it is.
-            self._delta(receiver, frame["delta"], now)
+            entries.append(self._delta_entry(frame["delta"]))
         else:
-            phase.other[str(kind)] += 1
+            entries.append((_OTHER, str(kind)))
+        parsed = (chars, batch, tuple(entries))
+        if len(phase.parsed) >= PARSED_KEPT:
+            phase.parsed.clear()  # (the same frame reaches its clients within moments)
+        phase.parsed[message] = parsed
+        return parsed
 
-    def _patch(self, receiver: Receiver, frame: Frame, now: float) -> None:
+    def _delta_entry(self, delta: Frame) -> Entry:
         phase = self.phase
-        phase.patches += 1
+        if "updated_at" not in delta:
+            return (_OTHER, "leave")  # a leave placeholder: no row, no latency
+        exam_id: str = delta["exam_id"]
+        if not exam_id.startswith(phase.prefix) or not phase.prefix:
+            return (_FOREIGN,)
+        n = int(exam_id[phase.plen :])
+        return (_DELTA, n, min(int(delta["version"]), 255), float(delta["updated_at"]))
+
+    def _patch_entries(self, frame: Frame) -> list[Entry]:
+        phase = self.phase
         exam_id: str = frame["exam_id"]
+        updated_at = frame["fields"].get("updated_at")
         if phase.prefix and exam_id.startswith(phase.prefix):
             n = int(exam_id[phase.plen :])
-            held = receiver.newest[n] if n < len(receiver.newest) else 0
-            if held >= min(int(frame["version"]), 255):
-                phase.duplicates += 1
-                return
-            if held != frame["base"]:
-                phase.patch_mismatches += 1
-                self._ask_row(receiver, frame["sub"], exam_id)
-                return
-        delta = {"exam_id": exam_id, "version": frame["version"]}
-        delta["updated_at"] = frame["fields"].get("updated_at")
-        if delta["updated_at"] is None:
-            del delta["updated_at"]
-        self._delta(receiver, delta, now)
+            version = min(int(frame["version"]), 255)
+            return [(_PATCH, n, version, frame["base"], updated_at, frame["sub"], exam_id)]
+        # Not of this phase: counted as a patch, then as what its delta would be.
+        return [(_PATCH_ELSE,), (_OTHER, "leave") if updated_at is None else (_FOREIGN,)]
+
+    def _patch(self, receiver: Receiver, entry: Entry, now: float) -> None:
+        _, n, version, base, updated_at, sub, exam_id = entry
+        phase = self.phase
+        phase.patches += 1
+        held = receiver.newest[n] if n < len(receiver.newest) else 0
+        if held >= version:
+            phase.duplicates += 1
+            return
+        if held != base:
+            phase.patch_mismatches += 1
+            self._ask_row(receiver, sub, exam_id)
+            return
+        if updated_at is None:
+            phase.other["leave"] += 1
+            return
+        self._deliver(receiver, n, version, float(updated_at), now)
 
     def _ask_row(self, receiver: Receiver, sub: str, exam_id: str) -> None:
         request = {"type": "row", "id": f"row-{self.phase.patch_mismatches}", "sub": sub}
@@ -352,16 +415,11 @@ class LoadProcess:
         self._asking.add(task)
         task.add_done_callback(self._asking.discard)
 
-    def _delta(self, receiver: Receiver, delta: Frame, now: float) -> None:
+    def _deliver(
+        self, receiver: Receiver, n: int, version: int, updated_at: float, now: float
+    ) -> None:
+        """The delta of exam `n` at `version` arrived on `receiver` at `now`."""
         phase = self.phase
-        if "updated_at" not in delta:
-            phase.other["leave"] += 1  # a leave placeholder: no row, no latency
-            return
-        exam_id: str = delta["exam_id"]
-        if not exam_id.startswith(phase.prefix) or not phase.prefix:
-            phase.foreign += 1
-            return
-        n, version = int(exam_id[phase.plen :]), min(int(delta["version"]), 255)
         newest = receiver.newest
         if n >= len(newest):
             newest.extend(bytes(n - len(newest) + 1024))
@@ -377,7 +435,7 @@ class LoadProcess:
             return
         seen[key] = 1
         phase.delivered += 1
-        phase.latencies.append(now - delta["updated_at"])
+        phase.latencies.append(now - updated_at)
         phase.keys.append(key)
 
     async def _listen(self, receiver: Receiver) -> None:

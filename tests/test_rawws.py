@@ -196,3 +196,34 @@ def test_the_load_client_counts_the_same_for_both_clients() -> None:
         phase = process.phase
         counters.append((phase.frames, phase.bytes, phase.delivered, list(phase.keys)))
     assert counters[0] == counters[1] == (1, len(frame), 1, [3 * 4 + 2 - 1])
+
+
+def test_a_frame_parsed_once_is_still_counted_per_connection() -> None:
+    """The load client parses each distinct frame once (its memo), but what a user of
+    the benchmark reads stays per connection: every connection's delivery, a repeat on
+    one connection as a duplicate, a patch on a base the connection lacks as a row
+    request, and a new phase (another prefix) parses afresh."""
+    delta = b'{"type":"delta","sub":"s1","delta":{"exam_id":"p-3","version":1,'
+    delta += b'"updated_at":1000.0}}'
+    patch = b'{"type":"patch","sub":"s1","exam_id":"p-3","version":2,"base":1,'
+    patch += b'"fields":{"updated_at":1001.0}}'
+    process = LoadProcess("t")
+    process.start_phase("p-", 4)
+    first, second = (Receiver(rawws.RawConnection(b"")) for _ in range(2))
+    for receiver in (first, second):
+        process.on_message(receiver, delta)
+    process.on_message(first, delta)  # again on the same connection
+    process.on_message(first, patch)
+    process.on_message(second, bytes(patch))  # a copy: found in the memo by value
+    third = Receiver(rawws.RawConnection(b""))
+    process.on_message(third, patch)  # holds no version 1: asks for the row
+    phase = process.phase
+    assert len(phase.parsed) == 2
+    assert (phase.frames, phase.delivered, phase.duplicates) == (6, 4, 1)
+    assert (phase.patches, phase.patch_mismatches) == (3, 1)
+    assert sorted(phase.keys) == [3 * 4, 3 * 4, 3 * 4 + 1, 3 * 4 + 1]
+    assert bytes(first.newest[3:4]) == bytes(second.newest[3:4]) == b"\x02"
+
+    process.start_phase("q-", 4)  # another phase: the same bytes are now foreign
+    process.on_message(first, delta)
+    assert (process.phase.foreign, process.phase.delivered) == (1, 0)

@@ -34,7 +34,8 @@ __all__ = ["REQUIRED", "finish", "machine", "render_markdown"]
 
 CLIENT_TEXT = {
     "raw": "`loadtest.rawws` raw `asyncio.Protocol` clients (frames parsed in "
-    "`data_received`, one callback per frame, no task per connection)",
+    "`data_received`, one callback per frame, no task per connection; each distinct "
+    "frame's JSON parsed once per process, its deliveries counted per connection)",
     "websockets": "`websockets` asyncio clients (`BENCH_CLIENT=websockets`)",
 }
 
