@@ -76,6 +76,10 @@ def test_unescape_is_unchanged_by_the_faster_split() -> None:
     assert msg.get("PID-3") == "A|B^CAD\\\\Z\\unpaired"
 
 
+# The worst event-loop lag a hostile message may cause, on a shared and loaded machine.
+LAG_S = 0.5
+
+
 async def test_a_million_repetitions_get_ar_at_once_and_stall_no_one(hl7: Running) -> None:
     hostile = HEADER.format(cid=cid()) + "PID|" + "~" * 1_000_000
     async with hl7.client(timeout=30) as client, LoopLag() as lag:
@@ -84,8 +88,10 @@ async def test_a_million_repetitions_get_ar_at_once_and_stall_no_one(hl7: Runnin
         took = time.monotonic() - started
     assert ack.code == "AR" and "repetitions" in ack.error_text
     assert ack.control_id == hostile.split("|")[9]
-    # Before the limits this took 1.8 s of CPU on the event loop and ~195 MiB.
-    assert took < 0.5 * UNIT and lag.worst < 0.25 * UNIT, (took, lag.worst)
+    # Before the limits this took 1.8 s of CPU on the event loop and ~195 MiB. The lag's
+    # bound leaves room for a loaded CI machine (0.28 s was seen once with a 0.25 s
+    # bound) and still fails a parser that works in proportion to the message.
+    assert took < 0.5 * UNIT and lag.worst < LAG_S * UNIT, (took, lag.worst)
 
 
 async def test_a_message_at_every_limit_stalls_no_one(hl7: Running, store: ExamStore) -> None:
@@ -100,7 +106,7 @@ async def test_a_message_at_every_limit_stalls_no_one(hl7: Running, store: ExamS
     assert ack.code == "AA"
     assert answer.code in ("AE", "AR")  # it is no order; but it was read and answered
     # ~5 ms of parsing; the rest of the bound is for a shared, loaded machine.
-    assert lag.worst < 0.25 * UNIT, lag.worst
+    assert lag.worst < LAG_S * UNIT, lag.worst
 
 
 def test_refusal_is_a_message_rejection() -> None:
