@@ -166,3 +166,24 @@ async def test_an_interrupted_benchmark_stops_everything_it_started(tmp_path: Pa
     assert proc.returncode == 130, "".join(lines) + rest.decode()
     await _no_process_left(marker)
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_nothing_is_judged_against_a_baseline_that_lost_deliveries() -> None:
+    """A baseline that lost deliveries (its keepalive once closed connections behind a
+    backlog) has its CPU over fewer deliveries and its latency over the survivors: the
+    comparisons against it are n/a, and its losses are a MISS of their own."""
+    from loadtest.bench.verdicts import verdicts
+
+    results = json.loads((ROOT / "loadtest" / "results" / "bench.json").read_text())
+    compared = (
+        "fan-out p50 / p99 at 25 updates/s (gateway; baseline)",
+        "gateway / baseline CPU per delivered delta at 25/s (no backlog)",
+        "gateway CPU per delivered delta (200/s)",
+    )
+    lost_row = "baseline lost deliveries (25/s + 200/s + 1,000/s)"
+    whole = {row[0]: row[3] for row in verdicts({**results, "baseline_lost": 0})}
+    lossy = {row[0]: row[3] for row in verdicts({**results, "baseline_lost": 1_363_000})}
+    assert all(whole[figure] in ("PASS", "MISS") for figure in compared)
+    assert whole[lost_row] == "PASS"
+    assert all(lossy[figure] == "n/a" for figure in compared)
+    assert lossy[lost_row] == "MISS"

@@ -124,7 +124,7 @@ async def measure_cluster(scale: Scale, out: Path) -> dict[str, Any]:
             "clients": scale.clients,
             "rate": RATE,
             "rounds": ROUNDS,
-            "seconds": scale.fanout_s[0],
+            "seconds": scale.cluster_s,
             "pubsub": "sharded",
         },
     }
@@ -169,7 +169,7 @@ async def _run(
         phase = Phase(f"cluster_{nodes}", "gateway0", pids[0], pool, meter_pids, tmp, prefix)
 
         async def send() -> tuple[list[int], float]:
-            total, elapsed = await inject(feed, prefix, RATE, scale.fanout_s[0])
+            total, elapsed = await inject(feed, prefix, RATE, scale.cluster_s)
             return list(range(total)), elapsed
 
         before = {pid: _cpu_seconds(pid) for pid in pids}

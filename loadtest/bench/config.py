@@ -78,6 +78,7 @@ class Scale:
     # CPU per delivery with 1, 2 and 3 gateway nodes on a real Redis Cluster
     # (`loadtest.bench.cluster`); the suite's tiny run leaves it to tests/test_cluster.py.
     cluster: bool = True
+    cluster_s: float = 8.0  # seconds of injection at 25/s per cluster round
     # Sessions of one tenant dropped at once and reconnected (`loadtest.bench.storm`);
     # measured at half this and at this.
     storm_sessions: int = 5_000
@@ -111,6 +112,7 @@ SCALES = {
         ceiling_s=4,
         e2e_s=5,
         fanout_s=(5, 5, 2),
+        cluster_s=5,
         claim_rounds=100,
         store_claim_rounds=50,
         drain_cap_s=12,
