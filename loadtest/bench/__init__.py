@@ -22,18 +22,19 @@ Phases, in order:
    stages (write acknowledged, first published, received). Then the same with
    write-through off (the relay alone), and at 90 % of the ceiling (information).
 5. fan-out: deltas published where the relay publishes them (`WorklistFeed.publish`) at
-   25/s, 200/s, then 1,000/s, to the same clients; latency, losses, gateway CPU per
-   delivery.
+   25/s (30 s in full mode: 750 updates), 200/s, then 1,000/s (8 s and 2 s), to the same
+   clients; latency, losses, gateway CPU per delivery.
 6. claims: rounds of 20 concurrent claimers on one exam over the WebSocket (when the
    gateway has `claim`), and at the store (`dynamo.claims`) for comparison: round trip
    p50/p99 and double claims.
-7. baseline: the fan-out of phase 5 through `loadtest.baseline`, for its CPU per delivery.
+7. baseline: the fan-out of phase 5 through `loadtest.baseline`, for its CPU per delivery
+   and latency; a baseline that lost deliveries is judged against by nothing.
 8. HL7: orders and status changes over 10 MLLP connections.
 9. snapshot cost: one tenant's cache with 5,000 open and 100,000 closed exams
    (`loadtest.snapshot_cost`): snapshot and resume p99, Redis memory.
 10. cluster (quick and full modes): CPU per delivery with 1, 2 and 3 gateway processes
-   on a real three-master Redis Cluster (`loadtest.bench.cluster`) at 25 updates/s,
-   each node count twice, interleaved; the figure is the mean.
+   on a real three-master Redis Cluster (`loadtest.bench.cluster`) at 25 updates/s for
+   8 s, each node count twice, interleaved; the figure is the mean.
 
 After the phases, with everything stopped, it runs the assignment simulation
 (`loadtest.assignment`: free picking against push orchestration on the default seeded
