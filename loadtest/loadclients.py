@@ -328,8 +328,8 @@ class LoadProcess:
                 phase.other[entry[1]] += 1
 
     def _parse(self, message: str | bytes) -> Parsed:
-        """What a frame holds, as entries `on_message` counts (and remembers, while the
-        phase's memo is not full)."""
+        """What a frame holds, as entries `on_message` counts, remembered in the
+        phase's memo (`Phase.parsed`)."""
         phase = self.phase
         if isinstance(message, bytes) and not message.isascii():
             chars = len(message.decode())  # characters, as the text client counts
