@@ -61,8 +61,9 @@ class GatewaySettings(BaseSettings):
     # slices, requests (a claim), replies and pings run, instead of waiting behind a
     # fan-out to every client (0: the whole fan-out in one turn). 32, not 128: a claim
     # awaits a dozen times on its way (Redis, DynamoDB), each behind at most one slice;
-    # `make bench`'s claims under fan-out p50 / p99 went from 21-24 / 63-65 ms to 8 / 44 ms,
-    # with no change in CPU per delivery (16 was no better, and fell behind at 1,000/s).
+    # `make bench`'s claims under fan-out p99 went from 63-65 ms to 38-49 ms in five of
+    # seven runs, with no change in CPU per delivery (16 was no better, and fell behind
+    # at 1,000/s).
     fanout_slice: int = Field(32, ge=0)
     # Milliseconds a claim's reservation in Redis keeps concurrent claims of the same
     # exam off DynamoDB (answered `conflict` at once); 0 sends every claim to DynamoDB.

@@ -215,9 +215,9 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 async def dynamo_settings(dynamo_endpoint: str) -> AsyncIterator[DynamoSettings]:
     """A fresh, created table per test (so a fresh stream too), deleted after it.
 
-    DynamoDB Local slows down as its tables add up: with 400 of them (the suite's count
-    by its end) creating one took 1.4 s, and the trimmed-stream test 46 s instead of
-    5 s, past its waits in two CI runs."""
+    DynamoDB Local slows down as its tables add up: with 324 of them (the suite makes
+    about 400) creating one took 1.4 s, and the trimmed-stream test 46 s instead of
+    5 s; it failed past its waits in two CI runs."""
     settings = DynamoSettings(endpoint_url=dynamo_endpoint, table=f"t-{uuid.uuid4().hex[:12]}")
     async with dynamodb_client(settings) as client:
         await ensure_table(client, settings.table)
