@@ -89,6 +89,22 @@ class ManagedProcess:
     def pid(self) -> int:
         return self._popen.pid
 
+    def session_nice(self, nice: int) -> bool:
+        """Set the CPU priority of the process's whole session (its autogroup) to
+        `nice`; False where the kernel has no autogroups or refuses (a higher priority
+        than before needs CAP_SYS_NICE).
+
+        The process leads its own session, and with autogroups on (Linux's default,
+        `kernel.sched_autogroup_enabled`) the scheduler shares the CPU between
+        sessions first and between a session's threads second: a process's own nice
+        value weighs only against its session's other threads, and a session's weight
+        against the others is its autogroup's nice value."""
+        try:
+            Path(f"/proc/{self.pid}/autogroup").write_text(f"{nice}\n")
+        except OSError:
+            return False
+        return True
+
     def poll(self) -> int | None:
         return self._popen.poll()
 

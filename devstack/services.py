@@ -51,7 +51,7 @@ def dynamodb_local_jar() -> Path:
 
 def start_dynamodb_local(port: int | None = None, *, nice: int = 0) -> tuple[ManagedProcess, str]:
     """AWS's DynamoDB Local, in memory, on a free loopback port (`nice` > 0: every thread
-    of it at that lower CPU priority)."""
+    of it at that lower CPU priority, its session's autogroup included)."""
     java = shutil.which("java")
     if java is None:
         raise RuntimeError("java is not installed (make deps installs openjdk-17-jre-headless)")
@@ -74,5 +74,7 @@ def start_dynamodb_local(port: int | None = None, *, nice: int = 0) -> tuple[Man
         ],
         cwd=jar.parent,
     )
+    if nice > 0:
+        proc.session_nice(nice)
     wait_for_port(port, 60, proc)
     return proc, f"http://127.0.0.1:{port}"

@@ -16,8 +16,8 @@ Phases, in order:
 3. ceiling: a Python writer (ExamStore) writing as fast as it can to DynamoDB Local.
 4. e2e: after 5 s of unmeasured writes at the same rate (warm-up), the same writer at
    106 updates/s offered (100/s sent, the run's tail counted) with write-through on
-   (each write's delta published as soon as DynamoDB acknowledges it; DynamoDB Local
-   runs at nice 10, `BENCH_STANDIN_NICE`), while every client (1,000) watches
+   (each write's delta published as soon as DynamoDB acknowledges it; DynamoDB Local's
+   session runs at nice 10 in these runs, `BENCH_STANDIN_NICE`), while every client (1,000) watches
    the whole tenant feed; latency = receive time - the delta's `updated_at`, split into
    stages (write acknowledged, first published, received). Then the same with
    write-through off (the relay alone), and at 90 % of the ceiling (information).

@@ -49,8 +49,9 @@ CLIENT_LIMIT = 0.85
 # default 2,000 so a saturated 2-core box measures delay rather than evictions.
 CLIENT_QUEUE = 10_000
 # DynamoDB Local stands in for a remote service (AWS's DynamoDB takes none of a
-# gateway's CPU): it runs at this lower CPU priority (nice), so that on 2 cores it does
-# not take turns with the processes measured after its acknowledgement (0: as others).
+# gateway's CPU): in the e2e runs, whose measure starts at its acknowledgement, its
+# session runs at this lower CPU priority (nice), so that on 2 cores it does not take
+# turns with the processes measured after it (0: as others).
 STANDIN_NICE = int(os.environ.get("BENCH_STANDIN_NICE", "10"))
 # Cores used by processes outside the benchmark above which a phase counts as disturbed.
 OTHERS_LIMIT = 0.3

@@ -20,7 +20,6 @@ from loadtest.bench.config import (
     FANOUT_RATES,
     IDLE_PER_TENANT,
     OTHERS_LIMIT,
-    STANDIN_NICE,
 )
 from loadtest.bench.phases import Bench
 from loadtest.bench.storm import STORM_USERS
@@ -162,7 +161,7 @@ def finish(bench: Bench, started: float) -> dict[str, Any]:
         ),
         auth=auth_available(),
         load_client=client_kind(),
-        standin_nice=STANDIN_NICE,
+        standin_nice_e2e=r.get("standin_nice_e2e", 0),
         mode=bench.scale.name,
         scale=asdict(bench.scale),
         gateway_client_queue=CLIENT_QUEUE,
@@ -339,9 +338,13 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         f"gateway `GATEWAY_CLIENT_QUEUE={r['gateway_client_queue']}`; "
         f"auth {'on' if r.get('auth') else 'off (gateway/auth.py not present yet)'}.",
         f"- DynamoDB Local (a stand-in for a remote service) ran at nice "
-        f"{r.get('standin_nice', 0)} (`BENCH_STANDIN_NICE`): its acknowledgement starts "
+        f"{r.get('standin_nice_e2e', 0)} during the e2e runs (`BENCH_STANDIN_NICE`, set "
+        "on its session's autogroup: each process the benchmark starts leads its own "
+        "session, and with autogroups on, a process's own nice value weighs only "
+        "against its session's threads): its acknowledgement starts "
         "`e2e_p99_ms_from_ack`, and on 2 cores it would otherwise take turns with the "
-        "relay, Redis, the gateway and the clients measured after it.",
+        "relay, Redis, the gateway and the clients measured after it. At nice 0 in the "
+        "other phases: a claim's round trip includes its write.",
     ]
     if r.get("other_cores_max", 0) > OTHERS_LIMIT:
         out.append(
