@@ -63,9 +63,6 @@ def verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
 
 def _verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     scale = r["scale"]
-    e2e_ok = _lt(r["e2e_p99_ms"], 150)
-    if e2e_ok is not None:
-        e2e_ok = e2e_ok and r.get("e2e_lost") == 0
     fan_ok = _lt(r["fanout_p99_ms_at_200"], 100)
     if fan_ok is not None:
         fan_ok = fan_ok and r.get("fanout_lost_at_200") == 0
@@ -95,10 +92,13 @@ def _verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
             _verdict(None if rate is None else rate >= E2E_RATE),
         ),
         (
-            f"end-to-end p50 / p99 / max, {r['clients']} clients",
+            # From the store's `updated_at`, stamped before the write is sent: DynamoDB
+            # Local's own time to acknowledge is in it, and the product's goal (the next
+            # row) starts at the acknowledgement.
+            f"end-to-end p50 / p99 / max from the store's stamp, {r['clients']} clients",
             f"{fmt(r['e2e_p50_ms'])} / {fmt(r['e2e_p99_ms'])} / {fmt(r.get('e2e_max_ms'))} ms",
-            "p99 < 150 ms, nothing lost",
-            _verdict(e2e_ok),
+            "(DynamoDB Local's own write time included)",
+            "info",
         ),
         (
             "end-to-end p50 / p99 from the write's acknowledgement",
@@ -106,7 +106,12 @@ def _verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
             "p99 < 150 ms (the product's own definition)",
             _verdict(_lt(r.get("e2e_p99_ms_from_ack"), 150)),
         ),
-        ("end-to-end lost deliveries", fmt(r.get("e2e_lost")), "0", _verdict(None)),
+        (
+            "end-to-end lost deliveries",
+            fmt(r.get("e2e_lost")),
+            "0",
+            _verdict(None if r.get("e2e_lost") is None else r["e2e_lost"] == 0),
+        ),
         (
             "end-to-end p50 / p99 from the acknowledgement, the relay alone (write-through off)",
             f"{fmt(r.get('e2e_relay_only_p50_ms_from_ack'))} / "
