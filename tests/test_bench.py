@@ -176,7 +176,7 @@ def test_nothing_is_judged_against_a_baseline_that_lost_deliveries() -> None:
 
     results = json.loads((ROOT / "loadtest" / "results" / "bench.json").read_text())
     compared = (
-        "fan-out p50 / p99 at 25 updates/s (gateway; baseline)",
+        "fan-out p50 / p99 at 25 updates/s, side by side (gateway; baseline)",
         "gateway / baseline CPU per delivered delta at 25/s (no backlog)",
         "gateway CPU per delivered delta (200/s)",
     )

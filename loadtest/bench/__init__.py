@@ -23,12 +23,15 @@ Phases, in order:
    write-through off (the relay alone), and at 90 % of the ceiling (information).
 5. fan-out: deltas published where the relay publishes them (`WorklistFeed.publish`) at
    25/s (30 s in full mode: 750 updates), 200/s, then 1,000/s (8 s and 2 s), to the same
-   clients; latency, losses, gateway CPU per delivery.
+   clients; latency, losses, gateway CPU per delivery. At 25/s, two rounds each of the
+   gateway and the baseline (phase 7) side by side, in the order gateway, baseline,
+   baseline, gateway; the 25/s figures of each are over both of its rounds.
 6. claims: rounds of 20 concurrent claimers on one exam over the WebSocket (when the
    gateway has `claim`), and at the store (`dynamo.claims`) for comparison: round trip
    p50/p99 and double claims.
-7. baseline: the fan-out of phase 5 through `loadtest.baseline`, for its CPU per delivery
-   and latency; a baseline that lost deliveries is judged against by nothing.
+7. baseline: the fan-out of phase 5 through `loadtest.baseline` (a fresh server for each
+   rate), for its CPU per delivery and latency; a baseline that lost deliveries is
+   judged against by nothing.
 8. HL7: orders and status changes over 10 MLLP connections.
 9. snapshot cost: one tenant's cache with 5,000 open and 100,000 closed exams
    (`loadtest.snapshot_cost`): snapshot and resume p99, Redis memory.

@@ -59,6 +59,10 @@ from worklist_cache import WorklistFeed, keys
 
 __all__ = ["Bench"]
 
+# The fan-out rate with no backlog, where the gateway is measured side by side with the
+# baseline (`Bench._side_by_side`).
+NO_BACKLOG_RATE = 25
+
 # The gateway's counters (`/metrics`) whose growth over a delivery phase it reports.
 PHASE_METRICS = {
     "gc_full": 'gateway_gc_collections_total{generation="2"}',
@@ -294,6 +298,9 @@ class Bench:
         await self._warm_up(store, pool)
         await self._e2e_runs(store, feed, pool, pids, ceiling_rate, quiet, url)
         for rate, seconds in zip(FANOUT_RATES, scale.fanout_s, strict=True):
+            if rate == NO_BACKLOG_RATE:
+                await self._side_by_side(feed, pool, pids, gateway.pid, url, seconds)
+                continue
             await settle(quiet)
             await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)
             await self._fanout(feed, pool, pids, "gateway", gateway.pid, rate, seconds)
@@ -329,6 +336,55 @@ class Bench:
             self.notes.append("The gateway has no `claim` message yet: claims at the store only.")
         await self.stack.stop_one(gateway)
 
+    async def _side_by_side(
+        self,
+        feed: WorklistFeed,
+        pool: ClientPool,
+        pids: dict[str, int],
+        gateway_pid: int,
+        url: str,
+        seconds: float,
+    ) -> None:
+        """The no-backlog rate, where the gateway and the bare baseline cost and wait
+        about the same (p99 within 1-2 ms of each other, either ahead): two rounds
+        each, side by side in the order gateway, baseline, baseline, gateway, so that
+        neither meets the box in another state (the baseline's phases otherwise run
+        minutes later), and the figures pooled over both rounds (`_pool_rounds`)."""
+        scale, rate = self.scale, NO_BACKLOG_RATE
+        quiet = [gateway_pid, *pool.pids]
+        await settle(quiet)
+        await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)
+        first = await self._fanout(feed, pool, pids, "gateway", gateway_pid, rate, seconds)
+        await pool.call("close", timeout=120)
+        # The baseline forwards every message of the tenant's channel: the relay's
+        # stream copies of the e2e writes must be over.
+        await settle([self.pids["relay"]], cap=scale.drain_cap_s * 2)
+        baseline, base_url = await self.start_baseline(f"baseline-{rate}")
+        rounds = []
+        try:
+            base_pids = self._meter_pids("baseline", baseline.pid, pool)
+            for n in (1, 2):
+                await open_pool(
+                    pool, base_url, scale.clients, tenant=TENANT, view=None, gateway=False
+                )
+                await settle([baseline.pid, *pool.pids])
+                rounds.append(
+                    await self._fanout(
+                        feed, pool, base_pids, "baseline", baseline.pid, rate, seconds, n
+                    )
+                )
+            await pool.call("close", timeout=120)
+        finally:
+            await self.stack.stop_one(baseline)
+        await settle(quiet)
+        await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)
+        last = await self._fanout(feed, pool, pids, "gateway", gateway_pid, rate, seconds, 2)
+        self.results["side_by_side_at_25"] = {
+            "order": [first.name, *(r.name for r in rounds), last.name],
+            "gateway": _pool_rounds([first, last]),
+            "baseline": _pool_rounds(rounds),
+        }
+
     async def _baseline_phases(self, feed: WorklistFeed, pool: ClientPool) -> None:
         scale = self.scale
         # The baseline forwards every message of the tenant's channel, where the relay
@@ -338,6 +394,8 @@ class Bench:
         say(f"baseline: waited {waited:.1f} s for the relay to be quiet")
         await pool.call("close", timeout=120)
         for rate, seconds in zip(FANOUT_RATES, scale.fanout_s, strict=True):
+            if rate == NO_BACKLOG_RATE:
+                continue  # (side by side with the gateway's: `_side_by_side`)
             # A fresh server and fresh connections for each rate: the bare broadcast
             # falls seconds behind at 200/s by design (p99 12-23 s), and what it still
             # had to write would be the next rate's start (one run's baseline was still
@@ -517,9 +575,14 @@ class Bench:
         server_pid: int,
         rate: int,
         seconds: float,
-    ) -> None:
+        round_: int = 1,
+    ) -> Phase:
+        """One fan-out phase at `rate`; its result is `phases[name]` (a second round at
+        the same rate is `<name>_2`)."""
         name = f"{'fanout' if server == 'gateway' else 'baseline'}_{rate}"
         prefix = f"{'F' if server == 'gateway' else 'B'}{rate}-"
+        if round_ > 1:
+            name, prefix = f"{name}_{round_}", f"{prefix}{round_}-"
 
         async def send() -> tuple[list[int], float]:
             total, elapsed = await inject(feed, prefix, rate, seconds)
@@ -539,6 +602,7 @@ class Bench:
             result.update(await self._gateway_since(marks))
         self.phases[name] = result
         say(phase_line(result))
+        return phase
 
     async def _gateway_marks(self) -> dict[str, float] | None:
         """The gateway's counters a phase reports the growth of (`PHASE_METRICS`)."""
@@ -707,3 +771,20 @@ async def seed_bench_people(
         )
     async with dynamodb_client(settings) as client:
         await DirectoryStore(ExamStore(client, settings.table)).apply(entries, actor="bench")
+
+
+def _pool_rounds(rounds: list[Phase]) -> dict[str, Any]:
+    """Rounds of one server at one rate as one: latency percentiles over every
+    (delta, client) of all of them, CPU per delivery over all their deliveries."""
+    latencies = np.concatenate([r.latencies for r in rounds])
+    delivered = sum(r.result["delivered"] for r in rounds)
+    cpu_s = sum(r.result["server_cpu_s"] for r in rounds)
+    return {
+        **percentiles(latencies),
+        "rounds": len(rounds),
+        "deltas": sum(r.result["deltas"] for r in rounds),
+        "delivered": delivered,
+        "lost": sum(r.result["lost"] for r in rounds),
+        "server_cpu_s": round(cpu_s, 2),
+        "server_cpu_us_per_delivery": round(cpu_s / delivered * 1e6, 2) if delivered else None,
+    }

@@ -146,7 +146,7 @@ def _verdicts(r: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
             ),
         ),
         (
-            "fan-out p50 / p99 at 25 updates/s (gateway; baseline)",
+            "fan-out p50 / p99 at 25 updates/s, side by side (gateway; baseline)",
             f"{fmt(r.get('fanout_p50_ms_at_25'))} / {fmt(r.get('fanout_p99_ms_at_25'))} ms; "
             f"{fmt(r.get('baseline_p50_ms_at_25'))} / {fmt(r.get('baseline_p99_ms_at_25'))} ms",
             "p99 <= the baseline's",
