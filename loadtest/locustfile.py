@@ -79,14 +79,22 @@ class WsSession:
         self.fire("WS", "connect", started)
 
     def close(self) -> None:
+        """Send the close frame and drop the socket, without waiting for the server's.
+
+        Not websocket-client's `close()`: it waits up to 3 s for the server's close
+        frame inside a bare `except:`, which swallows the `GreenletExit` locust stops a
+        user with. A Reconnector stopped there carried on reconnecting, and locust waited
+        for it until the run was interrupted (a CI run of `test_loadtest` failed so)."""
         if self._reader is not None:
             self._reader.kill(block=False)
-        if self._ws is not None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
             try:
-                self._ws.close()
+                if ws.connected:
+                    ws.send_close()
             except Exception:
-                pass
-        self._ws = None
+                pass  # (the connection was already gone)
+            ws.shutdown()  # type: ignore[no-untyped-call]
 
     def _read(self) -> None:
         assert self._ws is not None
@@ -382,7 +390,10 @@ class Hl7Sender(User):
 
     def _ack(self) -> str:
         while True:
-            frames = self.decoder.feed(self.sock.recv(65536))
+            data = self.sock.recv(65536)
+            if not data:  # the listener closed the connection: no ACK is coming
+                raise ConnectionError("the MLLP connection closed before the ACK")
+            frames = self.decoder.feed(data)
             if frames:
                 return bytes(frames[0]).decode(errors="replace")
 

@@ -75,3 +75,65 @@ def run_processes(run_id: str) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+# A locust process (gevent): a server that completes the WebSocket handshake and then
+# never answers a close frame; a user's session closed in a greenlet, then the greenlet
+# stopped as locust stops a user.
+_STOP_DURING_CLOSE = r"""
+import base64, hashlib, time
+import gevent, gevent.server, websocket
+from loadtest.locustfile import WsSession
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+def serve(sock, _):
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    lines = head.split(b"\r\n")
+    line = next(x for x in lines if x.lower().startswith(b"sec-websocket-key"))
+    key = line.split(b":", 1)[1].strip()
+    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    while sock.recv(4096):
+        pass  # reads the close frame, answers nothing
+
+server = gevent.server.StreamServer(("127.0.0.1", 0), serve)
+server.start()
+session = WsSession.__new__(WsSession)
+session._reader = None
+session._ws = websocket.create_connection(f"ws://127.0.0.1:{server.server_port}/ws", timeout=10)
+carried_on = []
+
+def task():
+    session.close()
+    carried_on.append(time.monotonic())
+    gevent.sleep(30)  # the rest of the user's task, where the stop lands
+    carried_on.append("after the stop")
+
+started = time.monotonic()
+user = gevent.spawn(task)
+gevent.sleep(0.2)
+user.kill(timeout=5)
+print("closed_in", carried_on[0] - started if carried_on else None)
+print("dead", user.dead, "carried_on", len(carried_on))
+"""
+
+
+def test_a_user_stopped_around_its_close_stops() -> None:
+    """websocket-client's `close()` waits up to 3 s for the server's close frame inside a
+    bare `except:`, which swallowed the stop locust sends a user (a Reconnector then went
+    on reconnecting, and the run hung until interrupted). The session's close sends its
+    close frame and drops the socket at once, so a stop lands in the user's code."""
+    import subprocess
+
+    env = {**os.environ, "LOADTEST_GATEWAY": "ws://127.0.0.1:9/ws"}
+    out = subprocess.run(
+        [sys.executable, "-c", _STOP_DURING_CLOSE],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert float(lines["closed_in"]) < 0.2 * UNIT, out.stdout  # no wait for the server
+    assert lines["dead"] == "True carried_on 1", out.stdout
