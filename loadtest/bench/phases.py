@@ -359,23 +359,7 @@ class Bench:
         # The baseline forwards every message of the tenant's channel: the relay's
         # stream copies of the e2e writes must be over.
         await settle([self.pids["relay"]], cap=scale.drain_cap_s * 2)
-        baseline, base_url = await self.start_baseline(f"baseline-{rate}")
-        rounds = []
-        try:
-            base_pids = self._meter_pids("baseline", baseline.pid, pool)
-            for n in (1, 2):
-                await open_pool(
-                    pool, base_url, scale.clients, tenant=TENANT, view=None, gateway=False
-                )
-                await settle([baseline.pid, *pool.pids])
-                rounds.append(
-                    await self._fanout(
-                        feed, pool, base_pids, "baseline", baseline.pid, rate, seconds, n
-                    )
-                )
-            await pool.call("close", timeout=120)
-        finally:
-            await self.stack.stop_one(baseline)
+        rounds = await self._baseline_rounds(feed, pool, rate, seconds, 2)
         await settle(quiet)
         await open_pool(pool, url, scale.clients, tenant=TENANT, view=WHOLE_FEED)
         last = await self._fanout(feed, pool, pids, "gateway", gateway_pid, rate, seconds, 2)
@@ -394,21 +378,33 @@ class Bench:
         say(f"baseline: waited {waited:.1f} s for the relay to be quiet")
         await pool.call("close", timeout=120)
         for rate, seconds in zip(FANOUT_RATES, scale.fanout_s, strict=True):
-            if rate == NO_BACKLOG_RATE:
-                continue  # (side by side with the gateway's: `_side_by_side`)
-            # A fresh server and fresh connections for each rate: the bare broadcast
-            # falls seconds behind at 200/s by design (p99 12-23 s), and what it still
-            # had to write would be the next rate's start (one run's baseline was still
-            # writing when its 1,000/s phase began, and delivered none of that phase).
-            baseline, url = await self.start_baseline(f"baseline-{rate}")
-            try:
-                pids = self._meter_pids("baseline", baseline.pid, pool)
-                await open_pool(pool, url, scale.clients, tenant=TENANT, view=None, gateway=False)
+            if rate != NO_BACKLOG_RATE:  # (that one ran side by side: `_side_by_side`)
+                await self._baseline_rounds(feed, pool, rate, seconds)
+
+    async def _baseline_rounds(
+        self, feed: WorklistFeed, pool: ClientPool, rate: int, seconds: float, rounds: int = 1
+    ) -> list[Phase]:
+        """The baseline's fan-out at `rate`, `rounds` times, on a fresh server with fresh
+        connections: the bare broadcast falls seconds behind at 200/s by design (p99
+        12-23 s), and what it still had to write would be the next rate's start (one
+        run's baseline was still writing when its 1,000/s phase began, and delivered
+        none of that phase)."""
+        baseline, url = await self.start_baseline(f"baseline-{rate}")
+        done = []
+        try:
+            pids = self._meter_pids("baseline", baseline.pid, pool)
+            for n in range(1, rounds + 1):
+                await open_pool(
+                    pool, url, self.scale.clients, tenant=TENANT, view=None, gateway=False
+                )
                 await settle([baseline.pid, *pool.pids])
-                await self._fanout(feed, pool, pids, "baseline", baseline.pid, rate, seconds)
-                await pool.call("close", timeout=120)
-            finally:
-                await self.stack.stop_one(baseline)
+                done.append(
+                    await self._fanout(feed, pool, pids, "baseline", baseline.pid, rate, seconds, n)
+                )
+            await pool.call("close", timeout=120)
+        finally:
+            await self.stack.stop_one(baseline)
+        return done
 
     async def _warm_up(self, store: ExamStore, pool: ClientPool) -> None:
         """One write end to end, so the relay has found its shard before timing starts."""
