@@ -49,19 +49,17 @@ def dynamodb_local_jar() -> Path:
     return Path(jars[-1])
 
 
-def start_dynamodb_local(port: int | None = None, *, nice: int = 0) -> tuple[ManagedProcess, str]:
-    """AWS's DynamoDB Local, in memory, on a free loopback port (`nice` > 0: every thread
-    of it at that lower CPU priority, its session's autogroup included)."""
+def start_dynamodb_local(port: int | None = None) -> tuple[ManagedProcess, str]:
+    """AWS's DynamoDB Local, in memory, on a free loopback port (its CPU priority:
+    `ManagedProcess.session_nice`)."""
     java = shutil.which("java")
     if java is None:
         raise RuntimeError("java is not installed (make deps installs openjdk-17-jre-headless)")
     jar = dynamodb_local_jar()
     port = port or free_port()
-    niced = ["nice", "-n", str(nice)] if nice > 0 and shutil.which("nice") else []
     proc = ManagedProcess(
         "dynamodb-local",
         [
-            *niced,
             java,
             "-Xms64m",
             "-Xmx512m",
@@ -74,7 +72,5 @@ def start_dynamodb_local(port: int | None = None, *, nice: int = 0) -> tuple[Man
         ],
         cwd=jar.parent,
     )
-    if nice > 0:
-        proc.session_nice(nice)
     wait_for_port(port, 60, proc)
     return proc, f"http://127.0.0.1:{port}"
